@@ -1,0 +1,235 @@
+//! One pass over a layer's uncompressed tar: hash it (the diff_id), compress
+//! it, and write the result into a spool that hashes it again (the digest).
+//!
+//! Compression is deterministic: a pinned library and level, and a gzip header
+//! with no name, no mtime and a fixed OS byte, so the same layer always gives
+//! the same blob and a re-run finds it already in the registry. Changing the
+//! encoder changes digests and forces one re-upload: say so in the changelog.
+
+use std::io::{self, Read, Write};
+
+use crate::digest::{Digest, Hasher};
+use crate::oci;
+
+use super::spool::SpoolWriter;
+
+/// How layers are compressed for the registry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    /// Pushed as plain tar: the blob digest is the diff_id.
+    None,
+    Gzip {
+        level: u32,
+    },
+    Zstd {
+        level: i32,
+    },
+}
+
+impl Compression {
+    pub const DEFAULT_GZIP_LEVEL: u32 = 1;
+    pub const DEFAULT_ZSTD_LEVEL: i32 = 3;
+
+    /// The OCI layer media type of a blob compressed this way.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::None => oci::MEDIA_TYPE_LAYER,
+            Compression::Gzip { .. } => oci::MEDIA_TYPE_LAYER_GZIP,
+            Compression::Zstd { .. } => oci::MEDIA_TYPE_LAYER_ZSTD,
+        }
+    }
+}
+
+/// What one pass learned about a layer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EncodedLayer {
+    pub diff_id: Digest,
+    pub uncompressed_size: u64,
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: &'static str,
+}
+
+/// How much is read from the input at a time.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Reads `raw` to its end, compressing into `spool`. `on_read` is called with
+/// the number of raw bytes consumed after each chunk (for progress bars).
+/// On error the spool is failed, so its readers stop too.
+pub fn encode_layer(
+    raw: &mut dyn Read,
+    compression: Compression,
+    spool: SpoolWriter,
+    on_read: &mut dyn FnMut(u64),
+) -> io::Result<EncodedLayer> {
+    let mut hasher = Hasher::new();
+    let result = match compression {
+        Compression::None => pump(raw, &mut hasher, spool, on_read, |w| w),
+        Compression::Gzip { level } => {
+            let mk = |w: SpoolWriter| {
+                flate2::GzBuilder::new()
+                    .mtime(0)
+                    .operating_system(255)
+                    .write(w, flate2::Compression::new(level))
+            };
+            pump_with(raw, &mut hasher, spool, on_read, mk, |e| e.finish())
+        }
+        Compression::Zstd { level } => {
+            let mk = |w: SpoolWriter| {
+                let mut e = zstd::stream::write::Encoder::new(w, level).expect("zstd level");
+                // Deterministic frames: no checksum variations, size unknown upfront.
+                e.include_checksum(false).expect("zstd option");
+                e
+            };
+            pump_with(raw, &mut hasher, spool, on_read, mk, |e| e.finish())
+        }
+    };
+    let (spool, raw_len) = result?;
+    let (diff_id, uncompressed_size) = hasher.finish();
+    debug_assert_eq!(raw_len, uncompressed_size);
+    let (digest, size) = spool.finish();
+    Ok(EncodedLayer {
+        diff_id,
+        uncompressed_size,
+        digest,
+        size,
+        media_type: compression.media_type(),
+    })
+}
+
+fn pump(
+    raw: &mut dyn Read,
+    hasher: &mut Hasher,
+    mut spool: SpoolWriter,
+    on_read: &mut dyn FnMut(u64),
+    _identity: fn(SpoolWriter) -> SpoolWriter,
+) -> io::Result<(SpoolWriter, u64)> {
+    match copy_hashing(raw, hasher, &mut spool, on_read) {
+        Ok(n) => Ok((spool, n)),
+        Err(e) => {
+            spool.fail(e.to_string());
+            Err(e)
+        }
+    }
+}
+
+fn pump_with<E: Write>(
+    raw: &mut dyn Read,
+    hasher: &mut Hasher,
+    spool: SpoolWriter,
+    on_read: &mut dyn FnMut(u64),
+    make: impl FnOnce(SpoolWriter) -> E,
+    finish: impl FnOnce(E) -> io::Result<SpoolWriter>,
+) -> io::Result<(SpoolWriter, u64)> {
+    let mut encoder = make(spool);
+    // On error the encoder (and with it the spool writer) is dropped, which
+    // fails the spool's readers.
+    let n = copy_hashing(raw, hasher, &mut encoder, on_read)?;
+    Ok((finish(encoder)?, n))
+}
+
+fn copy_hashing(
+    raw: &mut dyn Read,
+    hasher: &mut Hasher,
+    out: &mut dyn Write,
+    on_read: &mut dyn FnMut(u64),
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; READ_CHUNK];
+    let mut total = 0u64;
+    loop {
+        let n = match raw.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        hasher.update(&buf[..n]);
+        out.write_all(&buf[..n])?;
+        total += n as u64;
+        on_read(n as u64);
+    }
+}
+
+/// Reads `raw` to its end only to hash it: for layers the destination already
+/// has, whose bytes must still be checked against their diff_id.
+pub fn hash_only(raw: &mut dyn Read, on_read: &mut dyn FnMut(u64)) -> io::Result<(Digest, u64)> {
+    let mut hasher = Hasher::new();
+    copy_hashing(raw, &mut hasher, &mut io::sink(), on_read)?;
+    Ok(hasher.finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::layer::spool;
+
+    fn sample() -> Vec<u8> {
+        (0..2_500_000u32)
+            .map(|i| (i % 97) as u8 ^ (i / 4096) as u8)
+            .collect()
+    }
+
+    fn encode(data: &[u8], c: Compression) -> (EncodedLayer, Vec<u8>) {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, s) = spool::create(dir.path()).unwrap();
+        let mut read = 0;
+        let layer = encode_layer(&mut &data[..], c, w, &mut |n| read += n).unwrap();
+        assert_eq!(read, data.len() as u64);
+        let mut out = Vec::new();
+        s.copy_to(&mut out).unwrap();
+        (layer, out)
+    }
+
+    #[test]
+    fn every_compression_round_trips_and_hashes_both_sides() {
+        let data = sample();
+        for c in [
+            Compression::None,
+            Compression::Gzip { level: 1 },
+            Compression::Zstd { level: 3 },
+        ] {
+            let (layer, blob) = encode(&data, c);
+            assert_eq!(layer.diff_id, Digest::of(&data));
+            assert_eq!(layer.digest, Digest::of(&blob));
+            assert_eq!(layer.size, blob.len() as u64);
+            let back = match c {
+                Compression::None => blob.clone(),
+                Compression::Gzip { .. } => {
+                    let mut v = Vec::new();
+                    flate2::read::GzDecoder::new(&blob[..])
+                        .read_to_end(&mut v)
+                        .unwrap();
+                    v
+                }
+                Compression::Zstd { .. } => zstd::decode_all(&blob[..]).unwrap(),
+            };
+            assert_eq!(back, data, "{c:?}");
+        }
+    }
+
+    #[test]
+    fn compression_is_deterministic() {
+        let data = sample();
+        let c = Compression::Gzip { level: 1 };
+        assert_eq!(encode(&data, c), encode(&data, c));
+    }
+
+    #[test]
+    fn a_failing_reader_fails_the_spool() {
+        struct Broken;
+        impl Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                Err(io::Error::other("boom"))
+            }
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (w, s) = spool::create(dir.path()).unwrap();
+        let err = encode_layer(&mut Broken, Compression::Gzip { level: 1 }, w, &mut |_| {});
+        assert!(err.is_err());
+        assert!(s.finished().is_none());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        assert!(rt.block_on(s.done()).is_err());
+    }
+}
