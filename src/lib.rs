@@ -16,4 +16,7 @@
 
 pub mod digest;
 pub mod layer;
+pub mod progress;
+pub mod layout;
+pub mod manifest;
 pub mod oci;
