@@ -20,3 +20,5 @@ pub mod progress;
 pub mod layout;
 pub mod manifest;
 pub mod oci;
+pub mod publish;
+pub mod cli;

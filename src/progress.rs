@@ -48,3 +48,81 @@ pub trait Reporter: Send + Sync {
 pub struct Silent;
 
 impl Reporter for Silent {}
+
+/// Counts blob bytes by outcome while passing every event on.
+pub struct Tally {
+    inner: std::sync::Arc<dyn Reporter>,
+    uploaded: std::sync::atomic::AtomicU64,
+    skipped: std::sync::atomic::AtomicU64,
+    layers_reused: std::sync::atomic::AtomicU64,
+}
+
+/// Totals counted by a [`Tally`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct Totals {
+    /// Blob bytes sent, over all destinations.
+    pub bytes_uploaded: u64,
+    /// Blob bytes not sent because the destination had them or mounted them.
+    pub bytes_skipped: u64,
+    /// Layers reused through the known-layer map without being compressed.
+    pub layers_reused: u64,
+}
+
+impl Tally {
+    pub fn new(inner: std::sync::Arc<dyn Reporter>) -> Tally {
+        Tally {
+            inner,
+            uploaded: Default::default(),
+            skipped: Default::default(),
+            layers_reused: Default::default(),
+        }
+    }
+
+    pub fn totals(&self) -> Totals {
+        use std::sync::atomic::Ordering::Relaxed;
+        Totals {
+            bytes_uploaded: self.uploaded.load(Relaxed),
+            bytes_skipped: self.skipped.load(Relaxed),
+            layers_reused: self.layers_reused.load(Relaxed),
+        }
+    }
+}
+
+impl Reporter for Tally {
+    fn on_input_started(&self, input: &str) {
+        self.inner.on_input_started(input)
+    }
+    fn on_layer_started(&self, input: &str, member: &str, size: u64) -> usize {
+        self.inner.on_layer_started(input, member, size)
+    }
+    fn on_layer_read(&self, id: usize, bytes: u64) {
+        self.inner.on_layer_read(id, bytes)
+    }
+    fn on_layer_done(&self, id: usize, skipped: bool) {
+        if skipped {
+            self.layers_reused
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        self.inner.on_layer_done(id, skipped)
+    }
+    fn on_upload_progress(&self, destination: &str, bytes: i64) {
+        self.inner.on_upload_progress(destination, bytes)
+    }
+    fn on_blob_done(&self, destination: &str, digest: &Digest, size: u64, outcome: BlobOutcome) {
+        let counter = match outcome {
+            BlobOutcome::Uploaded => &self.uploaded,
+            BlobOutcome::AlreadyPresent | BlobOutcome::Mounted => &self.skipped,
+        };
+        counter.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        self.inner.on_blob_done(destination, digest, size, outcome)
+    }
+    fn on_manifest_pushed(&self, destination: &str, what: &str, digest: &Digest) {
+        self.inner.on_manifest_pushed(destination, what, digest)
+    }
+    fn on_tag(&self, destination: &str, tag: &str) {
+        self.inner.on_tag(destination, tag)
+    }
+    fn on_notice(&self, message: &str) {
+        self.inner.on_notice(message)
+    }
+}

@@ -1,0 +1,269 @@
+//! The command line, as clap types. Doc comments are the help text: the first
+//! line is `-h`, the rest is `--help`. Nothing here does I/O; `cli::run`
+//! turns these values into a publish request.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+const ABOUT: &str = "Publish multi-architecture container images built by Nix";
+
+const LONG_ABOUT: &str = "\
+Publish multi-architecture container images built by Nix.
+
+manifold takes one image per platform (nixpkgs streamLayeredImage scripts,
+buildLayeredImage/buildImage archives, nix2container image.json files), reads
+each in one pass, compresses and uploads the layers while they stream, pushes
+an OCI image index by digest, and only then moves its tags.";
+
+const PUBLISH_EXAMPLES: &str = "\
+Examples:
+  # two architectures from Nix, to a registry
+  manifold publish --repo ghcr.io/acme/fd --tag 1.0.0 ./result-amd64 ./fd-arm64.tar.gz
+
+  # force the input kind and the platform (Nix configs never carry the arm variant)
+  manifold publish --repo localhost:5000/fd linux/arm/v7=archive:./fd-armv7.tar.zst
+
+  # no registry at all: an OCI image layout directory
+  manifold publish --repo oci:./out --tag latest stream:./result
+
+Inputs are `[PLATFORM=][KIND:]PATH`. KIND is detected from the content when
+left out: `stream:` (an executable writing a docker-archive to stdout, nixpkgs
+streamLayeredImage), `archive:` (a docker-archive, plain, .gz or .zst),
+`nix2container:` (an image.json), `oci:` (an OCI layout directory) and
+`docker://REF` (an image already in a registry). PLATFORM is `os/arch[/variant]`
+or a Nix system such as `aarch64-linux`.";
+
+#[derive(Debug, Parser)]
+#[command(name = "manifold", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// More detail on stderr (-v: debug, -vv: trace); RUST_LOG also works
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+
+    /// Only errors on stderr
+    #[arg(short, long, global = true)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Publish images as one multi-architecture index, then tag it
+    #[command(after_long_help = PUBLISH_EXAMPLES)]
+    Publish(PublishArgs),
+    /// Print the tags that `publish` would push, one per line
+    Tags(TagsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// Images to publish, one per platform: `[PLATFORM=][KIND:]PATH`
+    #[arg(value_name = "INPUT", required = true)]
+    pub inputs: Vec<String>,
+
+    /// Destination: a registry repository (`ghcr.io/acme/fd`) or `oci:DIR`
+    ///
+    /// Repeat it to publish to several places; every destination gets the
+    /// same index and the same tags. In GitHub Actions the default is
+    /// `ghcr.io/<owner>/<repository>`, lower-cased.
+    #[arg(long = "repo", value_name = "REPO")]
+    pub repos: Vec<String>,
+
+    #[command(flatten)]
+    pub tags: TagArgs,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    /// Layer compression
+    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
+    pub compression: CompressionArg,
+
+    /// Compression level (gzip 1–9, default 1; zstd 1–19, default 3)
+    #[arg(long, value_name = "N")]
+    pub compression_level: Option<i32>,
+
+    /// Reuse layers of this image besides those of the tags being published
+    #[arg(long, value_name = "REF")]
+    pub cache_from: Vec<String>,
+
+    /// Put annotations on the index only, or on the per-arch manifests too
+    #[arg(long, value_enum, default_value_t = AnnotationLevel::Index)]
+    pub annotation_level: AnnotationLevel,
+
+    /// Also write the result as JSON to this file
+    #[arg(long, value_name = "PATH")]
+    pub metadata_file: Option<PathBuf>,
+
+    /// Directory for the temp files that hold compressed layers [default: $TMPDIR]
+    #[arg(long, value_name = "DIR")]
+    pub spool_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct TagsArgs {
+    #[command(flatten)]
+    pub tags: TagArgs,
+
+    /// Apply the never-backwards guard against this repository's tags
+    #[arg(long = "repo", value_name = "REPO")]
+    pub repo: Option<String>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+
+    /// Print a structured view: tags, version, annotations, and why each
+    /// automatic tag was or was not given
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// How tags and annotations are derived (see the README's tag rules).
+#[derive(Debug, Args, Default, Clone)]
+pub struct TagArgs {
+    /// A tag to push, before the automatic ones (repeatable)
+    #[arg(long = "tag", short = 't', value_name = "TAG")]
+    pub tags: Vec<String>,
+
+    /// The version [env: VERSION; on a tag run, the tag name]
+    #[arg(long, value_name = "VERSION")]
+    pub version: Option<String>,
+
+    /// The branch [env: GITHUB_REF on branch runs]
+    #[arg(long, value_name = "NAME")]
+    pub branch: Option<String>,
+
+    /// The default branch [env: the GitHub event's repository.default_branch; else main]
+    #[arg(long, value_name = "NAME")]
+    pub default_branch: Option<String>,
+
+    /// The revision [env: GITHUB_SHA; else `git rev-parse HEAD`]
+    #[arg(long, value_name = "SHA")]
+    pub revision: Option<String>,
+
+    /// The source URL [env: $GITHUB_SERVER_URL/$GITHUB_REPOSITORY]
+    #[arg(long, value_name = "URL")]
+    pub source: Option<String>,
+
+    /// The created time for the index annotation [env: SOURCE_DATE_EPOCH; else the commit time]
+    #[arg(long, value_name = "TIME")]
+    pub created: Option<String>,
+
+    /// Automatic tags, comma-separated, from branch,pr,latest,version,minor,major,sha
+    /// [default: branch,pr,latest,version,minor,major]
+    #[arg(long, value_name = "LIST")]
+    pub auto_tags: Option<String>,
+
+    /// No automatic tags: only the `--tag`s
+    #[arg(long, conflicts_with = "auto_tags")]
+    pub no_auto_tags: bool,
+
+    /// When `latest` moves
+    #[arg(long, value_enum, default_value_t = LatestArg::Auto)]
+    pub latest: LatestArg,
+
+    /// Publish by digest only: no tags at all
+    #[arg(long)]
+    pub no_tags: bool,
+
+    /// An index annotation `KEY=VALUE` (repeatable); `KEY=` deletes one
+    #[arg(long = "annotation", value_name = "KEY=VALUE")]
+    pub annotations: Vec<String>,
+
+    /// Hold back floating tags (X, X.Y, latest) that would go backwards
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub tag_guard: Switch,
+}
+
+/// How manifold talks to registries.
+#[derive(Debug, Args, Default, Clone)]
+pub struct RegistryArgs {
+    /// Registry user name; the password is read from stdin (--password-stdin)
+    #[arg(long, value_name = "USER", requires = "password_stdin")]
+    pub username: Option<String>,
+
+    /// Read the password or token for --username from stdin
+    #[arg(long)]
+    pub password_stdin: bool,
+
+    /// Uploads at once per registry
+    #[arg(long, value_name = "N", default_value_t = 4)]
+    pub jobs: usize,
+
+    /// Allow plain HTTP or unverified TLS for this registry host (repeatable)
+    #[arg(long = "insecure-registry", value_name = "HOST")]
+    pub insecure_registries: Vec<String>,
+
+    /// Trust this CA certificate (PEM) besides the system's (repeatable)
+    #[arg(long = "ca-file", value_name = "PATH")]
+    pub ca_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum CompressionArg {
+    Gzip,
+    Zstd,
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum LatestArg {
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum Switch {
+    #[default]
+    On,
+    Off,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AnnotationLevel {
+    Index,
+    #[value(name = "index,manifest")]
+    IndexAndManifest,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn publish_takes_inputs_repos_and_tags() {
+        let cli = Cli::try_parse_from([
+            "manifold", "publish", "--repo", "oci:out", "--repo", "localhost:5000/a",
+            "-t", "x", "--tag", "y", "linux/arm64=./a", "./b",
+        ])
+        .unwrap();
+        let Command::Publish(p) = cli.command else { panic!("not publish") };
+        assert_eq!(p.inputs, ["linux/arm64=./a", "./b"]);
+        assert_eq!(p.repos, ["oci:out", "localhost:5000/a"]);
+        assert_eq!(p.tags.tags, ["x", "y"]);
+        assert_eq!(p.compression, CompressionArg::Gzip);
+    }
+
+    #[test]
+    fn usage_errors_are_caught_by_the_parser() {
+        for args in [
+            &["manifold", "publish", "--repo", "r"][..], // no input
+            &["manifold", "publish", "--repo", "r", "--username", "u", "./a"], // no --password-stdin
+            &["manifold", "publish", "--repo", "r", "--compression", "lz4", "./a"],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+}

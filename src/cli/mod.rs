@@ -1,0 +1,446 @@
+//! The command-line front: turns parsed arguments into a publish request,
+//! picks the progress reporter, prints results. The only module that knows
+//! clap and terminals.
+
+pub mod args;
+pub mod progress;
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{IsTerminal, Read, Write};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use crate::env::{self, Env};
+use crate::input::InputSpec;
+use crate::layer::Compression;
+use crate::layout::Layout;
+use crate::progress::{Reporter, Tally};
+use crate::publish::{self, outputs::Metadata, Destination, ImageOptions, PublishedImage, TagSet};
+use crate::reference::{Registry, Repository};
+use crate::registry::{self, ClientOptions, RegistryClient};
+use crate::tags::{self, GitInfo, SystemGit, TagOptions, TagPlan};
+
+use args::{AnnotationLevel, Cli, Command, CompressionArg, LatestArg, PublishArgs, RegistryArgs, Switch, TagArgs, TagsArgs};
+
+/// A usage error: the command line or an input was refused (exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct UsageError(pub String);
+
+/// Runs the parsed command line.
+pub async fn run(cli: Cli) -> Result<()> {
+    let env = Env::from_process();
+    let reporter: Arc<dyn Reporter> = if cli.quiet {
+        Arc::new(progress::Quiet)
+    } else if std::io::stderr().is_terminal() && cli.verbose == 0 && env.get(env::CI).is_none() {
+        Arc::new(progress::Bars::new())
+    } else {
+        Arc::new(progress::Lines::new())
+    };
+    match cli.command {
+        Command::Publish(args) => run_publish(args, &env, reporter).await,
+        Command::Tags(args) => run_tags(args, &env).await,
+    }
+}
+
+/// Sets up `tracing` on stderr: `RUST_LOG` wins, else `-v`/`-vv`, else warnings.
+pub fn init_logging(cli: &Cli) {
+    let default = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (false, 0) => "warn",
+        (false, 1) => "manifold=debug",
+        (false, _) => "manifold=trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os(env::NO_COLOR).is_none();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(ansi)
+        .with_target(false)
+        .without_time()
+        .try_init();
+}
+
+/// The message for an error: its chain, once, with `hint:` lines last.
+pub fn render_error(error: &anyhow::Error) -> String {
+    let mut lines = Vec::new();
+    let mut hints = Vec::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        for line in text.lines() {
+            if line.starts_with("hint:") {
+                if !hints.contains(&line.to_owned()) {
+                    hints.push(line.to_owned());
+                }
+            } else if !lines.iter().any(|l: &String| l.contains(line)) {
+                lines.push(line.to_owned());
+            }
+        }
+    }
+    let mut out = lines.join("\n  caused by: ");
+    for hint in hints {
+        out.push('\n');
+        out.push_str(&hint);
+    }
+    out
+}
+
+/// 2 for usage errors and refused input, else 1.
+pub fn exit_code(error: &anyhow::Error) -> u8 {
+    let usage = error.chain().any(|cause| {
+        cause.is::<UsageError>()
+            || cause.is::<publish::DuplicatePlatform>()
+            || cause
+                .downcast_ref::<tags::TagError>()
+                .is_some_and(|e| e.is_usage_error())
+            || cause.is::<crate::input::InputError>() && is_usage_input_error(cause)
+    });
+    if usage {
+        2
+    } else {
+        1
+    }
+}
+
+fn is_usage_input_error(cause: &(dyn std::error::Error + 'static)) -> bool {
+    cause
+        .downcast_ref::<crate::input::InputError>()
+        .is_some_and(|e| e.is_usage_error())
+}
+
+/// A closed stdout (`manifold tags | head -1`) is not a failure.
+pub fn is_broken_pipe(error: &anyhow::Error) -> bool {
+    error.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+fn tag_options(args: &TagArgs) -> Result<TagOptions> {
+    let auto_tags = if args.no_auto_tags {
+        Some(Vec::new())
+    } else {
+        match &args.auto_tags {
+            Some(list) => Some(tags::parse_auto_tags(list)?),
+            None => None,
+        }
+    };
+    let mut annotations = Vec::new();
+    for a in &args.annotations {
+        let Some((k, v)) = a.split_once('=') else {
+            bail!(UsageError(format!(
+                "`--annotation {a}` is not `KEY=VALUE`\nhint: `--annotation KEY=` deletes an annotation"
+            )));
+        };
+        if k.is_empty() {
+            bail!(UsageError(format!("`--annotation {a}` has an empty key")));
+        }
+        annotations.push((k.to_owned(), v.to_owned()));
+    }
+    Ok(TagOptions {
+        version: args.version.clone(),
+        branch: args.branch.clone(),
+        default_branch: args.default_branch.clone(),
+        revision: args.revision.clone(),
+        source: args.source.clone(),
+        created: args.created.clone(),
+        tags: args.tags.clone(),
+        auto_tags,
+        latest: match args.latest {
+            LatestArg::Auto => tags::LatestMode::Auto,
+            LatestArg::Always => tags::LatestMode::Always,
+            LatestArg::Never => tags::LatestMode::Never,
+        },
+        no_tags: args.no_tags,
+        annotations,
+    })
+}
+
+fn resolve_plan(args: &TagArgs, env: &Env, git: &dyn GitInfo) -> Result<TagPlan> {
+    let options = tag_options(args)?;
+    Ok(tags::resolve(&options, env, git)?)
+}
+
+/// A `--repo` value: `oci:DIR` or a registry repository.
+enum Target {
+    Layout(PathBuf),
+    Registry(Repository),
+}
+
+fn parse_target(text: &str, reporter: &dyn Reporter) -> Result<Target> {
+    if let Some(dir) = text.strip_prefix("oci:") {
+        if dir.is_empty() {
+            bail!(UsageError("`--repo oci:` needs a directory, as in `oci:./out`".into()));
+        }
+        return Ok(Target::Layout(PathBuf::from(dir)));
+    }
+    let (repository, lowered) = Repository::parse_lenient(text)
+        .map_err(|e| UsageError(format!("`--repo {text}`: {e}")))?;
+    if lowered {
+        reporter.on_notice(&format!(
+            "notice: repository names are lower-case; publishing to `{repository}`"
+        ));
+    }
+    Ok(Target::Registry(repository))
+}
+
+fn default_repos(env: &Env, reporter: &dyn Reporter) -> Result<Vec<String>> {
+    match (env.get(env::GITHUB_ACTIONS), env.get(env::GITHUB_REPOSITORY)) {
+        (Some("true"), Some(repo)) => {
+            let default = format!("ghcr.io/{}", repo.to_lowercase());
+            reporter.on_notice(&format!("no --repo given: publishing to `{default}`"));
+            Ok(vec![default])
+        }
+        _ => bail!(UsageError(
+            "no destination: give `--repo REPO` (a registry repository or `oci:DIR`)".into()
+        )),
+    }
+}
+
+fn client_options(args: &RegistryArgs) -> ClientOptions {
+    ClientOptions {
+        insecure_hosts: args.insecure_registries.clone(),
+        ca_files: args.ca_files.clone(),
+        jobs: args.jobs.max(1),
+        ..ClientOptions::default()
+    }
+}
+
+/// One client per registry host, with its credentials resolved.
+async fn registry_clients(
+    repositories: &[&Repository],
+    args: &RegistryArgs,
+    env: &Env,
+) -> Result<HashMap<String, RegistryClient>> {
+    let explicit = match &args.username {
+        Some(user) if args.password_stdin => {
+            let mut password = String::new();
+            std::io::stdin()
+                .read_to_string(&mut password)
+                .context("cannot read the password from stdin")?;
+            let password = password.trim_end_matches(['\n', '\r']).to_owned();
+            if password.is_empty() {
+                bail!(UsageError("--password-stdin read an empty password".into()));
+            }
+            Some((user.clone(), registry::Secret::new(password)))
+        }
+        _ => None,
+    };
+    let options = client_options(args);
+    let lookup = env.lookup();
+    let mut clients = HashMap::new();
+    for repository in repositories {
+        let registry: &Registry = &repository.registry;
+        let key = registry.to_string();
+        if clients.contains_key(&key) {
+            continue;
+        }
+        let credentials =
+            registry::resolve_credentials(registry, &repository.path, explicit.as_ref(), &lookup)
+                .with_context(|| format!("cannot find credentials for `{registry}`"))?;
+        let client = RegistryClient::new(registry, credentials, &options)
+            .with_context(|| format!("cannot set up a client for `{registry}`"))?;
+        client
+            .ping()
+            .await
+            .with_context(|| format!("cannot reach the registry `{registry}`"))?;
+        clients.insert(key, client);
+    }
+    Ok(clients)
+}
+
+async fn destinations(
+    repos: &[String],
+    args: &RegistryArgs,
+    env: &Env,
+    reporter: &dyn Reporter,
+) -> Result<Vec<Destination>> {
+    let targets: Vec<Target> = repos
+        .iter()
+        .map(|r| parse_target(r, reporter))
+        .collect::<Result<_>>()?;
+    let repositories: Vec<&Repository> = targets
+        .iter()
+        .filter_map(|t| match t {
+            Target::Registry(r) => Some(r),
+            Target::Layout(_) => None,
+        })
+        .collect();
+    let clients = registry_clients(&repositories, args, env).await?;
+    targets
+        .into_iter()
+        .map(|t| match t {
+            Target::Layout(dir) => Ok(Destination::Layout(Arc::new(
+                Layout::open_or_create(&dir)?,
+            ))),
+            Target::Registry(repository) => Ok(Destination::Registry {
+                client: clients[&repository.registry.to_string()].clone(),
+                repository,
+            }),
+        })
+        .collect()
+}
+
+fn compression(args: &PublishArgs) -> Result<Compression> {
+    Ok(match (args.compression, args.compression_level) {
+        (CompressionArg::None, _) => Compression::None,
+        (CompressionArg::Gzip, None) => Compression::Gzip {
+            level: Compression::DEFAULT_GZIP_LEVEL,
+        },
+        (CompressionArg::Gzip, Some(l)) if (1..=9).contains(&l) => Compression::Gzip { level: l as u32 },
+        (CompressionArg::Zstd, None) => Compression::Zstd {
+            level: Compression::DEFAULT_ZSTD_LEVEL,
+        },
+        (CompressionArg::Zstd, Some(l)) if (1..=19).contains(&l) => Compression::Zstd { level: l },
+        (c, Some(l)) => bail!(UsageError(format!(
+            "`--compression-level {l}` is out of range for {c:?} (gzip 1–9, zstd 1–19)"
+        ))),
+    })
+}
+
+async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) -> Result<()> {
+    let plan = resolve_plan(&args.tags, env, &SystemGit)?;
+    for warning in &plan.warnings {
+        screen.on_notice(&format!("warning: {warning}"));
+    }
+    if let Some(error) = &plan.fork_pr_error {
+        bail!(UsageError(error.clone()));
+    }
+    let inputs: Vec<InputSpec> = args
+        .inputs
+        .iter()
+        .map(|text| text.parse::<InputSpec>())
+        .collect::<Result<_, _>>()?;
+    let repos = if args.repos.is_empty() {
+        default_repos(env, &*screen)?
+    } else {
+        args.repos.clone()
+    };
+    let destinations = destinations(&repos, &args.registry, env, &*screen).await?;
+
+    let tally = Arc::new(Tally::new(screen.clone()));
+    let reporter: Arc<dyn Reporter> = tally.clone();
+    let spool_dir = args.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
+    let manifest_annotations = match args.annotation_level {
+        AnnotationLevel::Index => BTreeMap::new(),
+        AnnotationLevel::IndexAndManifest => plan.annotations.clone(),
+    };
+    let tag_set = TagSet {
+        tags: plan.tags.clone(),
+        guard: match args.tags.tag_guard {
+            Switch::Off => None,
+            Switch::On if plan.tags.is_empty() => None,
+            Switch::On => {
+                let plan = plan.clone();
+                Some(Arc::new(move |existing: &[String]| {
+                    let outcome = tags::apply_guard(&plan, existing);
+                    (outcome.kept, outcome.withheld)
+                }))
+            }
+        },
+    };
+    let overrides = tag_options(&args.tags)?.annotations;
+    let request = publish::Request {
+        inputs,
+        destinations,
+        image: ImageOptions {
+            compression: compression(&args)?,
+            spool_dir,
+            manifest_annotations,
+            known: Arc::new(|_| None),
+        },
+        index_annotations: plan.annotations.clone(),
+        complete_annotations: Some(Arc::new(
+            move |annotations: &mut BTreeMap<String, String>, images: &[PublishedImage]| {
+                let labels: Vec<BTreeMap<String, String>> = images
+                    .iter()
+                    .map(|i| {
+                        i.config
+                            .config
+                            .as_ref()
+                            .and_then(|c| c.labels.clone())
+                            .unwrap_or_default()
+                    })
+                    .collect();
+                tags::annotations_from_labels(annotations, &labels, &overrides);
+            },
+        )),
+        tags: tag_set,
+        cache_from: args.cache_from.clone(),
+    };
+    let report = publish::publish(request, reporter).await?;
+
+    let metadata = Metadata::new(&report, plan.version_text(), tally.totals());
+    let mut stdout = std::io::stdout().lock();
+    for reference in &metadata.references {
+        writeln!(stdout, "{reference}")?;
+    }
+    stdout.flush()?;
+    write_ci_outputs(&metadata, args.metadata_file.as_ref(), env)
+}
+
+/// GitHub Actions outputs and summary, and `--metadata-file`.
+fn write_ci_outputs(metadata: &Metadata, metadata_file: Option<&PathBuf>, env: &Env) -> Result<()> {
+    let append = |path: &str, text: &str| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open `{path}`"))?;
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("cannot write `{path}`"))
+    };
+    if let Some(path) = env.get(env::GITHUB_OUTPUT) {
+        append(path, &metadata.github_output())?;
+    }
+    if let Some(path) = env.get(env::GITHUB_STEP_SUMMARY) {
+        append(path, &metadata.step_summary())?;
+    }
+    if let Some(path) = metadata_file {
+        let json = serde_json::to_vec_pretty(metadata)?;
+        std::fs::write(path, json)
+            .with_context(|| format!("cannot write the metadata file `{}`", path.display()))?;
+    }
+    Ok(())
+}
+
+async fn run_tags(args: TagsArgs, env: &Env) -> Result<()> {
+    let plan = resolve_plan(&args.tags, env, &SystemGit)?;
+    for warning in &plan.warnings {
+        eprintln!("warning: {warning}");
+    }
+    let (tags, withheld) = match &args.repo {
+        Some(repo) if args.tags.tag_guard == Switch::On => {
+            let quiet = progress::Quiet;
+            let destinations = destinations(std::slice::from_ref(repo), &args.registry, env, &quiet).await?;
+            let existing = destinations[0].list_tags().await?;
+            let outcome = tags::apply_guard(&plan, &existing);
+            (outcome.kept, outcome.withheld)
+        }
+        _ => (plan.tags.clone(), Vec::new()),
+    };
+    for (tag, why) in &withheld {
+        eprintln!("not moving `{tag}`: {why}");
+    }
+    let mut stdout = std::io::stdout().lock();
+    if args.json {
+        let mut value = serde_json::to_value(&plan)?;
+        value["tags"] = serde_json::json!(tags);
+        value["withheld"] = serde_json::json!(withheld
+            .iter()
+            .map(|(t, r)| serde_json::json!({"tag": t, "reason": r}))
+            .collect::<Vec<_>>());
+        serde_json::to_writer_pretty(&mut stdout, &value)?;
+        writeln!(stdout)?;
+    } else {
+        for tag in &tags {
+            writeln!(stdout, "{tag}")?;
+        }
+    }
+    stdout.flush()?;
+    Ok(())
+}

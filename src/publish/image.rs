@@ -1,0 +1,255 @@
+//! One input → one per-architecture image at every destination.
+//!
+//! The input is read in one pass on a blocking thread (the tar reader and the
+//! compressors are synchronous and CPU-bound). Each layer is encoded into a
+//! spool, and as soon as a layer starts, one upload per destination starts
+//! following its spool, so the network overlaps with compression and the
+//! archive's manifest, which a stream writes last, is needed only at the end.
+//! Then the config and the image manifest (by digest) follow.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+
+use crate::digest::Digest;
+use crate::input::docker_archive::{self, ArchiveImage, LayerBlob, ReadEvent, ReadOptions};
+use crate::input::{self, InputSpec};
+use crate::layer::Compression;
+use crate::manifest;
+use crate::oci::{ConfigSummary, Descriptor, Platform, RawManifest};
+use crate::progress::Reporter;
+
+use super::destination::Destination;
+
+/// What reading an input needs besides the input itself.
+#[derive(Clone)]
+pub struct ImageOptions {
+    pub compression: Compression,
+    pub spool_dir: PathBuf,
+    /// Annotations for the per-architecture manifest (`--annotation-level`).
+    pub manifest_annotations: BTreeMap<String, String>,
+    /// The known-layer map: diff_id → a blob every destination already has.
+    pub known: Arc<dyn Fn(&Digest) -> Option<Descriptor> + Send + Sync>,
+}
+
+/// A per-architecture image in place at every destination.
+#[derive(Clone, Debug)]
+pub struct PublishedImage {
+    /// The input as the user wrote it.
+    pub input: String,
+    pub platform: Platform,
+    pub manifest: RawManifest,
+    pub config: ConfigSummary,
+    /// Each layer's diff_id with the descriptor pushed for it (for the
+    /// known-layer cache).
+    pub layers: Vec<(Digest, Descriptor)>,
+}
+
+/// Reads `spec` and publishes its image to every destination.
+pub async fn publish_image(
+    spec: InputSpec,
+    destinations: Arc<Vec<Destination>>,
+    options: ImageOptions,
+    reporter: Arc<dyn Reporter>,
+) -> Result<PublishedImage> {
+    let name = spec.text.clone();
+    reporter.on_input_started(&name);
+    let cancel = Arc::new(AtomicBool::new(false));
+    // Stops the reader (and so the stream process) if this future is dropped.
+    let _stop_reader_on_drop = CancelOnDrop(cancel.clone());
+
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let reader = {
+        let spec = spec.clone();
+        let read_options = ReadOptions {
+            compression: options.compression,
+            spool_dir: options.spool_dir.clone(),
+            known: options.known.clone(),
+        };
+        tokio::task::spawn_blocking(move || read_input(&spec, &read_options, cancel, events_tx))
+    };
+
+    // Uploads start as layers start; a failed upload stops the run early.
+    let mut uploads: JoinSet<Result<Digest>> = JoinSet::new();
+    let mut started: HashMap<String, usize> = HashMap::new();
+    loop {
+        tokio::select! {
+            event = events.recv() => match event {
+                None => break,
+                Some(ReadEvent::LayerStarted { member, size, spool }) => {
+                    let id = reporter.on_layer_started(&name, &member, size);
+                    started.insert(member, id);
+                    for destination in destinations.iter() {
+                        let (destination, spool, reporter) = (destination.clone(), spool.clone(), reporter.clone());
+                        uploads.spawn(async move { destination.push_spool(spool, &*reporter).await });
+                    }
+                }
+                Some(ReadEvent::LayerProgress { member, bytes }) => {
+                    if let Some(id) = started.get(&member) {
+                        reporter.on_layer_read(*id, bytes);
+                    }
+                }
+                Some(ReadEvent::LayerFinished { member, .. }) => {
+                    if let Some(id) = started.get(&member) {
+                        reporter.on_layer_done(*id, false);
+                    }
+                }
+                Some(ReadEvent::LayerSkipped { member, .. }) => {
+                    let id = *started.entry(member.clone()).or_insert_with(|| reporter.on_layer_started(&name, &member, 0));
+                    reporter.on_layer_done(id, true);
+                }
+            },
+            Some(done) = uploads.join_next(), if !uploads.is_empty() => {
+                // An upload that fails because the reader failed is reported
+                // through the reader's error below, which says more.
+                if let Err(e) = flatten(done) {
+                    if !reader.is_finished() {
+                        return Err(e);
+                    }
+                    let image = reader.await.context("the input reader panicked")??;
+                    drop(image);
+                    return Err(e);
+                }
+            }
+        }
+    }
+    let image = reader.await.context("the input reader panicked")??;
+
+    // A layer that never announced itself (resolved at the end of the archive)
+    // is uploaded now.
+    for layer in &image.layers {
+        if let LayerBlob::Spooled { spool, .. } = &layer.blob {
+            if !started.contains_key(&layer.member) {
+                started.insert(layer.member.clone(), usize::MAX);
+                for destination in destinations.iter() {
+                    let (destination, spool, reporter) = (destination.clone(), spool.clone(), reporter.clone());
+                    uploads.spawn(async move { destination.push_spool(spool, &*reporter).await });
+                }
+            }
+        }
+    }
+    while let Some(done) = uploads.join_next().await {
+        flatten(done).with_context(|| format!("cannot publish the layers of `{name}`"))?;
+    }
+
+    let platform = platform_of(&spec, &image.summary, &*reporter)?;
+    let config = manifest::config_descriptor(&image.config);
+    for destination in destinations.iter() {
+        destination.push_bytes(image.config.clone(), &*reporter).await?;
+    }
+    let layers: Vec<(Digest, Descriptor)> = image
+        .layers
+        .iter()
+        .map(|layer| {
+            let descriptor = match &layer.blob {
+                LayerBlob::Spooled { encoded, .. } => {
+                    Descriptor::new(encoded.media_type, encoded.digest.clone(), encoded.size)
+                }
+                LayerBlob::Known { descriptor } => descriptor.clone(),
+            };
+            (layer.diff_id.clone(), descriptor)
+        })
+        .collect();
+    let image_manifest = manifest::image_manifest(
+        config,
+        layers.iter().map(|(_, d)| d.clone()).collect(),
+        options.manifest_annotations.clone(),
+    );
+    let pushes = destinations
+        .iter()
+        .map(|d| d.push_manifest(&image_manifest, &format!("the {platform} manifest"), &*reporter));
+    futures::future::try_join_all(pushes).await?;
+
+    Ok(PublishedImage {
+        input: name,
+        platform,
+        manifest: image_manifest,
+        config: image.summary,
+        layers,
+    })
+}
+
+fn flatten(joined: Result<Result<Digest>, tokio::task::JoinError>) -> Result<Digest> {
+    joined.context("an upload task panicked")?
+}
+
+/// The blocking half: open the input, read it in one pass, check its exit.
+fn read_input(
+    spec: &InputSpec,
+    options: &ReadOptions,
+    cancel: Arc<AtomicBool>,
+    events: mpsc::UnboundedSender<ReadEvent>,
+) -> Result<ArchiveImage> {
+    let mut opened = input::open(spec)?;
+    let image = {
+        let mut reader = Cancellable {
+            inner: opened.reader(),
+            cancel,
+        };
+        docker_archive::read_docker_archive(&spec.text, &mut reader, options, &mut |event| {
+            // The receiver is gone only when the publish is being torn down.
+            let _ = events.send(event);
+        })?
+    };
+    opened.finish()?;
+    Ok(image)
+}
+
+/// The platform for the index entry: the user's (prefix of the input), else
+/// the config's. A docker-archive config is never rewritten (its digest is
+/// fixed), so a correction goes only into the index.
+fn platform_of(spec: &InputSpec, config: &ConfigSummary, reporter: &dyn Reporter) -> Result<Platform> {
+    let from_config = (!config.architecture.is_empty()).then(|| Platform {
+        architecture: config.architecture.clone(),
+        os: if config.os.is_empty() { "linux".to_owned() } else { config.os.clone() },
+        variant: config.variant.clone().filter(|v| !v.is_empty()),
+    });
+    match (&spec.platform, from_config) {
+        (Some(given), Some(found)) => {
+            if given.architecture != found.architecture || given.os != found.os {
+                reporter.on_notice(&format!(
+                    "warning: `{}` says its platform is `{found}`; publishing it as `{given}` as asked",
+                    spec.text
+                ));
+            }
+            Ok(given.clone())
+        }
+        (Some(given), None) => Ok(given.clone()),
+        (None, Some(found)) => Ok(found),
+        (None, None) => bail!(
+            "`{}`: the image config names no architecture\nhint: give the platform before the input, as in `linux/amd64={}`",
+            spec.text,
+            spec.text
+        ),
+    }
+}
+
+/// Fails reads once `cancel` is set, so an abandoned reader stops promptly.
+struct Cancellable<'a> {
+    inner: &'a mut dyn Read,
+    cancel: Arc<AtomicBool>,
+}
+
+impl Read for Cancellable<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            // Not `Interrupted`: readers retry on that.
+            return Err(io::Error::other("publish cancelled"));
+        }
+        self.inner.read(buf)
+    }
+}
+
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,176 @@
+//! Publishing: every input to every destination, then the index, then tags.
+//!
+//! Phase 1, per destination: blobs, per-architecture manifests by digest,
+//! then the index by digest. Phase 2, only if phase 1 succeeded everywhere:
+//! the tags. A failure in phase 1 moves no tag anywhere.
+
+pub mod destination;
+pub mod image;
+pub mod known;
+pub mod outputs;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use crate::digest::Digest;
+use crate::input::InputSpec;
+use crate::manifest;
+use crate::oci::{Platform, RawManifest};
+use crate::progress::Reporter;
+
+pub use destination::Destination;
+pub use image::{ImageOptions, PublishedImage};
+
+/// Decides which floating tags may move, given the tags a repository has:
+/// returns the tags to push and the withheld ones with a reason.
+pub type TagGuard = Arc<dyn Fn(&[String]) -> (Vec<String>, Vec<(String, String)>) + Send + Sync>;
+
+/// The tags to push, and the never-backwards guard (None: push them all).
+#[derive(Clone, Default)]
+pub struct TagSet {
+    pub tags: Vec<String>,
+    pub guard: Option<TagGuard>,
+}
+
+/// A publish request, resolved and validated by the caller.
+pub struct Request {
+    pub inputs: Vec<InputSpec>,
+    pub destinations: Vec<Destination>,
+    pub image: ImageOptions,
+    pub index_annotations: BTreeMap<String, String>,
+    /// Fills annotations the caller could not know before the configs were
+    /// read (labels of every per-architecture config).
+    pub complete_annotations:
+        Option<Arc<dyn Fn(&mut BTreeMap<String, String>, &[PublishedImage]) + Send + Sync>>,
+    pub tags: TagSet,
+    /// References whose layers may be reused (`--cache-from`), besides the tags.
+    pub cache_from: Vec<String>,
+}
+
+/// What happened at one destination.
+#[derive(Clone, Debug)]
+pub struct DestinationReport {
+    pub destination: String,
+    pub tags: Vec<String>,
+    pub withheld: Vec<(String, String)>,
+}
+
+/// The outcome of a publish.
+#[derive(Clone, Debug)]
+pub struct Report {
+    pub images: Vec<PublishedImage>,
+    pub index: RawManifest,
+    pub destinations: Vec<DestinationReport>,
+}
+
+impl Report {
+    pub fn digest(&self) -> &Digest {
+        &self.index.digest
+    }
+}
+
+/// Publishes `request`; see the module doc for the order of steps.
+pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Report> {
+    let destinations = Arc::new(request.destinations);
+    check_distinct_platforms(request.inputs.iter().filter_map(|i| {
+        i.platform.as_ref().map(|p| (p.clone(), i.text.clone()))
+    }))?;
+
+    // The guard reads each repository's tags before uploading, so that a
+    // registry that won't list them fails the run before any upload.
+    if request.tags.guard.is_some() {
+        for destination in destinations.iter() {
+            destination.list_tags().await?;
+        }
+    }
+
+    let mut image_options = request.image.clone();
+    let known = known::KnownLayers::fetch(
+        &destinations,
+        request.tags.tags.iter().chain(request.cache_from.iter()),
+        image_options.compression,
+        &*reporter,
+    )
+    .await;
+    if !known.is_empty() {
+        let known = Arc::new(known);
+        image_options.known = Arc::new(move |diff_id: &Digest| known.get(diff_id));
+    }
+
+    let images = futures::future::try_join_all(request.inputs.into_iter().map(|spec| {
+        image::publish_image(spec, destinations.clone(), image_options.clone(), reporter.clone())
+    }))
+    .await?;
+    check_distinct_platforms(images.iter().map(|i| (i.platform.clone(), i.input.clone())))?;
+
+    let mut annotations = request.index_annotations.clone();
+    if let Some(complete) = &request.complete_annotations {
+        complete(&mut annotations, &images);
+    }
+    let entries: Vec<(RawManifest, Platform)> = images
+        .iter()
+        .map(|i| (i.manifest.clone(), i.platform.clone()))
+        .collect();
+    let index = manifest::image_index(&entries, annotations);
+    futures::future::try_join_all(
+        destinations
+            .iter()
+            .map(|d| d.push_manifest(&index, "the index", &*reporter)),
+    )
+    .await?;
+
+    // Phase 2: tags, only now that everything they point at is in place.
+    let mut reports = Vec::new();
+    for destination in destinations.iter() {
+        let (tags, withheld) = match &request.tags.guard {
+            Some(guard) => {
+                let existing = destination.list_tags().await?;
+                guard(&existing)
+            }
+            None => (request.tags.tags.clone(), Vec::new()),
+        };
+        for (tag, why) in &withheld {
+            reporter.on_notice(&format!("{destination}: not moving `{tag}`: {why}"));
+        }
+        let tags = destination
+            .set_tags(&index, &tags, &*reporter)
+            .await
+            .with_context(|| format!("tagging `{destination}` failed after its index `{}` was pushed", index.digest))?;
+        reports.push(DestinationReport {
+            destination: destination.to_string(),
+            tags,
+            withheld,
+        });
+    }
+    Ok(Report {
+        images,
+        index,
+        destinations: reports,
+    })
+}
+
+/// Two inputs of one platform cannot share an index.
+fn check_distinct_platforms(items: impl Iterator<Item = (Platform, String)>) -> Result<()> {
+    let mut seen: BTreeMap<String, String> = BTreeMap::new();
+    for (platform, input) in items {
+        if let Some(first) = seen.insert(platform.to_string(), input.clone()) {
+            bail!(crate::publish::DuplicatePlatform {
+                platform,
+                first,
+                second: input
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Two inputs claim one platform (a usage error: exit 2).
+#[derive(Debug, thiserror::Error)]
+#[error("`{first}` and `{second}` are both `{platform}` images; an index holds one image per platform\nhint: give each input its platform, as in `linux/arm/v7=./result`")]
+pub struct DuplicatePlatform {
+    pub platform: Platform,
+    pub first: String,
+    pub second: String,
+}
