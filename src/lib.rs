@@ -15,5 +15,7 @@
 //! Each module may use the ones declared before it, never one after it.
 
 pub mod digest;
+pub mod env;
 pub mod layer;
 pub mod oci;
+pub mod tags;
