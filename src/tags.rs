@@ -1,6 +1,6 @@
 //! Tag and annotation rules: from flags, the CI environment and the GitHub
 //! event payload to the list of tags to push and the index annotations
-//! (`docs/reference/tags.md` is the spec; its section numbers appear below).
+//! (the reference `tags.md` is the spec; its section numbers appear below).
 //!
 //! Everything here is pure: the environment comes in as an [`Env`], git sits
 //! behind [`GitInfo`], and the clock is read once, in [`resolve`]. Reading a
@@ -8,6 +8,23 @@
 //! decides, from that list, which floating tags would move backwards. Nothing
 //! here prints: warnings and notices are returned in the [`TagPlan`] for the
 //! caller to show.
+//!
+//! Where the spec is silent, these choices were made:
+//! - `--branch` is a branch wherever the run isn't a pull request or merge
+//!   queue: locally, or alongside a tag run, it gives the branch tag and
+//!   case 2(a)'s `latest`.
+//! - `--latest always` adds `latest` even when `--auto-tags` leaves it out.
+//! - A `--version` that differs from the tag being built warns like
+//!   `VERSION` does.
+//! - An automatic tag equal to an earlier one is dropped (the first wins), so
+//!   a `--tag 1` is the user's and never guarded.
+//! - `sha-` needs a hex revision; GitHub's `NOASSERTION` license is left out;
+//!   the push payload's `head_commit.timestamp` is used only when its `id` is
+//!   the revision; a `SOURCE_DATE_EPOCH` that is not a number is ignored with
+//!   a warning.
+//! - Fork pull requests are recognised by `pull_request.head.repo.full_name`
+//!   (case-insensitively); under `pull_request_target` the token can write,
+//!   so only the untrusted-code warning applies.
 
 use std::cmp::Ordering;
 use std::collections::BTreeMap;
@@ -587,17 +604,21 @@ fn detect(env: &Env, event: Option<&str>, payload: Option<&Value>) -> Detected {
         return d;
     }
     let ref_type = env.get(env::GITHUB_REF_TYPE);
+    // GITHUB_REF_TYPE/GITHUB_REF_NAME only stand in for a GITHUB_REF that
+    // names neither a branch nor a tag.
+    let by_type =
+        !git_ref.is_some_and(|r| r.starts_with("refs/heads/") || r.starts_with("refs/tags/"));
     let ref_name = env.get(env::GITHUB_REF_NAME).map(str::to_owned);
     if let Some(tag) = git_ref.and_then(|r| r.strip_prefix("refs/tags/")) {
         d.run = RunKind::Tag;
         d.ref_tag = Some(tag.to_owned()).filter(|t| !t.is_empty());
-    } else if git_ref.is_none() && ref_type == Some("tag") {
+    } else if by_type && ref_type == Some("tag") {
         d.run = RunKind::Tag;
         d.ref_tag = ref_name;
     } else if let Some(branch) = git_ref.and_then(|r| r.strip_prefix("refs/heads/")) {
         d.run = RunKind::Branch;
         d.branch = Some(branch.to_owned()).filter(|b| !b.is_empty());
-    } else if git_ref.is_none() && ref_type == Some("branch") {
+    } else if by_type && ref_type == Some("branch") {
         d.run = RunKind::Branch;
         d.branch = ref_name;
     } else if event == Some("schedule") {
@@ -1965,6 +1986,19 @@ mod tests {
         assert_eq!(plan.run, RunKind::Branch);
         assert_eq!(plan.tags, words("dev"));
         let plan = case()
+            .env(env::GITHUB_REF, "refs/weird")
+            .env(env::GITHUB_REF_TYPE, "branch")
+            .env(env::GITHUB_REF_NAME, "dev")
+            .plan();
+        assert_eq!(plan.tags, words("dev"));
+        // A branch GITHUB_REF wins over a contradicting GITHUB_REF_TYPE.
+        let plan = case()
+            .env(env::GITHUB_REF, "refs/heads/dev")
+            .env(env::GITHUB_REF_TYPE, "tag")
+            .env(env::GITHUB_REF_NAME, "v1.0.0")
+            .plan();
+        assert_eq!(plan.run, RunKind::Branch);
+        let plan = case()
             .env(env::GITHUB_REF_TYPE, "tag")
             .env(env::GITHUB_REF_NAME, "v3.1.0")
             .plan();
@@ -2144,6 +2178,35 @@ mod tests {
         );
         // `1` is not counted as a version, so branch `1` stays.
         assert_eq!(case().push("1").tags(), words("1"));
+    }
+
+    #[test]
+    fn branch_flag_outside_ci() {
+        // Locally the branch is never read from git: --branch gives it.
+        let git = FakeGit {
+            rev: Some("abcdef0123"),
+            time: None,
+        };
+        let plan = case()
+            .git(git)
+            .opts(|o| o.branch = Some("main".into()))
+            .plan();
+        assert_eq!(
+            (plan.run, plan.tags.clone()),
+            (RunKind::Unknown, words("main latest"))
+        );
+        assert_eq!(plan.annotations[ANNOTATION_VERSION], "main");
+        let plan = case()
+            .tag_run("v1.0.0")
+            .opts(|o| o.branch = Some("main".into()))
+            .plan();
+        assert_eq!(plan.tags, words("main latest 1.0.0 1.0 1"));
+        assert!(
+            plan.guarded.iter().all(|g| g.tag != "latest"),
+            "2(a) is unguarded"
+        );
+        // Nothing known at all: nothing to tag.
+        assert!(matches!(case().resolve(), Err(TagError::NoTags)));
     }
 
     #[test]
