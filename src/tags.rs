@@ -652,15 +652,38 @@ impl TagList {
     }
 }
 
+/// Warnings and notices gathered while resolving, for the caller to show.
+#[derive(Default)]
+struct Notes {
+    warnings: Vec<String>,
+    notices: Vec<String>,
+}
+
+/// What the automatic tags and annotations are derived from.
+struct Facts<'a> {
+    opts: &'a TagOptions,
+    event: Option<&'a str>,
+    payload: Option<&'a Value>,
+    run: RunKind,
+    pull_request: Option<u64>,
+    branch: Option<String>,
+    default_branch: String,
+    version: Option<Version>,
+    revision: Option<String>,
+    source: Option<String>,
+}
+
+/// A tag and whether it floats, or why there is none.
+type Candidate = Result<(String, Option<Floating>), String>;
+
 fn resolve_at(
     opts: &TagOptions,
     env: &Env,
     git: &dyn GitInfo,
     now: i64,
 ) -> Result<TagPlan, TagError> {
-    let mut warnings = Vec::new();
-    let mut notices = Vec::new();
-
+    let mut notes = Notes::default();
+    // Usage errors first, before anything is read.
     for (key, _) in &opts.annotations {
         if key.trim().is_empty() || key.chars().any(char::is_whitespace) {
             return Err(TagError::BadAnnotation {
@@ -668,279 +691,62 @@ fn resolve_at(
             });
         }
     }
-    let mut user_tags = Vec::new();
+    let mut list = TagList::default();
     for tag in opts.tags.iter().map(|t| t.trim()).filter(|t| !t.is_empty()) {
         validate_tag(tag)?;
-        user_tags.push(tag);
+        list.push(tag, None);
     }
 
     let payload = read_event(env)?;
     let payload = payload.as_ref();
     let event = env.get(env::GITHUB_EVENT_NAME);
     let detected = detect(env, event, payload);
-    let run = detected.run;
-
     if matches!(event, Some("workflow_run" | "repository_dispatch"))
         && (flag(&opts.branch).is_none()
             || opts.version.is_none()
             || flag(&opts.revision).is_none())
     {
-        warnings.push(format!(
+        notes.warnings.push(format!(
             "the `{}` event's environment describes the default branch, not the run that \
              triggered it\nhint: pass `--branch`, `--version` and `--revision`",
             event.unwrap_or_default()
         ));
     }
-
-    // Default branch, then branch (§1.2).
-    let payload_default = json_str(payload, "/repository/default_branch");
-    let is_schedule = event == Some("schedule");
-    let default_branch = flag(&opts.default_branch)
-        .or(payload_default)
-        .or(if is_schedule {
-            detected.branch.as_deref()
-        } else {
-            None
-        })
-        .unwrap_or("main")
-        .to_owned();
-    let env_branch = match (&detected.branch, run) {
-        (Some(b), _) => Some(b.clone()),
-        (None, RunKind::Branch) if is_schedule => Some(default_branch.clone()),
-        _ => None,
+    let (branch, default_branch) = resolve_branch(opts, event, payload, &detected);
+    let facts = Facts {
+        opts,
+        event,
+        payload,
+        run: detected.run,
+        pull_request: detected.pull_request,
+        branch,
+        default_branch,
+        version: resolve_version(opts, env, event, payload, &detected, &mut notes),
+        revision: resolve_revision(opts, env, git, event, payload, detected.run),
+        source: flag(&opts.source).map(str::to_owned).or_else(|| {
+            let server = env.get(env::GITHUB_SERVER_URL)?;
+            let repo = env.get(env::GITHUB_REPOSITORY)?;
+            Some(format!("{}/{}", server.trim_end_matches('/'), repo))
+        }),
     };
-    let branch = flag(&opts.branch).map(str::to_owned).or(env_branch);
+    let fork = check_fork(&facts, env, &mut notes);
 
-    // Version (§1.2, §1.3).
-    let explicit = match opts.version.as_deref() {
-        Some(v) if v.trim().is_empty() => Err(()),
-        Some(v) => Ok(Some(("--version", v.trim()))),
-        None => Ok(env.get(env::VERSION).map(|v| (env::VERSION, v))),
-    };
-    let raw_version = match (explicit, detected.ref_tag.as_deref()) {
-        // `--version ""`: no version, not even the tag name.
-        (Err(()), _) => None,
-        (Ok(Some((source, v))), Some(tag)) => {
-            if normalise_version(v) != normalise_version(tag) {
-                warnings.push(format!(
-                    "`{source}` is `{v}` but the run is for tag `{tag}`: using `{v}`"
-                ));
-            }
-            Some(v)
-        }
-        (Ok(Some((_, v))), None) => Some(v),
-        (Ok(None), tag) => tag,
-    };
-    let mut version = raw_version.and_then(Version::parse);
-    if let Some(v) = &mut version {
-        let marked = event == Some("release")
-            && payload
-                .and_then(|p| p.pointer("/release/prerelease"))
-                .and_then(Value::as_bool)
-                == Some(true);
-        if marked && v.kind == VersionKind::Stable {
-            v.kind = VersionKind::PreRelease;
-            notices.push(format!(
-                "the release is marked as a pre-release: `{}` gets no `latest`, minor or major tag",
-                v.text
-            ));
-        }
-    }
-
-    // Revision and source (§1.2).
-    let revision = flag(&opts.revision)
-        .map(str::to_owned)
-        .or_else(|| {
-            (run == RunKind::PullRequest && event == Some("pull_request_target"))
-                .then(|| json_str(payload, "/pull_request/head/sha").map(str::to_owned))
-                .flatten()
-        })
-        .or_else(|| env.get(env::GITHUB_SHA).map(str::to_owned))
-        .or_else(|| git.head_revision());
-    let source = flag(&opts.source).map(str::to_owned).or_else(|| {
-        let server = env.get(env::GITHUB_SERVER_URL)?;
-        let repo = env.get(env::GITHUB_REPOSITORY)?;
-        Some(format!("{}/{}", server.trim_end_matches('/'), repo))
-    });
-
-    // Pull requests from forks (§1.1).
-    let mut fork = None;
-    if run == RunKind::PullRequest {
-        let head_repo = json_str(payload, "/pull_request/head/repo/full_name");
-        let repository = env.get(env::GITHUB_REPOSITORY);
-        let is_fork = match (head_repo, repository) {
-            (Some(h), Some(r)) => !h.eq_ignore_ascii_case(r),
-            _ => false,
-        };
-        if event == Some("pull_request_target") {
-            warnings.push(
-                "`pull_request_target` runs with a write token: the pull request's code, which \
-                 may be untrusted, is being published"
-                    .to_owned(),
-            );
-        } else if let (true, Some(h), Some(r)) = (is_fork, head_repo, repository) {
-            fork = Some((h.to_owned(), r.to_owned()));
-        }
-    }
-
-    // Tags (§2, §4).
-    let mut list = TagList::default();
-    for tag in user_tags {
-        list.push(tag, None);
-    }
-    let requested = opts
-        .auto_tags
-        .clone()
-        .unwrap_or_else(|| AutoTag::DEFAULT.to_vec());
-    let asked_for = |kind| opts.auto_tags.as_ref().is_some_and(|k| k.contains(&kind));
-    let is_pr = run == RunKind::PullRequest;
-    let is_mq = run == RunKind::MergeQueue;
-    let stable = version.as_ref().filter(|v| v.kind == VersionKind::Stable);
-    let version_reason = |v: &Option<Version>| match v {
-        None => "no version".to_owned(),
-        Some(v) => match v.kind {
-            VersionKind::Stable => String::new(),
-            VersionKind::PreRelease => format!("`{}` is a pre-release", v.text),
-            VersionKind::Opaque => format!("`{}` is not a release version", v.text),
-        },
-    };
-
+    // Automatic tags, after the user's (§2, §4).
     let mut auto_tags = Vec::new();
     for kind in AutoTag::ALL {
-        let wanted = requested.contains(&kind)
-            || (kind == AutoTag::Latest && opts.latest == LatestMode::Always);
-        let candidate: Result<(String, Option<Floating>), String> = if !wanted {
-            Err("not requested".to_owned())
-        } else {
-            match kind {
-                AutoTag::Branch => match (&branch, run) {
-                    (_, RunKind::PullRequest) => Err("pull-request run".to_owned()),
-                    (_, RunKind::MergeQueue) => Err("merge-queue run".to_owned()),
-                    (None, _) => Err("no branch known".to_owned()),
-                    (Some(b), _) => {
-                        let tag = sanitize(b);
-                        if tag.is_empty() {
-                            Err(format!("branch `{b}` has no usable characters"))
-                        } else if tag == "latest" || counted_parts(&tag).is_some() {
-                            warnings.push(format!(
-                                "branch tag `{tag}` dropped: it would be taken for a {}\n\
-                                 hint: pass `--tag {tag}` to push it anyway",
-                                if tag == "latest" {
-                                    "`latest` tag"
-                                } else {
-                                    "version tag"
-                                }
-                            ));
-                            Err(format!("branch tag `{tag}` is reserved"))
-                        } else {
-                            Ok((tag, None))
-                        }
-                    }
-                },
-                AutoTag::Pr => match (run, detected.pull_request) {
-                    (RunKind::PullRequest, Some(n)) => Ok((format!("pr-{n}"), None)),
-                    (RunKind::PullRequest, None) => {
-                        warnings.push("pull-request number unknown: no `pr-` tag".to_owned());
-                        Err("pull-request number unknown".to_owned())
-                    }
-                    _ => Err("not a pull-request run".to_owned()),
-                },
-                AutoTag::Latest => match opts.latest {
-                    LatestMode::Never => Err("`--latest never`".to_owned()),
-                    LatestMode::Always => Ok(("latest".to_owned(), None)),
-                    LatestMode::Auto if is_pr => Err("pull-request run".to_owned()),
-                    LatestMode::Auto if is_mq => Err("merge-queue run".to_owned()),
-                    LatestMode::Auto => match (&branch, stable) {
-                        (Some(b), _) if *b == default_branch => Ok(("latest".to_owned(), None)),
-                        (Some(b), _) => Err(format!(
-                            "branch `{b}` is not the default branch `{default_branch}`"
-                        )),
-                        (None, Some(_)) => Ok(("latest".to_owned(), Some(Floating::Latest))),
-                        (None, None) => Err(version_reason(&version)),
-                    },
-                },
-                AutoTag::Version => match &version {
-                    None => Err("no version".to_owned()),
-                    Some(_) if is_pr && !asked_for(AutoTag::Version) => Err(
-                        "pull-request run (add `version` to `--auto-tags` to get it)".to_owned(),
-                    ),
-                    Some(v) => {
-                        let tag = sanitize(v.tag_text());
-                        if tag.is_empty() {
-                            Err(format!("version `{}` has no usable characters", v.text))
-                        } else {
-                            Ok((tag, None))
-                        }
-                    }
-                },
-                AutoTag::Minor | AutoTag::Major => match stable {
-                    _ if is_pr => Err("pull-request run".to_owned()),
-                    None => Err(version_reason(&version)),
-                    Some(v) if kind == AutoTag::Minor => match v.parts.as_slice() {
-                        [x, y, ..] => Ok((format!("{x}.{y}"), Some(Floating::Minor))),
-                        _ => Err(format!("`{}` has one numeric part", v.text)),
-                    },
-                    Some(v) => match v.parts.first() {
-                        Some(x) => Ok((x.clone(), Some(Floating::Major))),
-                        None => Err(version_reason(&version)),
-                    },
-                },
-                AutoTag::Sha => match revision.as_deref() {
-                    None => {
-                        warnings.push(
-                            "`sha` tag dropped: the revision is unknown\nhint: pass `--revision`"
-                                .to_owned(),
-                        );
-                        Err("revision unknown".to_owned())
-                    }
-                    Some(rev) => {
-                        let short: String = rev.chars().take(7).collect();
-                        if short.len() == 7 && short.chars().all(|c| c.is_ascii_hexdigit()) {
-                            Ok((format!("sha-{}", short.to_ascii_lowercase()), None))
-                        } else {
-                            warnings.push(format!(
-                                "`sha` tag dropped: revision `{rev}` is not a hex commit id"
-                            ));
-                            Err("revision is not hex".to_owned())
-                        }
-                    }
-                },
-            }
+        let (tag, reason) = match auto_tag(kind, &facts, &mut notes) {
+            Ok((tag, floating)) if list.push(&tag, floating) => (Some(tag), None),
+            Ok((tag, _)) => (None, Some(format!("`{tag}` is already listed"))),
+            Err(reason) => (None, Some(reason)),
         };
-        let status = match candidate {
-            Ok((tag, floating)) => {
-                if list.push(&tag, floating) {
-                    AutoTagStatus {
-                        kind,
-                        tag: Some(tag),
-                        reason: None,
-                    }
-                } else {
-                    AutoTagStatus {
-                        kind,
-                        tag: None,
-                        reason: Some(format!("`{tag}` is already listed")),
-                    }
-                }
-            }
-            Err(reason) => AutoTagStatus {
-                kind,
-                tag: None,
-                reason: Some(reason),
-            },
-        };
-        auto_tags.push(status);
+        auto_tags.push(AutoTagStatus { kind, tag, reason });
     }
     if opts.no_tags {
         if !list.tags.is_empty() {
-            notices.push(format!(
-                "`--no-tags`: not pushing {}",
-                list.tags
-                    .iter()
-                    .map(|t| format!("`{t}`"))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ));
+            let listed: Vec<String> = list.tags.iter().map(|t| format!("`{t}`")).collect();
+            notes
+                .notices
+                .push(format!("`--no-tags`: not pushing {}", listed.join(", ")));
         }
         list = TagList::default();
         for status in &mut auto_tags {
@@ -952,62 +758,7 @@ fn resolve_at(
         return Err(TagError::NoTags);
     }
 
-    // Annotations (§6).
-    let mut annotations = BTreeMap::new();
-    let version_annotation = version
-        .as_ref()
-        .map(|v| v.text.clone())
-        .or_else(|| branch.clone())
-        .or_else(|| detected.pull_request.map(|n| format!("pr-{n}")));
-    if let Some(v) = version_annotation {
-        annotations.insert(ANNOTATION_VERSION.to_owned(), v);
-    }
-    if let Some(rev) = &revision {
-        annotations.insert(ANNOTATION_REVISION.to_owned(), rev.clone());
-    }
-    if let Some(src) = &source {
-        annotations.insert(ANNOTATION_SOURCE.to_owned(), src.clone());
-    }
-    let (created, created_from) = created_time(
-        opts,
-        env,
-        git,
-        payload,
-        revision.as_deref(),
-        now,
-        &mut warnings,
-        &mut notices,
-    )?;
-    annotations.insert(ANNOTATION_CREATED.to_owned(), format_utc(created));
-    let url = json_str(payload, "/repository/homepage")
-        .or_else(|| json_str(payload, "/repository/html_url"));
-    // GitHub reports an unrecognised license as `NOASSERTION`: say nothing
-    // rather than that.
-    let licenses = json_str(payload, "/repository/license/spdx_id")
-        .filter(|l| !l.eq_ignore_ascii_case("NOASSERTION"));
-    for (key, value) in [
-        (ANNOTATION_TITLE, json_str(payload, "/repository/name")),
-        (
-            ANNOTATION_DESCRIPTION,
-            json_str(payload, "/repository/description"),
-        ),
-        (ANNOTATION_URL, url),
-        (ANNOTATION_LICENSES, licenses),
-        (
-            ANNOTATION_VENDOR,
-            json_str(payload, "/repository/owner/login"),
-        ),
-        (
-            ANNOTATION_AUTHORS,
-            json_str(payload, "/repository/owner/html_url"),
-        ),
-    ] {
-        if let Some(value) = value {
-            annotations.insert(key.to_owned(), value.to_owned());
-        }
-    }
-    apply_overrides(&mut annotations, &opts.annotations);
-
+    let (annotations, created_from) = index_annotations(&facts, env, git, now, &mut notes)?;
     let fork_error = fork.as_ref().map(|(h, r)| {
         TagError::ForkPullRequest {
             head_repo: h.clone(),
@@ -1016,25 +767,305 @@ fn resolve_at(
         .to_string()
     });
     Ok(TagPlan {
-        run,
+        run: facts.run,
         event: event.map(str::to_owned),
-        branch,
-        default_branch,
-        pull_request: detected.pull_request,
-        version,
-        revision,
-        source,
+        branch: facts.branch,
+        default_branch: facts.default_branch,
+        pull_request: facts.pull_request,
+        version: facts.version,
+        revision: facts.revision,
+        source: facts.source,
         tags: list.tags,
         guarded: list.guarded,
         auto_tags,
         annotations,
         created_from,
         annotation_overrides: opts.annotations.clone(),
-        warnings,
-        notices,
+        warnings: notes.warnings,
+        notices: notes.notices,
         fork_error,
         fork,
     })
+}
+
+/// The branch and the default branch (§1.2).
+fn resolve_branch(
+    opts: &TagOptions,
+    event: Option<&str>,
+    payload: Option<&Value>,
+    detected: &Detected,
+) -> (Option<String>, String) {
+    let is_schedule = event == Some("schedule");
+    // A schedule payload has no `repository`: the branch it runs on is the
+    // default one.
+    let default_branch = flag(&opts.default_branch)
+        .or(json_str(payload, "/repository/default_branch"))
+        .or(detected.branch.as_deref().filter(|_| is_schedule))
+        .unwrap_or("main")
+        .to_owned();
+    let env_branch = match (&detected.branch, detected.run) {
+        (Some(b), _) => Some(b.clone()),
+        (None, RunKind::Branch) if is_schedule => Some(default_branch.clone()),
+        _ => None,
+    };
+    let branch = flag(&opts.branch).map(str::to_owned).or(env_branch);
+    (branch, default_branch)
+}
+
+/// The version (§1.2, §1.3): `--version`, else `VERSION`, else a tag run's tag.
+fn resolve_version(
+    opts: &TagOptions,
+    env: &Env,
+    event: Option<&str>,
+    payload: Option<&Value>,
+    detected: &Detected,
+    notes: &mut Notes,
+) -> Option<Version> {
+    let explicit = match opts.version.as_deref() {
+        // `--version ""`: no version, not even the tag name.
+        Some(v) if v.trim().is_empty() => return None,
+        Some(v) => Some(("--version", v.trim())),
+        None => env.get(env::VERSION).map(|v| (env::VERSION, v)),
+    };
+    let raw = match (explicit, detected.ref_tag.as_deref()) {
+        (Some((source, v)), Some(tag)) => {
+            if normalise_version(v) != normalise_version(tag) {
+                notes.warnings.push(format!(
+                    "`{source}` is `{v}` but the run is for tag `{tag}`: using `{v}`"
+                ));
+            }
+            v
+        }
+        (Some((_, v)), None) => v,
+        (None, tag) => tag?,
+    };
+    let mut version = Version::parse(raw)?;
+    let marked_pre_release = event == Some("release")
+        && payload
+            .and_then(|p| p.pointer("/release/prerelease"))
+            .and_then(Value::as_bool)
+            == Some(true);
+    if marked_pre_release && version.kind == VersionKind::Stable {
+        version.kind = VersionKind::PreRelease;
+        notes.notices.push(format!(
+            "the release is marked as a pre-release: `{}` gets no `latest`, minor or major tag",
+            version.text
+        ));
+    }
+    Some(version)
+}
+
+/// The revision (§1.1, §1.2).
+fn resolve_revision(
+    opts: &TagOptions,
+    env: &Env,
+    git: &dyn GitInfo,
+    event: Option<&str>,
+    payload: Option<&Value>,
+    run: RunKind,
+) -> Option<String> {
+    // Under `pull_request_target`, GITHUB_SHA is the base branch's commit.
+    let pr_head = (run == RunKind::PullRequest && event == Some("pull_request_target"))
+        .then(|| json_str(payload, "/pull_request/head/sha"))
+        .flatten();
+    flag(&opts.revision)
+        .or(pr_head)
+        .or_else(|| env.get(env::GITHUB_SHA))
+        .map(str::to_owned)
+        .or_else(|| git.head_revision())
+}
+
+/// For a pull request from a fork, `(head repository, repository)`; warns
+/// under `pull_request_target` (§1.1).
+fn check_fork(facts: &Facts, env: &Env, notes: &mut Notes) -> Option<(String, String)> {
+    if facts.run != RunKind::PullRequest {
+        return None;
+    }
+    if facts.event == Some("pull_request_target") {
+        notes.warnings.push(
+            "`pull_request_target` runs with a write token: the pull request's code, which may \
+             be untrusted, is being published"
+                .to_owned(),
+        );
+        return None;
+    }
+    let head_repo = json_str(facts.payload, "/pull_request/head/repo/full_name")?;
+    let repository = env.get(env::GITHUB_REPOSITORY)?;
+    (!head_repo.eq_ignore_ascii_case(repository))
+        .then(|| (head_repo.to_owned(), repository.to_owned()))
+}
+
+/// One kind of automatic tag (§2), or why there is none.
+fn auto_tag(kind: AutoTag, facts: &Facts, notes: &mut Notes) -> Candidate {
+    let opts = facts.opts;
+    let requested = match &opts.auto_tags {
+        Some(kinds) => kinds.contains(&kind),
+        None => AutoTag::DEFAULT.contains(&kind),
+    };
+    // `--latest always` is explicit enough to need no `--auto-tags latest`.
+    let forced = kind == AutoTag::Latest && opts.latest == LatestMode::Always;
+    if !(requested || forced) {
+        return Err("not requested".to_owned());
+    }
+    let is_pr = facts.run == RunKind::PullRequest;
+    let stable = facts
+        .version
+        .as_ref()
+        .filter(|v| v.kind == VersionKind::Stable);
+    let not_stable = || match &facts.version {
+        None => "no version".to_owned(),
+        Some(v) if v.kind == VersionKind::Opaque => {
+            format!("`{}` is not a release version", v.text)
+        }
+        Some(v) => format!("`{}` is a pre-release", v.text),
+    };
+    match kind {
+        AutoTag::Branch => {
+            let b = match (facts.run, &facts.branch) {
+                (RunKind::PullRequest, _) => return Err("pull-request run".to_owned()),
+                (RunKind::MergeQueue, _) => return Err("merge-queue run".to_owned()),
+                (_, None) => return Err("no branch known".to_owned()),
+                (_, Some(b)) => b,
+            };
+            let tag = sanitize(b);
+            if tag.is_empty() {
+                return Err(format!("branch `{b}` has no usable characters"));
+            }
+            if tag == "latest" || counted_parts(&tag).is_some() {
+                let taken_for = if tag == "latest" {
+                    "the `latest` tag"
+                } else {
+                    "a version"
+                };
+                notes.warnings.push(format!(
+                    "branch tag `{tag}` dropped: it would be taken for {taken_for}\n\
+                     hint: pass `--tag {tag}` to push it anyway"
+                ));
+                return Err(format!("branch tag `{tag}` is reserved"));
+            }
+            Ok((tag, None))
+        }
+        AutoTag::Pr => match (is_pr, facts.pull_request) {
+            (true, Some(n)) => Ok((format!("pr-{n}"), None)),
+            (true, None) => {
+                notes
+                    .warnings
+                    .push("pull-request number unknown: no `pr-` tag".to_owned());
+                Err("pull-request number unknown".to_owned())
+            }
+            (false, _) => Err("not a pull-request run".to_owned()),
+        },
+        AutoTag::Latest => match opts.latest {
+            LatestMode::Never => Err("`--latest never`".to_owned()),
+            LatestMode::Always => Ok(("latest".to_owned(), None)),
+            LatestMode::Auto if is_pr => Err("pull-request run".to_owned()),
+            LatestMode::Auto if facts.run == RunKind::MergeQueue => {
+                Err("merge-queue run".to_owned())
+            }
+            // 2(a): `latest` follows the default branch, unguarded.
+            LatestMode::Auto => match (&facts.branch, stable) {
+                (Some(b), _) if *b == facts.default_branch => Ok(("latest".to_owned(), None)),
+                (Some(b), _) => Err(format!(
+                    "branch `{b}` is not the default branch `{}`",
+                    facts.default_branch
+                )),
+                // 2(b): a stable version with no branch, guarded.
+                (None, Some(_)) => Ok(("latest".to_owned(), Some(Floating::Latest))),
+                (None, None) => Err(not_stable()),
+            },
+        },
+        AutoTag::Version => {
+            let Some(v) = &facts.version else {
+                return Err("no version".to_owned());
+            };
+            let asked = opts.auto_tags.as_ref().is_some_and(|k| k.contains(&kind));
+            if is_pr && !asked {
+                return Err(
+                    "pull-request run (add `version` to `--auto-tags` to get it)".to_owned(),
+                );
+            }
+            let tag = sanitize(v.tag_text());
+            if tag.is_empty() {
+                return Err(format!("version `{}` has no usable characters", v.text));
+            }
+            Ok((tag, None))
+        }
+        AutoTag::Minor | AutoTag::Major => {
+            if is_pr {
+                return Err("pull-request run".to_owned());
+            }
+            let Some(v) = stable else {
+                return Err(not_stable());
+            };
+            match (kind, v.parts.as_slice()) {
+                (AutoTag::Minor, [x, y, ..]) => Ok((format!("{x}.{y}"), Some(Floating::Minor))),
+                (AutoTag::Minor, _) => Err(format!("`{}` has one numeric part", v.text)),
+                (_, [x, ..]) => Ok((x.clone(), Some(Floating::Major))),
+                (_, []) => Err(not_stable()),
+            }
+        }
+        AutoTag::Sha => {
+            let Some(rev) = facts.revision.as_deref() else {
+                notes.warnings.push(
+                    "`sha` tag dropped: the revision is unknown\nhint: pass `--revision`"
+                        .to_owned(),
+                );
+                return Err("revision unknown".to_owned());
+            };
+            let short: String = rev.chars().take(7).collect();
+            if short.len() < 7 || !short.chars().all(|c| c.is_ascii_hexdigit()) {
+                notes.warnings.push(format!(
+                    "`sha` tag dropped: revision `{rev}` is not a hex commit id"
+                ));
+                return Err("revision is not hex".to_owned());
+            }
+            Ok((format!("sha-{}", short.to_ascii_lowercase()), None))
+        }
+    }
+}
+
+/// The index annotations (§6) with the `--annotation`s applied, and where
+/// `created` came from.
+fn index_annotations(
+    facts: &Facts,
+    env: &Env,
+    git: &dyn GitInfo,
+    now: i64,
+    notes: &mut Notes,
+) -> Result<(BTreeMap<String, String>, String), TagError> {
+    let payload = facts.payload;
+    let mut annotations = BTreeMap::new();
+    let version = facts
+        .version
+        .as_ref()
+        .map(|v| v.text.clone())
+        .or_else(|| facts.branch.clone())
+        .or_else(|| facts.pull_request.map(|n| format!("pr-{n}")));
+    let (created, created_from) = created_time(facts, env, git, now, notes)?;
+    let url = json_str(payload, "/repository/homepage")
+        .or_else(|| json_str(payload, "/repository/html_url"));
+    // GitHub reports an unrecognised license as `NOASSERTION`: better none.
+    let licenses = json_str(payload, "/repository/license/spdx_id")
+        .filter(|l| !l.eq_ignore_ascii_case("NOASSERTION"));
+    let repo = |field: &str| json_str(payload, &format!("/repository/{field}"));
+    for (key, value) in [
+        (ANNOTATION_VERSION, version.as_deref()),
+        (ANNOTATION_REVISION, facts.revision.as_deref()),
+        (ANNOTATION_SOURCE, facts.source.as_deref()),
+        (ANNOTATION_CREATED, Some(&format_utc(created))),
+        (ANNOTATION_TITLE, repo("name")),
+        (ANNOTATION_DESCRIPTION, repo("description")),
+        (ANNOTATION_URL, url),
+        (ANNOTATION_LICENSES, licenses),
+        (ANNOTATION_VENDOR, repo("owner/login")),
+        (ANNOTATION_AUTHORS, repo("owner/html_url")),
+    ] {
+        if let Some(value) = value {
+            annotations.insert(key.to_owned(), value.to_owned());
+        }
+    }
+    apply_overrides(&mut annotations, &facts.opts.annotations);
+    Ok((annotations, created_from))
 }
 
 fn apply_overrides(annotations: &mut BTreeMap<String, String>, overrides: &[(String, String)]) {
@@ -1049,18 +1080,15 @@ fn apply_overrides(annotations: &mut BTreeMap<String, String>, overrides: &[(Str
 }
 
 /// The `created` time and where it came from (§6).
-#[allow(clippy::too_many_arguments)]
 fn created_time(
-    opts: &TagOptions,
+    facts: &Facts,
     env: &Env,
     git: &dyn GitInfo,
-    payload: Option<&Value>,
-    revision: Option<&str>,
     now: i64,
-    warnings: &mut Vec<String>,
-    notices: &mut Vec<String>,
+    notes: &mut Notes,
 ) -> Result<(i64, String), TagError> {
-    if let Some(value) = flag(&opts.created) {
+    let revision = facts.revision.as_deref();
+    if let Some(value) = flag(&facts.opts.created) {
         let secs = parse_time(value).ok_or_else(|| TagError::BadCreated {
             value: value.to_owned(),
         })?;
@@ -1068,7 +1096,7 @@ fn created_time(
     }
     if let Some(value) = env.get(env::SOURCE_DATE_EPOCH) {
         match value.parse::<i64>() {
-            Ok(SOURCE_DATE_EPOCH_PLACEHOLDER) => notices.push(format!(
+            Ok(SOURCE_DATE_EPOCH_PLACEHOLDER) => notes.notices.push(format!(
                 "ignoring `{}={SOURCE_DATE_EPOCH_PLACEHOLDER}`, the placeholder nixpkgs shells \
                  export",
                 env::SOURCE_DATE_EPOCH
@@ -1076,7 +1104,7 @@ fn created_time(
             Ok(secs) if format_utc_checked(secs).is_some() => {
                 return Ok((secs, env::SOURCE_DATE_EPOCH.to_owned()))
             }
-            _ => warnings.push(format!(
+            _ => notes.warnings.push(format!(
                 "ignoring `{}={value}`: not a time in seconds since the epoch",
                 env::SOURCE_DATE_EPOCH
             )),
@@ -1086,9 +1114,11 @@ fn created_time(
         return Ok((secs, "git".to_owned()));
     }
     // The push payload's head commit is only the revision's if the ids agree.
-    let head_id = json_str(payload, "/head_commit/id");
+    let head_id = json_str(facts.payload, "/head_commit/id");
     if revision.is_none() || head_id.is_none() || head_id == revision {
-        if let Some(secs) = json_str(payload, "/head_commit/timestamp").and_then(parse_rfc3339) {
+        if let Some(secs) =
+            json_str(facts.payload, "/head_commit/timestamp").and_then(parse_rfc3339)
+        {
             return Ok((secs, "event payload".to_owned()));
         }
     }
