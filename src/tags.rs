@@ -40,6 +40,7 @@ use serde_json::Value;
 
 use crate::env::{self, Env};
 
+// The pre-defined OCI annotation keys manifold writes on the index (§6).
 pub const ANNOTATION_VERSION: &str = "org.opencontainers.image.version";
 pub const ANNOTATION_REVISION: &str = "org.opencontainers.image.revision";
 pub const ANNOTATION_SOURCE: &str = "org.opencontainers.image.source";
