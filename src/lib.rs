@@ -15,10 +15,12 @@
 //! Each module may use the ones declared before it, never one after it.
 
 pub mod digest;
+pub mod oci;
 pub mod layer;
 pub mod progress;
+pub mod env;
+pub mod tags;
 pub mod layout;
 pub mod manifest;
-pub mod oci;
 pub mod publish;
 pub mod cli;

@@ -129,18 +129,11 @@ fn tag_options(args: &TagArgs) -> Result<TagOptions> {
             None => None,
         }
     };
-    let mut annotations = Vec::new();
-    for a in &args.annotations {
-        let Some((k, v)) = a.split_once('=') else {
-            bail!(UsageError(format!(
-                "`--annotation {a}` is not `KEY=VALUE`\nhint: `--annotation KEY=` deletes an annotation"
-            )));
-        };
-        if k.is_empty() {
-            bail!(UsageError(format!("`--annotation {a}` has an empty key")));
-        }
-        annotations.push((k.to_owned(), v.to_owned()));
-    }
+    let annotations = args
+        .annotations
+        .iter()
+        .map(|a| tags::parse_annotation(a))
+        .collect::<Result<Vec<_>, _>>()?;
     Ok(TagOptions {
         version: args.version.clone(),
         branch: args.branch.clone(),
@@ -307,9 +300,10 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
     for warning in &plan.warnings {
         screen.on_notice(&format!("warning: {warning}"));
     }
-    if let Some(error) = &plan.fork_pr_error {
-        bail!(UsageError(error.clone()));
+    for notice in &plan.notices {
+        screen.on_notice(&format!("notice: {notice}"));
     }
+    plan.check_writable(false)?;
     let inputs: Vec<InputSpec> = args
         .inputs
         .iter()
@@ -343,7 +337,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
             }
         },
     };
-    let overrides = tag_options(&args.tags)?.annotations;
+    let label_plan = plan.clone();
     let request = publish::Request {
         inputs,
         destinations,
@@ -366,7 +360,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
                             .unwrap_or_default()
                     })
                     .collect();
-                tags::annotations_from_labels(annotations, &labels, &overrides);
+                *annotations = tags::annotations_from_labels(&label_plan, &labels);
             },
         )),
         tags: tag_set,
@@ -374,7 +368,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
     };
     let report = publish::publish(request, reporter).await?;
 
-    let metadata = Metadata::new(&report, plan.version_text(), tally.totals());
+    let metadata = Metadata::new(&report, plan.version.as_ref().map(|v| v.text.clone()), tally.totals());
     let mut stdout = std::io::stdout().lock();
     for reference in &metadata.references {
         writeln!(stdout, "{reference}")?;
