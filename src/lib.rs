@@ -17,3 +17,4 @@
 pub mod digest;
 pub mod layer;
 pub mod oci;
+pub mod input;

@@ -1,0 +1,207 @@
+//! nix2container input: the `image.json` a `buildImage` produces
+//! (formats.md §2) and the layer tars it describes, regenerated from the
+//! local Nix store byte for byte as nix2container's Go code makes them
+//! (§2.1), plus the image config built from it (§2.2).
+//!
+//! Data flow: [`parse_image_json`] → for each layer with `paths`,
+//! [`write_layer_tar`] streams the uncompressed tar into a writer the
+//! caller supplies (it hashes with `crate::digest::HashingWriter` and
+//! compresses with `crate::layer`), the caller compares the hash with
+//! `diff_id` and reports a mismatch with [`verify_digest_error`]; layers
+//! with `layer_path` are ready blobs the caller copies as they are. Then
+//! [`config_json`]. Nothing here knows about registries, compression or
+//! platforms beyond the `arch` string.
+//!
+//! Submodules: [`image`] (the JSON), [`tree`] (walk, rewrite, perms,
+//! order), [`tar`] (Go `archive/tar` header encoding).
+
+pub mod image;
+pub mod tar;
+pub mod tree;
+
+use std::io::{BufWriter, Write};
+use std::path::PathBuf;
+
+use serde_json::{json, Value};
+
+use crate::digest::Digest;
+
+pub use image::{parse_image_json, ImageJson, N2cLayer, PathOptions, Perm, Rewrite, StorePath};
+pub use tar::{GoTarWriter, Header, TarError};
+pub use tree::TreeOptions;
+
+/// Go's zero `time.Time`, which nix2container writes when no `created` was
+/// set; it means "no date", so it is left out of the config.
+const GO_ZERO_TIME: &str = "0001-01-01T00:00:00Z";
+
+/// Everything that can go wrong reading a nix2container image.
+#[derive(Debug, thiserror::Error)]
+pub enum N2cError {
+    #[error("cannot parse nix2container image `{input}` as JSON")]
+    Json {
+        input: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("nix2container image `{input}`: key `{key}`: {problem}")]
+    Field {
+        input: String,
+        key: String,
+        problem: String,
+    },
+    #[error("cannot read `{}`", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid regex `{regex}` in nix2container path options")]
+    Regex {
+        regex: String,
+        #[source]
+        source: regex::Error,
+    },
+    #[error("invalid octal mode `{mode}` in nix2container perms for `{}`", path.display())]
+    Mode { mode: String, path: PathBuf },
+    #[error("`{}` is a socket, which a layer tar cannot hold", path.display())]
+    Socket { path: PathBuf },
+    #[error(
+        "`{}` and `{}` both map to `{}` in the layer but have different {what}",
+        first.display(), second.display(), destination.display()
+    )]
+    Collision {
+        destination: PathBuf,
+        first: PathBuf,
+        second: PathBuf,
+        what: &'static str,
+    },
+    #[error(
+        "`{}` is no longer {expected} bytes long (it changed while the layer was written)",
+        path.display()
+    )]
+    FileChanged { path: PathBuf, expected: u64 },
+    #[error("cannot write tar entry `{name}`")]
+    Tar {
+        name: String,
+        #[source]
+        source: TarError,
+    },
+    #[error(
+        "the layer has no store paths but a ready blob `{}`: copy that file instead",
+        path.display()
+    )]
+    ReadyBlob { path: PathBuf },
+    #[error(
+        "layer {index} ({}) regenerates as `{actual}` but image.json says `{expected}`\n\
+         hint: a store path on this machine differs from the one the image was built from \
+         (rebuild the image here, or `nix copy` the exact paths); images built on macOS can \
+         differ through `~nix~case~hack~N` names; the tar also depends on the nix2container \
+         version that wrote image.json",
+        paths_list(paths)
+    )]
+    DigestMismatch {
+        index: usize,
+        paths: Vec<PathBuf>,
+        expected: Digest,
+        actual: Digest,
+    },
+}
+
+fn paths_list(paths: &[PathBuf]) -> String {
+    if paths.is_empty() {
+        return "no store paths".to_owned();
+    }
+    paths
+        .iter()
+        .map(|p| format!("`{}`", p.display()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Streams the layer's uncompressed tar, byte-identical to nix2container's,
+/// into `out` (never holding the layer in memory). The caller hashes it
+/// (`crate::digest::HashingWriter`) and compares with `layer.diff_id`.
+pub fn write_layer_tar(layer: &N2cLayer, out: &mut dyn Write) -> Result<(), N2cError> {
+    write_layer_tar_with(layer, TreeOptions::default(), out)
+}
+
+/// [`write_layer_tar`] with explicit [`TreeOptions`] (case-hack stripping).
+pub fn write_layer_tar_with(
+    layer: &N2cLayer,
+    options: TreeOptions,
+    out: &mut dyn Write,
+) -> Result<(), N2cError> {
+    if layer.paths.is_empty() {
+        if let Some(path) = &layer.layer_path {
+            return Err(N2cError::ReadyBlob { path: path.clone() });
+        }
+    }
+    // Headers are 512-byte writes; batch them before they reach a hasher
+    // or compressor.
+    let buffered = BufWriter::with_capacity(256 * 1024, out);
+    let mut buffered = tree::write_tree(&layer.paths, options, buffered)?;
+    buffered.flush().map_err(|source| N2cError::Tar {
+        name: "end of archive".into(),
+        source: TarError::Io(source),
+    })
+}
+
+/// The error for layer `index` whose regenerated tar hashed to `actual`
+/// instead of its `diff_id`.
+pub fn verify_digest_error(index: usize, layer: &N2cLayer, actual: Digest) -> N2cError {
+    N2cError::DigestMismatch {
+        index,
+        paths: layer.paths.iter().map(|p| p.path.clone()).collect(),
+        expected: layer.diff_id.clone(),
+        actual,
+    }
+}
+
+/// Checks a regenerated layer's digest: `Ok` when it equals `diff_id`.
+pub fn verify_layer_digest(index: usize, layer: &N2cLayer, actual: &Digest) -> Result<(), N2cError> {
+    if *actual == layer.diff_id {
+        Ok(())
+    } else {
+        Err(verify_digest_error(index, layer, actual.clone()))
+    }
+}
+
+/// The image config (formats.md §2.2): `created` (the argument, else the
+/// image's; Go's year-1 default is dropped), `architecture` (`arch`, amd64
+/// for files that predate it), `os`, `config` (image-config verbatim),
+/// `rootfs.diff_ids` and one `history` entry per layer (`{}` without
+/// `History`).
+pub fn config_json(image: &ImageJson, diff_ids: &[Digest], created: Option<&str>) -> Value {
+    let mut config = serde_json::Map::new();
+    let created = created
+        .or(image.created.as_deref())
+        .filter(|c| !c.is_empty() && *c != GO_ZERO_TIME);
+    if let Some(created) = created {
+        config.insert("created".into(), json!(created));
+    }
+    config.insert(
+        "architecture".into(),
+        json!(image.arch.as_deref().unwrap_or("amd64")),
+    );
+    config.insert("os".into(), json!("linux"));
+    config.insert("config".into(), image.image_config.clone());
+    config.insert(
+        "rootfs".into(),
+        json!({
+            "type": "layers",
+            "diff_ids": diff_ids.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        }),
+    );
+    let history: Vec<Value> = image
+        .layers
+        .iter()
+        .map(|l| l.history.clone().unwrap_or_else(|| json!({})))
+        .collect();
+    config.insert("history".into(), Value::Array(history));
+    Value::Object(config)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+}
