@@ -15,6 +15,6 @@
 //! Each module may use the ones declared before it, never one after it.
 
 pub mod digest;
+pub mod input;
 pub mod layer;
 pub mod oci;
-pub mod input;

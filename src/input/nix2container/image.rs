@@ -152,7 +152,10 @@ impl Parser<'_> {
 
     fn object<'v>(&self, v: &'v Value, key: &str) -> Result<&'v Map<String, Value>, N2cError> {
         v.as_object().ok_or_else(|| {
-            self.bad(if key.is_empty() { "(top level)" } else { key }, "an object")
+            self.bad(
+                if key.is_empty() { "(top level)" } else { key },
+                "an object",
+            )
         })
     }
 
@@ -170,7 +173,12 @@ impl Parser<'_> {
         }
     }
 
-    fn string(&self, obj: &Map<String, Value>, prefix: &str, key: &str) -> Result<String, N2cError> {
+    fn string(
+        &self,
+        obj: &Map<String, Value>,
+        prefix: &str,
+        key: &str,
+    ) -> Result<String, N2cError> {
         Ok(self.opt_string(obj, prefix, key)?.unwrap_or_default())
     }
 
@@ -203,7 +211,10 @@ impl Parser<'_> {
             .opt_string(obj, key, "mediatype")?
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| MEDIA_TYPE_LAYER.to_owned());
-        let diff_id = match self.opt_string(obj, key, "diff_ids")?.filter(|d| !d.is_empty()) {
+        let diff_id = match self
+            .opt_string(obj, key, "diff_ids")?
+            .filter(|d| !d.is_empty())
+        {
             Some(d) => self.digest(&d, &join(key, "diff_ids"))?,
             // An uncompressed layer's diff_id is its digest; a compressed
             // one's cannot be guessed.
@@ -385,15 +396,23 @@ mod tests {
         let err = parse_image_json("img.json", json.as_bytes()).unwrap_err();
         let text = err.to_string();
         assert!(text.contains("`img.json`"), "{text}");
-        assert!(text.contains("`layers[1].paths[0].options.perms[0].uid`"), "{text}");
+        assert!(
+            text.contains("`layers[1].paths[0].options.perms[0].uid`"),
+            "{text}"
+        );
 
         let json = r#"{"version": 1, "image-config": {}, "layers": [{"digest": "sha256:12"}]}"#;
-        let text = parse_image_json("d.json", json.as_bytes()).unwrap_err().to_string();
+        let text = parse_image_json("d.json", json.as_bytes())
+            .unwrap_err()
+            .to_string();
         assert!(text.contains("`layers[0].digest`"), "{text}");
 
         let text = parse_image_json("v.json", br#"{"layers": []}"#)
             .unwrap_err()
             .to_string();
-        assert!(text.contains("`version`") && text.contains("missing"), "{text}");
+        assert!(
+            text.contains("`version`") && text.contains("missing"),
+            "{text}"
+        );
     }
 }

@@ -158,7 +158,11 @@ pub fn verify_digest_error(index: usize, layer: &N2cLayer, actual: Digest) -> N2
 }
 
 /// Checks a regenerated layer's digest: `Ok` when it equals `diff_id`.
-pub fn verify_layer_digest(index: usize, layer: &N2cLayer, actual: &Digest) -> Result<(), N2cError> {
+pub fn verify_layer_digest(
+    index: usize,
+    layer: &N2cLayer,
+    actual: &Digest,
+) -> Result<(), N2cError> {
     if *actual == layer.diff_id {
         Ok(())
     } else {
@@ -204,4 +208,137 @@ pub fn config_json(image: &ImageJson, diff_ids: &[Digest], created: Option<&str>
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::digest::HashingWriter;
+    use std::ffi::{CString, OsStr};
+    use std::fs;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::Path;
+
+    fn testdata(name: &str) -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/nix2container")
+            .join(name)
+    }
+
+    fn read_json(name: &str) -> Value {
+        serde_json::from_slice(&fs::read(testdata(name)).unwrap()).unwrap()
+    }
+
+    fn rel(file: &Value) -> Vec<u8> {
+        match file.get("PathHex").and_then(Value::as_str) {
+            Some(h) => hex::decode(h).unwrap(),
+            None => file["Path"].as_str().unwrap().as_bytes().to_vec(),
+        }
+    }
+
+    fn under(root: &Path, rel: &[u8]) -> PathBuf {
+        root.join(OsStr::from_bytes(rel))
+    }
+
+    /// Builds the fixture's store exactly as the Go generator does.
+    fn build_store(root: &Path, files: &[Value]) {
+        let mut dirs = Vec::new();
+        for f in files {
+            let p = under(root, &rel(f));
+            let mode = f["Mode"].as_u64().unwrap_or(0) as u32;
+            match f["Type"].as_str().unwrap() {
+                "dir" => {
+                    fs::create_dir_all(&p).unwrap();
+                    dirs.push((p, mode));
+                }
+                "file" => {
+                    fs::write(&p, f["Data"].as_str().unwrap()).unwrap();
+                    fs::set_permissions(&p, fs::Permissions::from_mode(mode)).unwrap();
+                }
+                "symlink" => std::os::unix::fs::symlink(f["Target"].as_str().unwrap(), &p).unwrap(),
+                "hardlink" => fs::hard_link(root.join(f["Target"].as_str().unwrap()), &p).unwrap(),
+                "fifo" => {
+                    let c = CString::new(p.as_os_str().as_bytes()).unwrap();
+                    // SAFETY: `c` is a valid NUL-terminated path.
+                    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), mode as libc::mode_t) }, 0);
+                }
+                other => panic!("unknown fixture type {other}"),
+            }
+        }
+        for (p, mode) in dirs.iter().rev() {
+            fs::set_permissions(p, fs::Permissions::from_mode(*mode)).unwrap();
+        }
+    }
+
+    fn store_paths(paths: &Value, root: &Path) -> Vec<StorePath> {
+        let root_text = root.to_str().unwrap();
+        let quoted = regex::escape(root_text);
+        let re = |v: &Value| v.as_str().unwrap_or("").replace("@ROOT@", &quoted);
+        let text = |v: &Value| v.as_str().unwrap_or("").to_owned();
+        paths
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| StorePath {
+                path: PathBuf::from(p["path"].as_str().unwrap().replace("@ROOT@", root_text)),
+                options: p.get("options").map(|o| PathOptions {
+                    rewrite: Rewrite {
+                        regex: re(&o["rewrite"]["regex"]),
+                        repl: text(&o["rewrite"]["repl"]),
+                    },
+                    perms: o
+                        .get("perms")
+                        .and_then(Value::as_array)
+                        .map(|ps| {
+                            ps.iter()
+                                .map(|pm| Perm {
+                                    regex: re(&pm["regex"]),
+                                    mode: text(&pm["mode"]),
+                                    or_mode: String::new(),
+                                    uid: pm["uid"].as_i64().unwrap(),
+                                    gid: pm["gid"].as_i64().unwrap(),
+                                    uname: text(&pm["uname"]),
+                                    gname: text(&pm["gname"]),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                }),
+            })
+            .collect()
+    }
+
+    fn layer_of(paths: Vec<StorePath>, diff_id: Digest) -> N2cLayer {
+        N2cLayer {
+            digest: diff_id.clone(),
+            size: 0,
+            diff_id,
+            paths,
+            media_type: crate::oci::MEDIA_TYPE_LAYER.into(),
+            layer_path: None,
+            history: None,
+        }
+    }
+
+    #[test]
+    fn tree_fixture_matches_the_go_reference() {
+        let fixture = read_json("tree-fixture.json");
+        let expected = read_json("tree-fixture.expected.json");
+        let tmp = tempfile::tempdir().unwrap();
+        build_store(tmp.path(), fixture["files"].as_array().unwrap());
+        for variant in fixture["variants"].as_array().unwrap() {
+            let name = variant["name"].as_str().unwrap();
+            let want = &expected[name];
+            let want_digest: Digest = want["sha256"].as_str().unwrap().parse().unwrap();
+            let layer = layer_of(store_paths(&variant["paths"], tmp.path()), want_digest);
+            let options = TreeOptions {
+                strip_case_hack: variant["strip_case_hack"].as_bool().unwrap(),
+            };
+            let mut out = HashingWriter::new(Vec::new());
+            write_layer_tar_with(&layer, options, &mut out).unwrap();
+            let (tar, digest, len) = out.finish();
+            if let Err(e) = verify_layer_digest(0, &layer, &digest) {
+                let dump = std::env::temp_dir().join(format!("n2c-{name}.tar"));
+                fs::write(&dump, &tar).unwrap();
+                panic!("variant {name}: {e} (tar left at {})", dump.display());
+            }
+            assert_eq!(len, want["size"].as_u64().unwrap(), "variant {name}");
+        }
+    }
 }

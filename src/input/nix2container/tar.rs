@@ -251,7 +251,13 @@ fn set_ustar_magic_and_checksum(b: &mut [u8; BLOCK]) {
     let sum: i64 = b
         .iter()
         .enumerate()
-        .map(|(i, &c)| if (148..156).contains(&i) { 32 } else { c as i64 })
+        .map(|(i, &c)| {
+            if (148..156).contains(&i) {
+                32
+            } else {
+                c as i64
+            }
+        })
         .sum();
     format_octal(&mut b[148..155], sum);
     b[155] = b' ';
@@ -486,12 +492,20 @@ mod tests {
     use serde_json::Value;
 
     fn testdata(name: &str) -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/nix2container").join(name)
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("testdata/nix2container")
+            .join(name)
     }
 
     /// A header-case entry as the Go generators read it.
     fn case_header(e: &Value) -> (Header, Vec<u8>) {
-        let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("").as_bytes().to_vec();
+        let text = |k: &str| {
+            e.get(k)
+                .and_then(Value::as_str)
+                .unwrap_or("")
+                .as_bytes()
+                .to_vec()
+        };
         let int = |k: &str| e.get(k).and_then(Value::as_i64).unwrap_or(0);
         let bytes_or_hex = |k: &str, hex_key: &str| match e.get(hex_key).and_then(Value::as_str) {
             Some(h) => hex::decode(h).unwrap(),
@@ -551,14 +565,23 @@ mod tests {
         for (i, (case, sum)) in cases.iter().zip(sums).enumerate() {
             let tar = write_cases([case]);
             let got = (Digest::of(&tar).to_string(), tar.len() as u64);
-            let want = (sum["sha256"].as_str().unwrap().to_owned(), sum["size"].as_u64().unwrap());
+            let want = (
+                sum["sha256"].as_str().unwrap().to_owned(),
+                sum["size"].as_u64().unwrap(),
+            );
             if got != want {
-                failed.push(format!("case {i} ({}): got {got:?}, want {want:?}", case["Name"]));
+                failed.push(format!(
+                    "case {i} ({}): got {got:?}, want {want:?}",
+                    case["Name"]
+                ));
             }
         }
         assert!(failed.is_empty(), "{}", failed.join("\n"));
         let tar = write_cases(cases);
-        assert_eq!(Digest::of(&tar).to_string(), expected["all"]["sha256"].as_str().unwrap());
+        assert_eq!(
+            Digest::of(&tar).to_string(),
+            expected["all"]["sha256"].as_str().unwrap()
+        );
         assert_eq!(tar.len() as u64, expected["all"]["size"].as_u64().unwrap());
     }
 
@@ -574,7 +597,13 @@ mod tests {
         let sum: u32 = b
             .iter()
             .enumerate()
-            .map(|(i, &c)| if (148..156).contains(&i) { 32 } else { c as u32 })
+            .map(|(i, &c)| {
+                if (148..156).contains(&i) {
+                    32
+                } else {
+                    c as u32
+                }
+            })
             .sum();
         let text = std::str::from_utf8(&b[148..154]).unwrap();
         assert_eq!(u32::from_str_radix(text, 8).unwrap(), sum);
@@ -589,7 +618,10 @@ mod tests {
         assert_eq!(rec.len(), 11);
         let long = vec![b'a'; 90];
         let rec = pax_record("path", &long);
-        assert_eq!(rec.len().to_string().as_bytes(), &rec[..rec.len().to_string().len()]);
+        assert_eq!(
+            rec.len().to_string().as_bytes(),
+            &rec[..rec.len().to_string().len()]
+        );
     }
 
     #[test]
@@ -599,8 +631,14 @@ mod tests {
         assert_eq!(go_path_clean(b""), b".");
         assert_eq!(go_path_clean(b"/.."), b"/");
         assert_eq!(go_path_split(b"/x"), (&b"/"[..], &b"x"[..]));
-        assert_eq!(go_path_join(&[b"", b"PaxHeaders.0", b"x"]), b"PaxHeaders.0/x");
-        assert_eq!(go_path_join(&[b"/", b"PaxHeaders.0", b"x"]), b"/PaxHeaders.0/x");
+        assert_eq!(
+            go_path_join(&[b"", b"PaxHeaders.0", b"x"]),
+            b"PaxHeaders.0/x"
+        );
+        assert_eq!(
+            go_path_join(&[b"/", b"PaxHeaders.0", b"x"]),
+            b"/PaxHeaders.0/x"
+        );
         assert_eq!(go_path_join(&[b"", b""]), b"");
     }
 
@@ -626,8 +664,14 @@ mod tests {
         let mut h = hdr(b"f");
         h.size = 3;
         w.write_header(&h).unwrap();
-        assert!(matches!(w.write_data(b"abcd"), Err(TarError::WriteTooLong { .. })));
+        assert!(matches!(
+            w.write_data(b"abcd"),
+            Err(TarError::WriteTooLong { .. })
+        ));
         w.write_data(b"ab").unwrap();
-        assert!(matches!(w.finish(), Err(TarError::MissingBytes { missing: 1, .. })));
+        assert!(matches!(
+            w.finish(),
+            Err(TarError::MissingBytes { missing: 1, .. })
+        ));
     }
 }

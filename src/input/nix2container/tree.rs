@@ -352,7 +352,10 @@ fn compile(sp: &StorePath) -> Result<Compiled<'_>, N2cError> {
     let rewrite = if opts.rewrite.regex.is_empty() {
         None
     } else {
-        Some((compile_go_regex(&opts.rewrite.regex)?, opts.rewrite.repl.as_str()))
+        Some((
+            compile_go_regex(&opts.rewrite.regex)?,
+            opts.rewrite.repl.as_str(),
+        ))
     };
     let perms = opts
         .perms
@@ -661,12 +664,18 @@ mod tests {
     fn perl_classes_are_ascii_like_re2() {
         let d = compile_go_regex(r"^\d+$").unwrap();
         assert!(d.is_match(b"0123"));
-        assert!(!d.is_match("٣".as_bytes()), "Arabic-Indic digit is not \\d in RE2");
+        assert!(
+            !d.is_match("٣".as_bytes()),
+            "Arabic-Indic digit is not \\d in RE2"
+        );
         let w = compile_go_regex(r"^[\w.]+$").unwrap();
         assert!(w.is_match(b"a_b.c"));
         assert!(!w.is_match("é".as_bytes()));
         let s = compile_go_regex(r"^\s$").unwrap();
-        assert!(s.is_match(b" ") && !s.is_match(b"\x0B"), "RE2 \\s has no \\v");
+        assert!(
+            s.is_match(b" ") && !s.is_match(b"\x0B"),
+            "RE2 \\s has no \\v"
+        );
         let b = compile_go_regex(r"\bx").unwrap();
         assert!(b.is_match("éx".as_bytes()), "é is not a word char in RE2");
         let nd = compile_go_regex(r"^[^\D]$").unwrap();
@@ -680,9 +689,15 @@ mod tests {
 
     #[test]
     fn replace_all_follows_go() {
-        assert_eq!(replace("^/nix/store/[^/]*-root", "/nix/store/x-root/etc", ""), "/etc");
+        assert_eq!(
+            replace("^/nix/store/[^/]*-root", "/nix/store/x-root/etc", ""),
+            "/etc"
+        );
         assert_eq!(replace("a*", "baaac", "x"), "xbxcx");
-        assert_eq!(replace("(?P<first>\\w+) (\\w+)", "hello world", "$2 ${first}"), "world hello");
+        assert_eq!(
+            replace("(?P<first>\\w+) (\\w+)", "hello world", "$2 ${first}"),
+            "world hello"
+        );
         // Longest name: `$1x` is group `1x`, which does not exist.
         assert_eq!(replace("(a)", "a", "$1x|${1}x|$$|$"), "|ax|$|$");
         assert_eq!(replace("o", "foo", "0"), "f00");
@@ -715,7 +730,13 @@ mod tests {
     #[test]
     fn split_path_gives_empty_root_component() {
         assert_eq!(split_path(b"/"), vec![Vec::<u8>::new()]);
-        assert_eq!(split_path(b"/a//b/"), vec![b"".to_vec(), b"a".to_vec(), b"b".to_vec()]);
-        assert_eq!(split_path(b"../data"), vec![b"..".to_vec(), b"data".to_vec()]);
+        assert_eq!(
+            split_path(b"/a//b/"),
+            vec![b"".to_vec(), b"a".to_vec(), b"b".to_vec()]
+        );
+        assert_eq!(
+            split_path(b"../data"),
+            vec![b"..".to_vec(), b"data".to_vec()]
+        );
     }
 }
