@@ -341,4 +341,148 @@ mod tests {
             assert_eq!(len, want["size"].as_u64().unwrap(), "variant {name}");
         }
     }
+
+    fn plain(path: &Path, rewrite: &str, perms: Vec<Perm>) -> StorePath {
+        StorePath {
+            path: path.to_owned(),
+            options: Some(PathOptions {
+                rewrite: Rewrite {
+                    regex: rewrite.to_owned(),
+                    repl: String::new(),
+                },
+                perms,
+            }),
+        }
+    }
+
+    fn synthesise(paths: Vec<StorePath>) -> Result<Vec<u8>, N2cError> {
+        let layer = layer_of(paths, Digest::of(b""));
+        let mut out = Vec::new();
+        write_layer_tar(&layer, &mut out)?;
+        Ok(out)
+    }
+
+    #[test]
+    fn collisions_follow_nix2container() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (a, b) = (tmp.path().join("a"), tmp.path().join("b"));
+        for dir in [&a, &b] {
+            fs::create_dir(dir).unwrap();
+        }
+        fs::write(a.join("f"), "one").unwrap();
+        fs::write(b.join("f"), "two").unwrap();
+        let re = |p: &Path| format!("^{}", regex::escape(p.to_str().unwrap()));
+        let both = |pa: Vec<Perm>, pb: Vec<Perm>| {
+            synthesise(vec![plain(&a, &re(&a), pa), plain(&b, &re(&b), pb)])
+        };
+        // Same mode and size: the last one wins.
+        let tar = both(vec![], vec![]).unwrap();
+        let last = tar.windows(3).any(|w| w == b"two") && !tar.windows(3).any(|w| w == b"one");
+        assert!(last, "the second source should win");
+
+        let perm = Perm {
+            regex: "f$".into(),
+            uid: 7,
+            ..Perm::default()
+        };
+        let err = both(vec![perm], vec![]).unwrap_err();
+        assert!(
+            matches!(err, N2cError::Collision { what: "perms", .. }),
+            "{err}"
+        );
+
+        fs::write(b.join("f"), "three").unwrap();
+        let err = both(vec![], vec![]).unwrap_err();
+        assert!(
+            matches!(err, N2cError::Collision { what: "sizes", .. }),
+            "{err}"
+        );
+        assert!(err.to_string().contains("`/f`"), "{err}");
+
+        fs::write(b.join("f"), "two").unwrap();
+        fs::set_permissions(b.join("f"), fs::Permissions::from_mode(0o600)).unwrap();
+        let err = both(vec![], vec![]).unwrap_err();
+        assert!(
+            matches!(err, N2cError::Collision { what: "modes", .. }),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn sockets_missing_paths_and_ready_blobs_are_errors() {
+        let tmp = tempfile::tempdir().unwrap();
+        let sock = tmp.path().join("s");
+        let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        let err = synthesise(vec![plain(tmp.path(), "", vec![])]).unwrap_err();
+        assert!(
+            matches!(&err, N2cError::Socket { path } if *path == sock),
+            "{err}"
+        );
+
+        let missing = tmp.path().join("missing");
+        let err = synthesise(vec![plain(&missing, "", vec![])]).unwrap_err();
+        assert!(err.to_string().contains(missing.to_str().unwrap()), "{err}");
+
+        let mut layer = layer_of(vec![], Digest::of(b""));
+        layer.layer_path = Some(PathBuf::from("/nix/store/x-base/layer.tar"));
+        let err = write_layer_tar(&layer, &mut Vec::new()).unwrap_err();
+        assert!(matches!(err, N2cError::ReadyBlob { .. }));
+    }
+
+    #[test]
+    fn a_layer_without_paths_is_an_empty_tar() {
+        assert_eq!(synthesise(vec![]).unwrap(), vec![0u8; 1024]);
+    }
+
+    #[test]
+    fn digest_mismatch_names_layer_paths_digests_and_hint() {
+        let paths = vec![plain(Path::new("/nix/store/a-glibc"), "", vec![])];
+        let layer = layer_of(paths, Digest::of(b"expected"));
+        assert!(verify_layer_digest(3, &layer, &Digest::of(b"expected")).is_ok());
+        let actual = Digest::of(b"actual");
+        let text = verify_layer_digest(3, &layer, &actual)
+            .unwrap_err()
+            .to_string();
+        for part in [
+            "layer 3",
+            "`/nix/store/a-glibc`",
+            &format!("`{actual}`"),
+            &format!("`{}`", Digest::of(b"expected")),
+            "hint:",
+            "~nix~case~hack~",
+        ] {
+            assert!(text.contains(part), "{part} missing from: {text}");
+        }
+    }
+
+    #[test]
+    fn config_follows_section_2_2() {
+        let json = format!(
+            r#"{{"version": 1, "image-config": {{"Env": ["A=1"]}}, "created": "0001-01-01T00:00:00Z",
+               "layers": [{{"digest": "{d}", "History": {{"created_by": "nix2container"}}}},
+                          {{"digest": "{d}"}}]}}"#,
+            d = Digest::of(b"l")
+        );
+        let image = parse_image_json("i.json", json.as_bytes()).unwrap();
+        let ids = [Digest::of(b"a"), Digest::of(b"b")];
+        let config = config_json(&image, &ids, None);
+        assert_eq!(
+            config,
+            json!({
+                "architecture": "amd64",
+                "os": "linux",
+                "config": {"Env": ["A=1"]},
+                "rootfs": {"type": "layers", "diff_ids": [ids[0].to_string(), ids[1].to_string()]},
+                "history": [{"created_by": "nix2container"}, {}],
+            })
+        );
+        let mut image = image;
+        image.arch = Some("arm64".into());
+        image.created = Some("2024-05-01T00:00:00Z".into());
+        let config = config_json(&image, &ids, None);
+        assert_eq!(config["created"], "2024-05-01T00:00:00Z");
+        assert_eq!(config["architecture"], "arm64");
+        let config = config_json(&image, &ids, Some("2025-01-01T00:00:00Z"));
+        assert_eq!(config["created"], "2025-01-01T00:00:00Z");
+    }
 }

@@ -35,6 +35,8 @@ pub struct TreeOptions {
     pub strip_case_hack: bool,
 }
 
+// Derivable only where `cfg!` is false (not on macOS).
+#[allow(clippy::derivable_impls)]
 impl Default for TreeOptions {
     fn default() -> Self {
         TreeOptions {
