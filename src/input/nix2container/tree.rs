@@ -152,35 +152,134 @@ fn translate_go_regex(p: &str) -> String {
     out
 }
 
-/// Go's `Regexp.ReplaceAll(src, repl)`: every match replaced, `$name` and
-/// `${name}` expanded, no replacement for an empty match right after a
-/// previous match.
-pub fn go_replace_all(re: &Regex, src: &[u8], repl: &str) -> Vec<u8> {
-    let mut out = Vec::with_capacity(src.len());
-    let mut last_end = 0;
-    let mut search = 0;
-    let mut locs = re.capture_locations();
-    while search <= src.len() {
-        let Some(m) = re.captures_read_at(&mut locs, src, search) else {
-            break;
-        };
-        let (start, end) = (m.start(), m.end());
-        out.extend_from_slice(&src[last_end..start]);
-        if end > last_end || start == 0 {
-            go_expand(re, &locs, src, repl, &mut out);
+/// A Go RE2 regex applied to byte strings as Go applies it.
+///
+/// Go decodes the subject rune by rune and sees every byte that is not part
+/// of valid UTF-8 as U+FFFD (so `.` and `[^/]` match it); Rust's byte
+/// regexes would not match such a byte at all in Unicode mode. So the
+/// subject is matched in a copy where each invalid byte is U+FFFD, and
+/// match positions are mapped back to the original bytes, which are what
+/// the output copies.
+#[derive(Clone, Debug)]
+pub struct GoRegex {
+    re: Regex,
+}
+
+/// A subject as Go's matcher sees it.
+struct Haystack<'a> {
+    text: std::borrow::Cow<'a, [u8]>,
+    /// For each byte offset of `text` (and its end), the offset in the
+    /// original; `None` when the subject was valid UTF-8.
+    orig: Option<Vec<usize>>,
+}
+
+impl<'a> Haystack<'a> {
+    fn new(src: &'a [u8]) -> Haystack<'a> {
+        if std::str::from_utf8(src).is_ok() {
+            return Haystack {
+                text: src.into(),
+                orig: None,
+            };
         }
-        last_end = end;
-        let width = utf8_width(&src[search..]);
-        if search + width > end {
-            search += width;
-        } else if search + 1 > end {
-            search += 1;
-        } else {
-            search = end;
+        let mut text = Vec::with_capacity(src.len() + 8);
+        let mut orig = Vec::with_capacity(src.len() + 8);
+        let mut at = 0;
+        for chunk in src.utf8_chunks() {
+            for _ in 0..chunk.valid().len() {
+                orig.push(at);
+                at += 1;
+            }
+            text.extend_from_slice(chunk.valid().as_bytes());
+            // Go's decoder takes invalid bytes one at a time.
+            for _ in chunk.invalid() {
+                text.extend_from_slice("\u{FFFD}".as_bytes());
+                orig.extend([at, at, at]);
+                at += 1;
+            }
+        }
+        orig.push(at);
+        Haystack {
+            text: text.into(),
+            orig: Some(orig),
         }
     }
-    out.extend_from_slice(&src[last_end..]);
-    out
+
+    fn orig(&self, t: usize) -> usize {
+        self.orig.as_ref().map_or(t, |o| o[t])
+    }
+
+    fn is_boundary(&self, t: usize) -> bool {
+        self.text.get(t).is_none_or(|b| !(0x80..=0xBF).contains(b))
+    }
+}
+
+impl GoRegex {
+    /// Compiles a Go RE2 pattern (see [`compile_go_regex`]).
+    pub fn new(pattern: &str) -> Result<GoRegex, N2cError> {
+        Ok(GoRegex {
+            re: compile_go_regex(pattern)?,
+        })
+    }
+
+    /// The leftmost match starting at a rune boundary at or after `search`
+    /// (Go never starts a match inside a rune; Rust's byte-level empty
+    /// assertions could).
+    fn find_at(
+        &self,
+        hay: &Haystack<'_>,
+        locs: &mut regex::bytes::CaptureLocations,
+        mut search: usize,
+    ) -> Option<(usize, usize)> {
+        loop {
+            let m = self.re.captures_read_at(locs, &hay.text, search)?;
+            if hay.is_boundary(m.start()) {
+                return Some((m.start(), m.end()));
+            }
+            search = m.start() + 1;
+            while !hay.is_boundary(search) {
+                search += 1;
+            }
+        }
+    }
+
+    /// Go's `Regexp.Match`.
+    pub fn is_match(&self, src: &[u8]) -> bool {
+        let hay = Haystack::new(src);
+        self.find_at(&hay, &mut self.re.capture_locations(), 0)
+            .is_some()
+    }
+
+    /// Go's `Regexp.ReplaceAll(src, repl)`: every match replaced, `$name`
+    /// and `${name}` expanded, no replacement for an empty match right
+    /// after a previous match.
+    pub fn replace_all(&self, src: &[u8], repl: &str) -> Vec<u8> {
+        let hay = Haystack::new(src);
+        let text = &hay.text;
+        let mut out = Vec::with_capacity(src.len());
+        let mut last_end = 0;
+        let mut search = 0;
+        let mut locs = self.re.capture_locations();
+        while search <= text.len() {
+            let Some((start, end)) = self.find_at(&hay, &mut locs, search) else {
+                break;
+            };
+            out.extend_from_slice(&src[hay.orig(last_end)..hay.orig(start)]);
+            if end > last_end || start == 0 {
+                go_expand(&self.re, &locs, &hay, src, repl, &mut out);
+            }
+            last_end = end;
+            let width = utf8_width(&text[search..]);
+            if search + width > end {
+                search += width;
+            } else if search + 1 > end {
+                search += 1;
+            } else {
+                search = end;
+            }
+        }
+        out.extend_from_slice(&src[hay.orig(last_end)..]);
+        out
+    }
 }
 
 /// Bytes of the first rune as Go's `utf8.DecodeRune` counts them: 0 at the
@@ -204,13 +303,14 @@ fn utf8_width(b: &[u8]) -> usize {
 fn go_expand(
     re: &Regex,
     locs: &regex::bytes::CaptureLocations,
+    hay: &Haystack<'_>,
     src: &[u8],
     template: &str,
     out: &mut Vec<u8>,
 ) {
     let group = |i: usize, out: &mut Vec<u8>| {
         if let Some((s, e)) = locs.get(i) {
-            out.extend_from_slice(&src[s..e]);
+            out.extend_from_slice(&src[hay.orig(s)..hay.orig(e)]);
         }
     };
     let mut t = template;
@@ -337,8 +437,8 @@ fn go_parse_or_mode(s: &str) -> Option<i64> {
 
 /// A store path's options, compiled once.
 struct Compiled<'a> {
-    rewrite: Option<(Regex, &'a str)>,
-    perms: Vec<(Regex, &'a Perm)>,
+    rewrite: Option<(GoRegex, &'a str)>,
+    perms: Vec<(GoRegex, &'a Perm)>,
     /// For collisions: Go compares `options.Perms` when options exist.
     raw_perms: Option<&'a [Perm]>,
 }
@@ -355,14 +455,14 @@ fn compile(sp: &StorePath) -> Result<Compiled<'_>, N2cError> {
         None
     } else {
         Some((
-            compile_go_regex(&opts.rewrite.regex)?,
+            GoRegex::new(&opts.rewrite.regex)?,
             opts.rewrite.repl.as_str(),
         ))
     };
     let perms = opts
         .perms
         .iter()
-        .map(|p| Ok((compile_go_regex(&p.regex)?, p)))
+        .map(|p| Ok((GoRegex::new(&p.regex)?, p)))
         .collect::<Result<_, N2cError>>()?;
     Ok(Compiled {
         rewrite,
@@ -441,7 +541,7 @@ impl Builder<'_> {
         };
         let compiled = &self.compiled[which];
         let dst = match &compiled.rewrite {
-            Some((re, repl)) => go_replace_all(re, &seen, repl),
+            Some((re, repl)) => re.replace_all(&seen, repl),
             None => seen.clone(),
         };
         if dst.is_empty() {
@@ -658,8 +758,37 @@ mod tests {
     use super::*;
 
     fn replace(re: &str, src: &str, repl: &str) -> String {
-        let re = compile_go_regex(re).unwrap();
-        String::from_utf8(go_replace_all(&re, src.as_bytes(), repl)).unwrap()
+        let re = GoRegex::new(re).unwrap();
+        String::from_utf8(re.replace_all(src.as_bytes(), repl)).unwrap()
+    }
+
+    #[test]
+    fn go_generated_regex_vectors() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/nix2container");
+        let read = |name: &str| -> serde_json::Value {
+            serde_json::from_slice(&fs::read(dir.join(name)).unwrap()).unwrap()
+        };
+        let (cases, expected) = (read("regex-cases.json"), read("regex-cases.expected.json"));
+        let (cases, expected) = (cases.as_array().unwrap(), expected.as_array().unwrap());
+        assert_eq!(cases.len(), expected.len());
+        let mut failed = Vec::new();
+        for (case, want) in cases.iter().zip(expected) {
+            let pattern = case["regex"].as_str().unwrap();
+            let src = hex::decode(case["input_hex"].as_str().unwrap()).unwrap();
+            let re = GoRegex::new(pattern).unwrap();
+            let got = (
+                re.is_match(&src),
+                hex::encode(re.replace_all(&src, case["repl"].as_str().unwrap())),
+            );
+            let want = (
+                want["match"].as_bool().unwrap(),
+                want["replaced_hex"].as_str().unwrap().to_owned(),
+            );
+            if got != want {
+                failed.push(format!("`{pattern}`: got {got:?}, want {want:?}"));
+            }
+        }
+        assert!(failed.is_empty(), "{}", failed.join("\n"));
     }
 
     #[test]

@@ -3,6 +3,7 @@
 //
 //	go run . headers ../header-cases-more.json ../header-cases-more.expected.json
 //	go run . tree ../tree-fixture.json ../tree-fixture.expected.json
+//	go run . regex ../regex-cases.json ../regex-cases.expected.json
 //
 // "headers" writes each entry of a header-case list with archive/tar, the
 // header settings documented for nix2container layers (formats.md §2.1:
@@ -14,6 +15,9 @@
 // nix/graph.go, nix/utils.go): filepath.Walk with lstat, case-hack
 // stripping (optional) before rewrite, Go regexp rewrite and perms, a
 // component tree, depth-first sorted emission, archive/tar headers.
+// "regex" records, for each (regex, hex input, repl), Go's Match and
+// ReplaceAll: the RE2 semantics rewrite and perms rely on.
+//
 // "@ROOT@" in the fixture stands for the temporary directory (quoted in
 // regexes); every path is rewritten so the tar is independent of it.
 package main
@@ -391,13 +395,44 @@ func tree(in, out string) {
 	check(os.WriteFile(out, append(j, '\n'), 0o644))
 }
 
+type RegexCase struct {
+	Regex    string `json:"regex"`
+	InputHex string `json:"input_hex"`
+	Repl     string `json:"repl"`
+}
+
+type RegexResult struct {
+	Match       bool   `json:"match"`
+	ReplacedHex string `json:"replaced_hex"`
+}
+
+func regexCases(in, out string) {
+	var cases []RegexCase
+	b, err := os.ReadFile(in)
+	check(err)
+	check(json.Unmarshal(b, &cases))
+	var res []RegexResult
+	for _, c := range cases {
+		re := regexp.MustCompile(c.Regex)
+		src, err := hex.DecodeString(c.InputHex)
+		check(err)
+		res = append(res, RegexResult{Match: re.Match(src),
+			ReplacedHex: hex.EncodeToString(re.ReplaceAll(src, []byte(c.Repl)))})
+	}
+	j, err := json.MarshalIndent(res, "", "  ")
+	check(err)
+	check(os.WriteFile(out, append(j, '\n'), 0o644))
+}
+
 func main() {
 	switch os.Args[1] {
 	case "headers":
 		headers(os.Args[2], os.Args[3])
 	case "tree":
 		tree(os.Args[2], os.Args[3])
+	case "regex":
+		regexCases(os.Args[2], os.Args[3])
 	default:
-		panic("usage: headers|tree IN OUT")
+		panic("usage: headers|tree|regex IN OUT")
 	}
 }
