@@ -507,26 +507,27 @@ struct Builder<'a> {
 impl Builder<'_> {
     /// `filepath.Walk`: lstat, the entry, then (for a directory) its
     /// entries in byte order, joined with `filepath.Join`.
-    fn walk(&mut self, path: &[u8], which: usize) -> Result<(), N2cError> {
-        let p = Path::new(OsStr::from_bytes(path));
-        let meta = fs::symlink_metadata(p).map_err(|source| N2cError::Io {
-            path: p.to_owned(),
-            source,
-        })?;
-        let is_dir = meta.is_dir();
-        self.add(path, meta, which)?;
-        if is_dir {
+    fn walk(&mut self, root: &[u8], which: usize) -> Result<(), N2cError> {
+        // An explicit stack instead of recursion: store trees can be deeper
+        // than a worker thread's stack is comfortable with. Children are
+        // pushed in reverse so they pop in byte order (pre-order, as Go).
+        let mut pending = vec![root.to_vec()];
+        while let Some(path) = pending.pop() {
+            let p = Path::new(OsStr::from_bytes(&path));
             let io_err = |source| N2cError::Io {
                 path: p.to_owned(),
                 source,
             };
-            let mut names = Vec::new();
-            for entry in fs::read_dir(p).map_err(io_err)? {
-                names.push(entry.map_err(io_err)?.file_name().as_bytes().to_vec());
-            }
-            names.sort();
-            for name in names {
-                self.walk(&go_path_join(&[path, &name]), which)?;
+            let meta = fs::symlink_metadata(p).map_err(io_err)?;
+            let is_dir = meta.is_dir();
+            self.add(&path, meta, which)?;
+            if is_dir {
+                let mut names = Vec::new();
+                for entry in fs::read_dir(p).map_err(io_err)? {
+                    names.push(entry.map_err(io_err)?.file_name().as_bytes().to_vec());
+                }
+                names.sort();
+                pending.extend(names.iter().rev().map(|n| go_path_join(&[&path, n])));
             }
         }
         Ok(())
@@ -598,7 +599,7 @@ pub fn write_tree<W: Write>(
     }
     let mut tw = GoTarWriter::new(out);
     let mut buf = vec![0u8; 64 * 1024];
-    emit(&builder.root, b"", &builder.compiled, &mut tw, &mut buf)?;
+    emit(&builder.root, &builder.compiled, &mut tw, &mut buf)?;
     tw.finish().map_err(|source| N2cError::Tar {
         name: "end of archive".into(),
         source,
@@ -606,19 +607,15 @@ pub fn write_tree<W: Write>(
 }
 
 fn emit<W: Write>(
-    node: &Node,
-    base: &[u8],
+    root: &Node,
     compiled: &[Compiled<'_>],
     tw: &mut GoTarWriter<W>,
     buf: &mut [u8],
 ) -> Result<(), N2cError> {
-    for (name, child) in &node.children {
-        let dst = if name.is_empty() {
-            b"/".to_vec()
-        } else {
-            go_path_join(&[base, name])
-        };
-        let hdr = match &child.entry {
+    // Depth-first pre-order with an explicit stack (see `walk`).
+    let mut pending: Vec<(Vec<u8>, &Node)> = child_list(root, b"");
+    while let Some((dst, node)) = pending.pop() {
+        let hdr = match &node.entry {
             None => Header {
                 name: dst.clone(),
                 typeflag: TYPE_DIR,
@@ -635,14 +632,31 @@ fn emit<W: Write>(
             source,
         };
         tw.write_header(&hdr).map_err(tar_err)?;
-        if let Some(entry) = &child.entry {
+        if let Some(entry) = &node.entry {
             if hdr.typeflag == TYPE_REG {
                 copy_file(entry, tw, buf)?;
             }
         }
-        emit(child, &dst, compiled, tw, buf)?;
+        pending.extend(child_list(node, &dst));
     }
     Ok(())
+}
+
+/// A node's children with their destination names, last first (so that
+/// popping gives byte order).
+fn child_list<'n>(node: &'n Node, base: &[u8]) -> Vec<(Vec<u8>, &'n Node)> {
+    node.children
+        .iter()
+        .rev()
+        .map(|(name, child)| {
+            let dst = if name.is_empty() {
+                b"/".to_vec()
+            } else {
+                go_path_join(&[base, name])
+            };
+            (dst, child)
+        })
+        .collect()
 }
 
 /// Go's `tar.FileInfoHeader` plus nix2container's overrides.
