@@ -50,7 +50,7 @@ impl Default for TreeOptions {
 /// but Unicode in Rust, so they are spelled out as ASCII classes; Rust's
 /// class set operators (`&&`, `--`, `~~`) and nested `[` are literal in
 /// Go and escaped; `\Q…\E` becomes an escaped literal.
-pub fn compile_go_regex(pattern: &str) -> Result<Regex, N2cError> {
+fn compile_go_regex(pattern: &str) -> Result<Regex, N2cError> {
     RegexBuilder::new(&translate_go_regex(pattern))
         .build()
         .map_err(|source| N2cError::Regex {
@@ -214,7 +214,7 @@ impl<'a> Haystack<'a> {
 }
 
 impl GoRegex {
-    /// Compiles a Go RE2 pattern (see [`compile_go_regex`]).
+    /// Compiles a Go RE2 pattern: `\d \w \s \b` ASCII-only as in RE2.
     pub fn new(pattern: &str) -> Result<GoRegex, N2cError> {
         Ok(GoRegex {
             re: compile_go_regex(pattern)?,
