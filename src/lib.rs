@@ -20,6 +20,7 @@ pub mod layer;
 pub mod progress;
 pub mod env;
 pub mod tags;
+pub mod input;
 pub mod layout;
 pub mod manifest;
 pub mod publish;

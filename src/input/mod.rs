@@ -1,0 +1,3 @@
+//! Input readers; only the nix2container reader lives in this worktree.
+
+pub mod nix2container;

@@ -1,0 +1,3 @@
+module manifold/testdata/n2cgen
+
+go 1.19
