@@ -17,3 +17,5 @@
 pub mod digest;
 pub mod layer;
 pub mod oci;
+
+pub mod input;
