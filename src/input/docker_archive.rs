@@ -269,7 +269,9 @@ impl Pass<'_> {
             .map_err(|e| self.member_err(&name, e))?;
         let json = head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
         if json && !is_tar_header(&head) {
-            if size > METADATA_LIMIT {
+            // Counted against the budget too, so that many large JSON
+            // members cannot add up without bound.
+            if size > METADATA_LIMIT || self.buffered + size > BUFFER_BUDGET + METADATA_LIMIT {
                 return Err(InputError::MemberTooLarge {
                     input: self.input.to_owned(),
                     member: name,
@@ -281,6 +283,7 @@ impl Pass<'_> {
                 .map_err(|e| self.member_err(&name, e))?
                 .to_vec();
             head.append(&mut rest);
+            self.buffered += size;
             self.members.insert(name, Member::Small(Bytes::from(head)));
             return Ok(());
         }

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use crate::oci::Platform;
 
-pub use command::StreamCommand;
+pub use command::{StreamCommand, StreamOptions};
 pub use detect::{detect, ArchiveCompression, Detected};
 pub use docker_archive::{
     read_docker_archive, ArchiveImage, ArchiveLayer, KnownLayers, LayerBlob, ReadEvent, ReadOptions,
@@ -74,7 +74,7 @@ pub enum InputError {
         source: io::Error,
     },
 
-    #[error("member `{member}` of `{input}` is {size} bytes, more than the {limit} bytes allowed for image metadata")]
+    #[error("member `{member}` of `{input}` is {size} bytes of JSON, more than the {limit} bytes allowed for image metadata")]
     MemberTooLarge {
         input: String,
         member: String,
@@ -391,8 +391,14 @@ impl ArchiveSource {
 }
 
 /// Opens an input for reading: detects its kind unless given, opens and
-/// decompresses archives, starts stream scripts.
+/// decompresses archives, starts stream scripts (stderr to `tracing`, no
+/// timeout).
 pub fn open(spec: &InputSpec) -> Result<OpenedInput, InputError> {
+    open_with(spec, StreamOptions::default())
+}
+
+/// [`open`], with options for a stream script (timeout, stderr sink).
+pub fn open_with(spec: &InputSpec, stream: StreamOptions) -> Result<OpenedInput, InputError> {
     let input = spec.text.clone();
     let kind = match spec.kind {
         Some(k) => k,
@@ -409,7 +415,7 @@ pub fn open(spec: &InputSpec) -> Result<OpenedInput, InputError> {
             open_archive(&spec.path)?,
         ))),
         InputKind::Stream => Ok(OpenedInput::DockerArchive(ArchiveSource::from_command(
-            StreamCommand::spawn(&input, &spec.path)?,
+            StreamCommand::spawn_with(&input, &spec.path, stream)?,
         ))),
         InputKind::Nix2Container => Ok(OpenedInput::Nix2Container {
             path: spec.path.clone(),
@@ -515,6 +521,33 @@ mod tests {
         match open(&spec("nix2container:/x/image.json")).ok().unwrap() {
             OpenedInput::Nix2Container { path } => assert_eq!(path, Path::new("/x/image.json")),
             OpenedInput::DockerArchive(_) => panic!("wrong kind"),
+        }
+    }
+
+    #[test]
+    fn open_detects_and_reads_streams_and_archives() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ReadOptions::new(crate::layer::Compression::None, dir.path());
+        let read = |text: String| match open(&spec(&text)).ok().unwrap() {
+            OpenedInput::DockerArchive(src) => src.read(&opts, &mut |_| {}).unwrap(),
+            OpenedInput::Nix2Container { .. } => panic!("wrong kind"),
+        };
+        let stream = read(format!(
+            "aarch64-linux={}",
+            testdata("stream-arm64").display()
+        ));
+        let file = read(format!(
+            "archive:{}",
+            testdata("fd-arm64.tar.zst").display()
+        ));
+        assert_eq!(stream.config_digest, file.config_digest);
+        assert_eq!(stream.summary.architecture, "arm64");
+        // With no compression the blob is the layer itself.
+        for l in &stream.layers {
+            match &l.blob {
+                LayerBlob::Spooled { encoded, .. } => assert_eq!(encoded.digest, l.diff_id),
+                LayerBlob::Known { .. } => panic!("nothing is known"),
+            }
         }
     }
 
