@@ -7,12 +7,15 @@
 //!
 //! * a member of at most [`SMALL_MEMBER`] bytes is kept in memory (configs,
 //!   `manifest.json`, `json`, `VERSION`, `repositories`, and small layers),
-//!   within an overall [`BUFFER_BUDGET`];
-//! * a larger member whose first block is a tar header, or that is neither
-//!   a tar nor JSON, is a *layer candidate*: it is hashed, compressed and
+//!   within an overall [`BUFFER_BUDGET`]; a kept member that the manifest
+//!   cites as a layer is encoded at the end;
+//! * a larger member that is JSON (first byte `{` or `[`, not a tar header)
+//!   or is named like metadata (`*.json`, `json`, `VERSION`, `repositories`,
+//!   `oci-layout`) is kept too, up to [`METADATA_LIMIT`];
+//! * any other member is a *layer candidate*: it is hashed, compressed and
 //!   spooled as it streams ([`crate::layer::encode_layer`]), and
-//!   [`ReadEvent::LayerStarted`] lets uploads follow the spool at once;
-//! * a larger JSON member is metadata, kept up to [`METADATA_LIMIT`].
+//!   [`ReadEvent::LayerStarted`] lets uploads follow the spool at once. A
+//!   candidate the manifest never cites is dropped with its spool.
 //!
 //! A member named `<64 hex>/layer.tar` or `blobs/sha256/<64 hex>` gives a
 //! *hint* of its diff_id. The hint only chooses whether the destination may
@@ -156,11 +159,22 @@ pub fn read_docker_archive(
     opts: &ReadOptions,
     on_event: &mut dyn FnMut(ReadEvent),
 ) -> Result<ArchiveImage, InputError> {
+    read_with_budget(input, reader, opts, on_event, BUFFER_BUDGET)
+}
+
+fn read_with_budget(
+    input: &str,
+    reader: &mut dyn Read,
+    opts: &ReadOptions,
+    on_event: &mut dyn FnMut(ReadEvent),
+    budget: u64,
+) -> Result<ArchiveImage, InputError> {
     let mut pass = Pass {
         input,
         opts,
         members: HashMap::new(),
         buffered: 0,
+        budget,
     };
     let tracker = Tracker::new(reader);
     let state = tracker.state.clone();
@@ -216,6 +230,8 @@ struct Pass<'a> {
     opts: &'a ReadOptions,
     members: HashMap<String, Member>,
     buffered: u64,
+    /// [`BUFFER_BUDGET`], smaller in tests.
+    budget: u64,
 }
 
 impl Pass<'_> {
@@ -255,7 +271,7 @@ impl Pass<'_> {
             inner: entry,
             remaining: size,
         };
-        if size <= SMALL_MEMBER && self.buffered + size <= BUFFER_BUDGET {
+        if size <= SMALL_MEMBER && self.buffered + size <= self.budget {
             let bytes = read_all(&mut body, size).map_err(|e| self.member_err(&name, e))?;
             self.buffered += size;
             self.members.insert(name, Member::Small(bytes));
@@ -267,11 +283,12 @@ impl Pass<'_> {
             .take(512)
             .read_to_end(&mut head)
             .map_err(|e| self.member_err(&name, e))?;
-        let json = head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
-        if json && !is_tar_header(&head) {
+        let first = head.iter().find(|b| !b.is_ascii_whitespace());
+        let json = matches!(first, Some(b'{' | b'['));
+        if (json && !is_tar_header(&head)) || is_metadata_name(&name) {
             // Counted against the budget too, so that many large JSON
             // members cannot add up without bound.
-            if size > METADATA_LIMIT || self.buffered + size > BUFFER_BUDGET + METADATA_LIMIT {
+            if size > METADATA_LIMIT || self.buffered + size > self.budget + METADATA_LIMIT {
                 return Err(InputError::MemberTooLarge {
                     input: self.input.to_owned(),
                     member: name,
@@ -507,6 +524,15 @@ impl Pass<'_> {
         self.members.insert(name.to_owned(), member);
         self.settle(name, cited, expected, on_event)
     }
+}
+
+/// Names that are docker-archive metadata, never layers, whatever their size.
+fn is_metadata_name(name: &str) -> bool {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    matches!(
+        base,
+        "manifest.json" | "index.json" | "oci-layout" | "repositories" | "json" | "VERSION"
+    ) || base.ends_with(".json")
 }
 
 /// A member name as `manifest.json` cites it: no `./`, no trailing `/`.
@@ -1065,6 +1091,75 @@ mod tests {
         let msg = e.to_string();
         assert!(matches!(e, InputError::Exited { .. }), "{msg}");
         assert!(msg.contains("building layer 3 failed"), "{msg}");
+    }
+
+    #[test]
+    fn past_the_budget_small_layers_stream_and_json_is_still_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = layer_tar(10, 4000);
+        let config = config_for(&[&small]);
+        let bytes = archive(&[
+            ("s/layer.tar", &small),
+            ("c.json", &config),
+            ("manifest.json", &manifest("c.json", &["s/layer.tar"])),
+        ]);
+        let mut events = Vec::new();
+        let image = read_with_budget(
+            "t",
+            &mut &bytes[..],
+            &opts(&dir),
+            &mut |e| {
+                if let ReadEvent::LayerStarted { member, .. } = e {
+                    events.push(member)
+                }
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(events, vec!["s/layer.tar".to_owned()]);
+        check_blob(&image.layers[0]);
+    }
+
+    /// A POSIX extended header giving `path`, as Python's tarfile writes
+    /// for names over 100 bytes.
+    fn pax_member(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+        let record = |k: &str, v: &str| {
+            let body = format!(" {k}={v}\n");
+            let mut len = body.len() + 1;
+            while format!("{len}{body}").len() != len {
+                len += 1;
+            }
+            format!("{len}{body}")
+        };
+        let records = record("path", path);
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_path("PaxHeaders.0/x").unwrap();
+        h.set_size(records.len() as u64);
+        h.set_cksum();
+        b.append(&h, records.as_bytes()).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path("truncated-name").unwrap();
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+
+    #[test]
+    fn pax_long_member_names_are_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = layer_tar(11, 1_100_000);
+        let config = config_for(&[&big]);
+        let long = format!("{}/layer.tar", "base-image-layer-".repeat(8));
+        let mut b = tar::Builder::new(Vec::new());
+        pax_member(&mut b, &long, &big);
+        pax_member(&mut b, "c.json", &config);
+        pax_member(&mut b, "manifest.json", &manifest("c.json", &[&long]));
+        let image = read_with(&b.into_inner().unwrap(), &opts(&dir))
+            .result
+            .unwrap();
+        assert_eq!(image.layers[0].member, long);
+        check_blob(&image.layers[0]);
     }
 
     #[test]
