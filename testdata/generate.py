@@ -126,8 +126,8 @@ def image(arch):
             ("lib/libc.so.6", text("glibc/libc", 820_000), 0o555),
             ("lib/ld-linux.so.2", text("glibc/ld", 300_000), 0o555),
         ]),
-        store_layer(tzdata, [("share/zoneinfo/UTC", text("tzdata/utc", 300_000), 0o444)]),
-        store_layer(fd, [("bin/fd", text("fd/" + arch, 400_000), 0o555)]),
+        store_layer(tzdata, [("share/zoneinfo/UTC", text("tzdata/utc", 500_000), 0o444)]),
+        store_layer(fd, [("bin/fd", text("fd/" + arch, 520_000), 0o555)]),
         layer_tar([
             ("bin", "link", fd + "/bin", 0o777),
             ("etc", "dir", None, 0o755),
