@@ -1163,6 +1163,39 @@ mod tests {
     }
 
     #[test]
+    fn every_cut_and_a_flipped_byte_give_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = ReadOptions::new(Compression::None, dir.path());
+        let good = std::fs::read(testdata("fd-amd64.tar")).unwrap();
+        // Python pads the stream to 10240 bytes: past the two zero blocks
+        // after the last member, a cut is harmless.
+        let last = good.iter().rposition(|b| *b != 0).unwrap();
+        let end = (last + 1).div_ceil(512) * 512 + 1024;
+        assert!(end < good.len());
+        assert!(read_with(&good[..end], &o).result.is_ok());
+        // Cuts at header, data and padding offsets all over the archive.
+        let cuts = (1..24).map(|i| (end * i / 24 + i * 37 % 512).min(end - 1));
+        for cut in cuts.chain([1, 511, 512, 513, end - 512, end - 1]) {
+            let e = err(read_with(&good[..cut], &o));
+            assert!(
+                matches!(e, InputError::Truncated { .. } | InputError::Member { .. }),
+                "cut at {cut}: {e:?}"
+            );
+        }
+        // A flipped byte inside the first layer's data: its hash changes.
+        let mut bad = good.clone();
+        bad[512 + 100_000] ^= 0x20;
+        match err(read_with(&bad, &o)) {
+            InputError::DiffIdMismatch { member, .. } => assert!(member.ends_with("/layer.tar")),
+            e => panic!("{e:?}"),
+        }
+        // A flipped byte in a header: its checksum fails.
+        let mut bad = good;
+        bad[10] ^= 0x01;
+        assert!(matches!(err(read_with(&bad, &o)), InputError::Tar { .. }));
+    }
+
+    #[test]
     fn names_and_hints() {
         assert_eq!(normalize("./a/layer.tar"), "a/layer.tar");
         assert_eq!(
