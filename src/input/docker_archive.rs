@@ -397,6 +397,9 @@ impl Pass<'_> {
             .and_then(|n| self.members.get(&n))
         {
             Some(Member::Small(b)) => b.clone(),
+            _ if self.members.contains_key("oci-layout") => {
+                return Err(InputError::OciArchive { input })
+            }
             _ => return Err(InputError::NoManifest { input }),
         };
         let mut entries: Vec<ManifestEntry> =
@@ -1035,6 +1038,10 @@ mod tests {
         expect(b"", "empty");
         expect(&[0x55; 4096], "not a valid tar");
         expect(&archive(&[("c.json", &config)]), "no `manifest.json`");
+        expect(
+            &archive(&[("oci-layout", b"{}"), ("index.json", b"{}")]),
+            "hint: extract it and pass the directory as `oci:DIR`",
+        );
         expect(
             &archive(&[("manifest.json", b"{not json")]),
             "`manifest.json` in `test.tar` is not valid",

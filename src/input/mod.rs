@@ -85,6 +85,9 @@ pub enum InputError {
     #[error("`{input}` has no `manifest.json`: it is not a docker-archive")]
     NoManifest { input: String },
 
+    #[error("`{input}` is an OCI image layout archive without `manifest.json`, not a docker-archive\nhint: extract it and pass the directory as `oci:DIR`")]
+    OciArchive { input: String },
+
     #[error("`manifest.json` in `{input}` is not valid")]
     BadManifest {
         input: String,
@@ -366,7 +369,10 @@ impl ArchiveSource {
 
     /// Reads the whole archive in one pass ([`read_docker_archive`]), then
     /// finishes the input. When a stream's process failed, its exit status
-    /// and stderr are the error, not the broken tar it left behind.
+    /// and stderr are the error, not the broken tar it left behind: after a
+    /// read error the rest of a stream's output is read and discarded so the
+    /// process can end on its own (instant when it died, as long as the
+    /// stream otherwise).
     pub fn read(
         mut self,
         opts: &ReadOptions,
@@ -549,6 +555,18 @@ mod tests {
                 LayerBlob::Known { .. } => panic!("nothing is known"),
             }
         }
+    }
+
+    #[test]
+    fn what_crosses_threads_can() {
+        fn send<T: Send>() {}
+        fn sync<T: Sync>() {}
+        send::<ArchiveSource>();
+        send::<ArchiveImage>();
+        send::<InputError>();
+        send::<ReadOptions>();
+        sync::<ReadOptions>();
+        sync::<InputError>();
     }
 
     #[test]
