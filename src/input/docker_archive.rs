@@ -1,0 +1,1222 @@
+//! The one-pass docker-archive reader (formats.md §1).
+//!
+//! A docker-archive may put `manifest.json` last (`streamLayeredImage`), so
+//! the reader cannot know which members are layers until the end. It reads
+//! the tar strictly in order from a plain `Read` (a pipe, a decompressor),
+//! never seeks and never copies the archive:
+//!
+//! * a member of at most [`SMALL_MEMBER`] bytes is kept in memory (configs,
+//!   `manifest.json`, `json`, `VERSION`, `repositories`, and small layers),
+//!   within an overall [`BUFFER_BUDGET`]; a kept member that the manifest
+//!   cites as a layer is encoded at the end;
+//! * a larger member that is JSON (first byte `{` or `[`, not a tar header)
+//!   or is named like metadata (`*.json`, `json`, `VERSION`, `repositories`,
+//!   `oci-layout`) is kept too, up to [`METADATA_LIMIT`];
+//! * any other member is a *layer candidate*: it is hashed, compressed and
+//!   spooled as it streams ([`crate::layer::encode_layer`]), and
+//!   [`ReadEvent::LayerStarted`] lets uploads follow the spool at once. A
+//!   candidate the manifest never cites is dropped with its spool.
+//!
+//! A member named `<64 hex>/layer.tar` or `blobs/sha256/<64 hex>` gives a
+//! *hint* of its diff_id. The hint only chooses whether the destination may
+//! already have the layer ([`ReadOptions::known`]); such a member is then
+//! only hashed, and it must hash to its hint. At the end `manifest.json` and
+//! the config are parsed and every `Layers[i]` is checked against
+//! `rootfs.diff_ids[i]` with the hashes computed from the bytes.
+//!
+//! This runs on a blocking thread; uploading, manifests and platforms are for
+//! later stages.
+
+use std::collections::HashMap;
+use std::io::{self, Read};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Deserialize;
+
+use crate::digest::Digest;
+use crate::layer::{self, Compression, EncodedLayer, Spool};
+use crate::oci::{ConfigSummary, Descriptor};
+
+use super::detect::is_tar_header;
+use super::InputError;
+
+/// Members up to this size are kept in memory until the manifest says what
+/// they are.
+pub const SMALL_MEMBER: u64 = 1 << 20;
+/// How much all kept small members may add up to; past it, small members are
+/// classified like large ones.
+pub const BUFFER_BUDGET: u64 = 64 << 20;
+/// The largest JSON member kept (a config with a very long history).
+pub const METADATA_LIMIT: u64 = 16 << 20;
+/// How many links (symlinks, hard links) are followed to find a member.
+const MAX_LINKS: usize = 8;
+
+/// The known-layer map: the descriptor of a layer the destinations already
+/// have, by diff_id.
+pub type KnownLayers = Arc<dyn Fn(&Digest) -> Option<Descriptor> + Send + Sync>;
+
+/// How layers are read.
+#[derive(Clone)]
+pub struct ReadOptions {
+    pub compression: Compression,
+    /// Where spool files go (they are unlinked at once).
+    pub spool_dir: PathBuf,
+    /// Layers the destinations already have, by diff_id (known-layer map): such a member is
+    /// only hashed (crate::layer::hash_only), never compressed/spooled.
+    pub known: KnownLayers,
+}
+
+impl ReadOptions {
+    /// Options with an empty known-layer map.
+    pub fn new(compression: Compression, spool_dir: impl Into<PathBuf>) -> ReadOptions {
+        ReadOptions {
+            compression,
+            spool_dir: spool_dir.into(),
+            known: Arc::new(|_| None),
+        }
+    }
+}
+
+/// What the reader reports while it reads.
+pub enum ReadEvent {
+    /// A member that is a layer candidate started; uploads may follow `spool` right away.
+    LayerStarted {
+        member: String,
+        size: u64,
+        spool: Spool,
+    },
+    /// Uncompressed bytes of the member read so far.
+    LayerProgress { member: String, bytes: u64 },
+    LayerFinished {
+        member: String,
+        encoded: EncodedLayer,
+    },
+    /// A known layer, only hashed.
+    LayerSkipped { member: String, diff_id: Digest },
+}
+
+/// One image read from a docker-archive.
+#[derive(Clone)]
+pub struct ArchiveImage {
+    /// The config's exact bytes: it is uploaded as is.
+    pub config: Bytes,
+    pub config_digest: Digest,
+    pub summary: ConfigSummary,
+    /// In manifest order (bottom to top).
+    pub layers: Vec<ArchiveLayer>,
+    pub repo_tags: Vec<String>,
+}
+
+#[derive(Clone)]
+pub struct ArchiveLayer {
+    pub member: String,
+    pub diff_id: Digest,
+    pub blob: LayerBlob,
+}
+
+#[derive(Clone)]
+pub enum LayerBlob {
+    /// Compressed into a spool by this pass.
+    Spooled { spool: Spool, encoded: EncodedLayer },
+    /// The destination has it already (from [`ReadOptions::known`]).
+    Known { descriptor: Descriptor },
+}
+
+/// `manifest.json`: one entry per image.
+#[derive(Deserialize)]
+struct ManifestEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    #[serde(rename = "RepoTags", default)]
+    repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+/// What the pass kept of a member.
+enum Member {
+    Small(Bytes),
+    Encoded {
+        spool: Spool,
+        encoded: EncodedLayer,
+    },
+    Known {
+        diff_id: Digest,
+        descriptor: Descriptor,
+    },
+    /// A symlink or hard link to another member (older `docker save` links
+    /// repeated layers).
+    Link(String),
+}
+
+/// Reads a whole docker-archive from `reader` in one pass. `input` names it
+/// in messages.
+pub fn read_docker_archive(
+    input: &str,
+    reader: &mut dyn Read,
+    opts: &ReadOptions,
+    on_event: &mut dyn FnMut(ReadEvent),
+) -> Result<ArchiveImage, InputError> {
+    read_with_budget(input, reader, opts, on_event, BUFFER_BUDGET)
+}
+
+fn read_with_budget(
+    input: &str,
+    reader: &mut dyn Read,
+    opts: &ReadOptions,
+    on_event: &mut dyn FnMut(ReadEvent),
+    budget: u64,
+) -> Result<ArchiveImage, InputError> {
+    let mut pass = Pass {
+        input,
+        opts,
+        members: HashMap::new(),
+        buffered: 0,
+        budget,
+    };
+    let tracker = Tracker::new(reader);
+    let state = tracker.state.clone();
+    let mut archive = tar::Archive::new(tracker);
+    // The tar crate reports a cut archive as a bad header or a short skip;
+    // when the input had ended, say what happened.
+    let tar_err = |source| {
+        if state.borrow().eof {
+            InputError::Truncated {
+                input: input.to_owned(),
+            }
+        } else {
+            InputError::Tar {
+                input: input.to_owned(),
+                source,
+            }
+        }
+    };
+    for entry in archive.entries().map_err(tar_err)? {
+        let mut entry = entry.map_err(tar_err)?;
+        let end = entry
+            .raw_file_position()
+            .saturating_add(entry.size())
+            .div_ceil(512)
+            .saturating_mul(512);
+        state.borrow_mut().set_mark(end);
+        pass.member(&mut entry, on_event)?;
+    }
+    // Read to the end, so a stream's writer is not cut off, and check the
+    // end-of-archive blocks: a cut pipe looks like a shorter archive.
+    let mut tracker = archive.into_inner();
+    io::copy(&mut tracker, &mut io::sink()).map_err(|source| InputError::Read {
+        input: input.to_owned(),
+        source,
+    })?;
+    let state = state.borrow();
+    if state.pos == 0 {
+        return Err(InputError::Empty {
+            input: input.to_owned(),
+        });
+    }
+    if !state.ends_with_end_blocks() {
+        return Err(InputError::Truncated {
+            input: input.to_owned(),
+        });
+    }
+    drop(state);
+    pass.resolve(on_event)
+}
+
+struct Pass<'a> {
+    input: &'a str,
+    opts: &'a ReadOptions,
+    members: HashMap<String, Member>,
+    buffered: u64,
+    /// [`BUFFER_BUDGET`], smaller in tests.
+    budget: u64,
+}
+
+impl Pass<'_> {
+    fn member_err(&self, member: &str, source: io::Error) -> InputError {
+        InputError::Member {
+            input: self.input.to_owned(),
+            member: member.to_owned(),
+            source,
+        }
+    }
+
+    fn member<R: Read>(
+        &mut self,
+        entry: &mut tar::Entry<'_, R>,
+        on_event: &mut dyn FnMut(ReadEvent),
+    ) -> Result<(), InputError> {
+        let name = normalize(&String::from_utf8_lossy(&entry.path_bytes()));
+        let kind = entry.header().entry_type();
+        if kind.is_symlink() || kind.is_hard_link() {
+            let target = entry
+                .link_name_bytes()
+                .map(|t| String::from_utf8_lossy(&t).into_owned())
+                .unwrap_or_default();
+            let target = if kind.is_symlink() {
+                resolve_relative(&name, &target)
+            } else {
+                normalize(&target)
+            };
+            self.members.insert(name, Member::Link(target));
+            return Ok(());
+        }
+        if !(kind.is_file() || kind.is_contiguous()) {
+            return Ok(());
+        }
+        let size = entry.size();
+        let mut body = Exact {
+            inner: entry,
+            remaining: size,
+        };
+        if size <= SMALL_MEMBER && self.buffered + size <= self.budget {
+            let bytes = read_all(&mut body, size).map_err(|e| self.member_err(&name, e))?;
+            self.buffered += size;
+            self.members.insert(name, Member::Small(bytes));
+            return Ok(());
+        }
+        // Look at the first block to tell a layer from metadata.
+        let mut head = Vec::with_capacity(512);
+        (&mut body)
+            .take(512)
+            .read_to_end(&mut head)
+            .map_err(|e| self.member_err(&name, e))?;
+        let first = head.iter().find(|b| !b.is_ascii_whitespace());
+        let json = matches!(first, Some(b'{' | b'['));
+        if (json && !is_tar_header(&head)) || is_metadata_name(&name) {
+            // Counted against the budget too, so that many large JSON
+            // members cannot add up without bound.
+            if size > METADATA_LIMIT || self.buffered + size > self.budget + METADATA_LIMIT {
+                return Err(InputError::MemberTooLarge {
+                    input: self.input.to_owned(),
+                    member: name,
+                    size,
+                    limit: METADATA_LIMIT,
+                });
+            }
+            let mut rest = read_all(&mut body, size - head.len() as u64)
+                .map_err(|e| self.member_err(&name, e))?
+                .to_vec();
+            head.append(&mut rest);
+            self.buffered += size;
+            self.members.insert(name, Member::Small(Bytes::from(head)));
+            return Ok(());
+        }
+        let mut raw = io::Cursor::new(head).chain(body);
+        let member = self.layer(&name, size, &mut raw, hint_of(&name), on_event)?;
+        self.members.insert(name, member);
+        Ok(())
+    }
+
+    /// Hashes a layer member and, unless the destination has it, compresses
+    /// and spools it.
+    fn layer(
+        &mut self,
+        name: &str,
+        size: u64,
+        raw: &mut dyn Read,
+        hint: Option<Digest>,
+        on_event: &mut dyn FnMut(ReadEvent),
+    ) -> Result<Member, InputError> {
+        if let Some(hint) = hint {
+            if let Some(descriptor) = (self.opts.known)(&hint) {
+                let (diff_id, _) =
+                    layer::hash_only(raw, &mut |_| {}).map_err(|e| self.member_err(name, e))?;
+                if diff_id != hint {
+                    return Err(InputError::HintMismatch {
+                        input: self.input.to_owned(),
+                        member: name.to_owned(),
+                        hint,
+                        actual: diff_id,
+                    });
+                }
+                on_event(ReadEvent::LayerSkipped {
+                    member: name.to_owned(),
+                    diff_id: diff_id.clone(),
+                });
+                return Ok(Member::Known {
+                    diff_id,
+                    descriptor,
+                });
+            }
+        }
+        let (writer, spool) =
+            layer::spool::create(&self.opts.spool_dir).map_err(|source| InputError::Spool {
+                dir: self.opts.spool_dir.clone(),
+                source,
+            })?;
+        on_event(ReadEvent::LayerStarted {
+            member: name.to_owned(),
+            size,
+            spool: spool.clone(),
+        });
+        let mut read = 0u64;
+        let encoded = layer::encode_layer(raw, self.opts.compression, writer, &mut |n| {
+            read += n;
+            on_event(ReadEvent::LayerProgress {
+                member: name.to_owned(),
+                bytes: read,
+            });
+        })
+        .map_err(|e| self.member_err(name, e))?;
+        on_event(ReadEvent::LayerFinished {
+            member: name.to_owned(),
+            encoded: encoded.clone(),
+        });
+        Ok(Member::Encoded { spool, encoded })
+    }
+
+    /// Follows links to the member `name` really is.
+    fn target(&self, name: &str) -> Option<String> {
+        let mut name = normalize(name);
+        for _ in 0..=MAX_LINKS {
+            match self.members.get(&name)? {
+                Member::Link(to) => name = to.clone(),
+                _ => return Some(name),
+            }
+        }
+        None
+    }
+
+    fn missing(&self, member: &str, role: &'static str) -> InputError {
+        InputError::MissingMember {
+            input: self.input.to_owned(),
+            member: member.to_owned(),
+            role,
+        }
+    }
+
+    /// After the last member: parse the manifest and config, and settle
+    /// every layer.
+    fn resolve(mut self, on_event: &mut dyn FnMut(ReadEvent)) -> Result<ArchiveImage, InputError> {
+        let input = self.input.to_owned();
+        let manifest = match self
+            .target("manifest.json")
+            .and_then(|n| self.members.get(&n))
+        {
+            Some(Member::Small(b)) => b.clone(),
+            _ if self.members.contains_key("oci-layout") => {
+                return Err(InputError::OciArchive { input })
+            }
+            _ => return Err(InputError::NoManifest { input }),
+        };
+        let mut entries: Vec<ManifestEntry> =
+            serde_json::from_slice(&manifest).map_err(|source| InputError::BadManifest {
+                input: input.clone(),
+                source,
+            })?;
+        if entries.len() != 1 {
+            return Err(InputError::ImageCount {
+                input,
+                count: entries.len(),
+            });
+        }
+        let entry = entries.remove(0);
+        let config_name = normalize(&entry.config);
+        let config = match self.target(&config_name).and_then(|n| self.members.get(&n)) {
+            Some(Member::Small(b)) => b.clone(),
+            _ => return Err(self.missing(&config_name, "the config")),
+        };
+        let summary: ConfigSummary =
+            serde_json::from_slice(&config).map_err(|source| InputError::BadConfig {
+                input: input.clone(),
+                member: config_name.clone(),
+                source,
+            })?;
+        let diff_ids = summary
+            .rootfs
+            .as_ref()
+            .map(|r| r.diff_ids.clone())
+            .unwrap_or_default();
+        if diff_ids.len() != entry.layers.len() {
+            return Err(InputError::LayerCount {
+                input,
+                member: config_name,
+                diff_ids: diff_ids.len(),
+                layers: entry.layers.len(),
+            });
+        }
+        let mut layers = Vec::with_capacity(diff_ids.len());
+        for (cited, expected) in entry.layers.iter().zip(diff_ids) {
+            let cited = normalize(cited);
+            let Some(name) = self.target(&cited) else {
+                return Err(self.missing(&cited, "a layer"));
+            };
+            let layer = self.settle(&name, &cited, &expected, on_event)?;
+            layers.push(layer);
+        }
+        Ok(ArchiveImage {
+            config_digest: Digest::of(&config),
+            config,
+            summary,
+            layers,
+            repo_tags: entry.repo_tags.unwrap_or_default(),
+        })
+    }
+
+    /// The layer blob of member `name` (cited as `cited`), checked against
+    /// the config's diff_id. A kept small member is encoded now, once.
+    fn settle(
+        &mut self,
+        name: &str,
+        cited: &str,
+        expected: &Digest,
+        on_event: &mut dyn FnMut(ReadEvent),
+    ) -> Result<ArchiveLayer, InputError> {
+        let mismatch = |actual: &Digest| InputError::DiffIdMismatch {
+            input: self.input.to_owned(),
+            member: cited.to_owned(),
+            expected: expected.clone(),
+            actual: actual.clone(),
+        };
+        let small = match self.members.get(name) {
+            Some(Member::Small(b)) => b.clone(),
+            Some(Member::Encoded { spool, encoded }) => {
+                if encoded.diff_id != *expected {
+                    return Err(mismatch(&encoded.diff_id));
+                }
+                return Ok(ArchiveLayer {
+                    member: cited.to_owned(),
+                    diff_id: encoded.diff_id.clone(),
+                    blob: LayerBlob::Spooled {
+                        spool: spool.clone(),
+                        encoded: encoded.clone(),
+                    },
+                });
+            }
+            Some(Member::Known {
+                diff_id,
+                descriptor,
+            }) => {
+                if diff_id != expected {
+                    return Err(mismatch(diff_id));
+                }
+                return Ok(ArchiveLayer {
+                    member: cited.to_owned(),
+                    diff_id: diff_id.clone(),
+                    blob: LayerBlob::Known {
+                        descriptor: descriptor.clone(),
+                    },
+                });
+            }
+            Some(Member::Link(_)) | None => return Err(self.missing(cited, "a layer")),
+        };
+        let diff_id = Digest::of(&small);
+        if diff_id != *expected {
+            return Err(mismatch(&diff_id));
+        }
+        // The hash is known before any work: the known map is asked with the
+        // real diff_id, not a hint.
+        let member = match (self.opts.known)(&diff_id) {
+            Some(descriptor) => {
+                on_event(ReadEvent::LayerSkipped {
+                    member: name.to_owned(),
+                    diff_id: diff_id.clone(),
+                });
+                Member::Known {
+                    diff_id,
+                    descriptor,
+                }
+            }
+            None => self.layer(name, small.len() as u64, &mut &small[..], None, on_event)?,
+        };
+        // Later citations of the same member reuse this encoding.
+        self.buffered = self.buffered.saturating_sub(small.len() as u64);
+        self.members.insert(name.to_owned(), member);
+        self.settle(name, cited, expected, on_event)
+    }
+}
+
+/// Names that are docker-archive metadata, never layers, whatever their size.
+fn is_metadata_name(name: &str) -> bool {
+    let base = name.rsplit('/').next().unwrap_or(name);
+    matches!(
+        base,
+        "manifest.json" | "index.json" | "oci-layout" | "repositories" | "json" | "VERSION"
+    ) || base.ends_with(".json")
+}
+
+/// A member name as `manifest.json` cites it: no `./`, no trailing `/`.
+fn normalize(name: &str) -> String {
+    let mut n = name;
+    while let Some(rest) = n.strip_prefix("./") {
+        n = rest;
+    }
+    n.trim_start_matches('/').trim_end_matches('/').to_owned()
+}
+
+/// A symlink target, relative to the link's directory, as a member name.
+fn resolve_relative(link: &str, target: &str) -> String {
+    let mut parts: Vec<&str> = if target.starts_with('/') {
+        Vec::new()
+    } else {
+        link.split('/').collect()
+    };
+    parts.pop(); // the link's own name
+    for p in target.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            p => parts.push(p),
+        }
+    }
+    parts.join("/")
+}
+
+/// The diff_id a member's name claims: `<64 hex>/layer.tar` (streamLayeredImage)
+/// or `blobs/sha256/<64 hex>` (docker save ≥ 25, uncompressed layers).
+fn hint_of(name: &str) -> Option<Digest> {
+    let hex = name
+        .strip_suffix("/layer.tar")
+        .or_else(|| name.strip_prefix("blobs/sha256/"))?;
+    Digest::from_hex(hex).ok()
+}
+
+/// Reads exactly `size` bytes into memory.
+fn read_all(r: &mut dyn Read, size: u64) -> io::Result<Bytes> {
+    let mut v = Vec::with_capacity(size.min(METADATA_LIMIT) as usize);
+    r.take(size).read_to_end(&mut v)?;
+    if (v.len() as u64) < size {
+        return Err(truncated());
+    }
+    Ok(Bytes::from(v))
+}
+
+fn truncated() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the archive ends inside this member: it is truncated",
+    )
+}
+
+/// A member's data: exactly its header's size, or an error when the archive
+/// ends first (the tar crate would just return fewer bytes).
+struct Exact<'e, R> {
+    inner: &'e mut R,
+    remaining: u64,
+}
+
+impl<R: Read> Read for Exact<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.remaining == 0 {
+            return Ok(0);
+        }
+        let max = buf
+            .len()
+            .min(self.remaining.min(usize::MAX as u64) as usize);
+        let n = self.inner.read(&mut buf[..max])?;
+        if n == 0 {
+            return Err(truncated());
+        }
+        self.remaining -= n as u64;
+        Ok(n)
+    }
+}
+
+/// Where the reader is, and whether what follows the last member's data is
+/// zeros: the end-of-archive marker is two zero blocks.
+#[derive(Default)]
+struct TrackState {
+    pos: u64,
+    /// End of the last member's padded data.
+    mark: u64,
+    /// First non-zero byte at or after `mark`.
+    nonzero_after_mark: Option<u64>,
+    /// Whether the input has ended.
+    eof: bool,
+}
+
+impl TrackState {
+    fn set_mark(&mut self, mark: u64) {
+        self.mark = mark;
+        self.nonzero_after_mark = None;
+    }
+
+    fn ends_with_end_blocks(&self) -> bool {
+        let end = self.mark.saturating_add(1024);
+        self.pos >= end && self.nonzero_after_mark.is_none_or(|p| p >= end)
+    }
+}
+
+struct Tracker<'r> {
+    inner: &'r mut dyn Read,
+    state: std::rc::Rc<std::cell::RefCell<TrackState>>,
+}
+
+impl<'r> Tracker<'r> {
+    fn new(inner: &'r mut dyn Read) -> Self {
+        Tracker {
+            inner,
+            state: Default::default(),
+        }
+    }
+}
+
+impl Read for Tracker<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        let mut s = self.state.borrow_mut();
+        if n == 0 && !buf.is_empty() {
+            s.eof = true;
+        }
+        if s.nonzero_after_mark.is_none() && s.pos + n as u64 > s.mark {
+            let skip = s.mark.saturating_sub(s.pos) as usize;
+            if let Some(i) = buf[skip..n].iter().position(|b| *b != 0) {
+                s.nonzero_after_mark = Some(s.pos + (skip + i) as u64);
+            }
+        }
+        s.pos += n as u64;
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::input::tests::testdata;
+    use crate::input::{open_archive, ArchiveSource, StreamCommand};
+    use std::sync::Mutex;
+
+    const GZIP: Compression = Compression::Gzip { level: 1 };
+
+    fn opts(dir: &tempfile::TempDir) -> ReadOptions {
+        ReadOptions::new(GZIP, dir.path())
+    }
+
+    /// Deterministic layer tar of about `size` bytes.
+    fn layer_tar(seed: u8, size: usize) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        let data: Vec<u8> = (0..size)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect();
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o444);
+        h.set_cksum();
+        b.append_data(&mut h, format!("file-{seed}"), &data[..])
+            .unwrap();
+        b.into_inner().unwrap()
+    }
+
+    fn config_for(layers: &[&[u8]]) -> Vec<u8> {
+        let ids: Vec<String> = layers.iter().map(|l| Digest::of(l).to_string()).collect();
+        serde_json::to_vec(&serde_json::json!({
+            "architecture": "arm64", "os": "linux",
+            "config": {"Labels": {"a": "b"}},
+            "rootfs": {"type": "layers", "diff_ids": ids},
+        }))
+        .unwrap()
+    }
+
+    /// An archive from `(name, bytes)` members, in order.
+    fn archive(members: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (name, data) in members {
+            let mut h = tar::Header::new_gnu();
+            h.set_size(data.len() as u64);
+            h.set_mode(0o444);
+            h.set_cksum();
+            b.append_data(&mut h, name, *data).unwrap();
+        }
+        b.into_inner().unwrap()
+    }
+
+    fn manifest(config: &str, layers: &[&str]) -> Vec<u8> {
+        serde_json::to_vec(&serde_json::json!([
+            {"Config": config, "RepoTags": ["x:1"], "Layers": layers}
+        ]))
+        .unwrap()
+    }
+
+    struct Run {
+        result: Result<ArchiveImage, InputError>,
+        events: Vec<String>,
+    }
+
+    fn read_with(bytes: &[u8], opts: &ReadOptions) -> Run {
+        let mut events = Vec::new();
+        let result = read_docker_archive("test.tar", &mut &bytes[..], opts, &mut |e| {
+            events.push(match e {
+                ReadEvent::LayerStarted { member, size, .. } => format!("start {member} {size}"),
+                ReadEvent::LayerProgress { .. } => "progress".into(),
+                ReadEvent::LayerFinished { member, .. } => format!("finish {member}"),
+                ReadEvent::LayerSkipped { member, .. } => format!("skip {member}"),
+            })
+        });
+        events.dedup();
+        Run { result, events }
+    }
+
+    fn err(run: Run) -> InputError {
+        match run.result {
+            Ok(_) => panic!("expected an error"),
+            Err(e) => e,
+        }
+    }
+
+    /// Reads back a spooled layer and checks its digests.
+    fn check_blob(layer: &ArchiveLayer) -> Vec<u8> {
+        let LayerBlob::Spooled { spool, encoded } = &layer.blob else {
+            panic!("{} not spooled", layer.member);
+        };
+        let mut gz = Vec::new();
+        spool.copy_to(&mut gz).unwrap();
+        assert_eq!(Digest::of(&gz), encoded.digest);
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut raw)
+            .unwrap();
+        assert_eq!(Digest::of(&raw), layer.diff_id);
+        raw
+    }
+
+    #[test]
+    fn the_stream_fixture_reads_in_one_pass_with_manifest_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let bytes = std::fs::read(testdata("fd-amd64.tar")).unwrap();
+        let run = read_with(&bytes, &opts(&dir));
+        let image = run.result.unwrap();
+        assert_eq!(image.summary.architecture, "amd64");
+        assert_eq!(image.repo_tags, vec!["fd:10.2.0".to_owned()]);
+        assert_eq!(image.layers.len(), 4);
+        let diff_ids = image.summary.rootfs.clone().unwrap().diff_ids;
+        for (layer, expected) in image.layers.iter().zip(&diff_ids) {
+            assert_eq!(&layer.diff_id, expected);
+            assert_eq!(layer.member, format!("{}/layer.tar", expected.hex()));
+            check_blob(layer);
+        }
+        assert_eq!(Digest::of(&image.config), image.config_digest);
+        let labels = image.summary.config.unwrap().labels.unwrap();
+        assert_eq!(labels["org.opencontainers.image.version"], "10.2.0");
+        // The big layer streamed at once; small ones were encoded at the end.
+        let first = &image.layers[0].member;
+        assert_eq!(run.events[0], format!("start {first} 1126400"));
+        assert_eq!(run.events[1], "progress");
+        assert_eq!(run.events[2], format!("finish {first}"));
+        assert_eq!(
+            run.events.iter().filter(|e| e.starts_with("start")).count(),
+            4
+        );
+    }
+
+    #[test]
+    fn compressed_fixtures_and_the_stream_script_agree() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(&dir);
+        let read = |name: &str| {
+            ArchiveSource::from_reader(name, open_archive(&testdata(name)).unwrap())
+                .read(&o, &mut |_| {})
+                .unwrap()
+        };
+        let amd_gz = read("fd-amd64.tar.gz");
+        let arm_zst = read("fd-arm64.tar.zst");
+        let stream = ArchiveSource::from_command(
+            StreamCommand::spawn("stream-arm64", &testdata("stream-arm64")).unwrap(),
+        )
+        .read(&o, &mut |_| {})
+        .unwrap();
+        assert_eq!(arm_zst.summary.architecture, "arm64");
+        assert_eq!(stream.config_digest, arm_zst.config_digest);
+        let ids = |i: &ArchiveImage| {
+            i.layers
+                .iter()
+                .map(|l| l.diff_id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&stream), ids(&arm_zst));
+        // glibc and tzdata are shared between the arches, fd and the
+        // customisation layer are not.
+        let (a, b) = (ids(&amd_gz), ids(&arm_zst));
+        assert_eq!(a[..2], b[..2]);
+        assert_ne!(a[2], b[2]);
+        assert_ne!(a[3], b[3]);
+    }
+
+    #[test]
+    fn build_image_archives_are_hashed_not_trusted_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        // The v1 IDs look like hints; the known map must not be consulted
+        // with them to skip anything.
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let mut o = opts(&dir);
+        o.known = Arc::new({
+            let asked = asked.clone();
+            move |d: &Digest| {
+                asked.lock().unwrap().push(d.clone());
+                None
+            }
+        });
+        let image = ArchiveSource::from_reader(
+            "hello",
+            open_archive(&testdata("hello-buildimage.tar.gz")).unwrap(),
+        )
+        .read(&o, &mut |_| {})
+        .unwrap();
+        assert_eq!(image.layers.len(), 2);
+        for l in &image.layers {
+            assert_ne!(l.member, format!("{}/layer.tar", l.diff_id.hex()));
+            check_blob(l);
+        }
+        // Small layers are looked up by their computed diff_id.
+        let asked = asked.lock().unwrap();
+        assert!(image.layers.iter().all(|l| asked.contains(&l.diff_id)));
+    }
+
+    #[test]
+    fn manifest_first_and_docker_25_layouts_read_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = layer_tar(1, 1_500_000);
+        let small = layer_tar(2, 3000);
+        let config = config_for(&[&big, &small]);
+        let cname = format!("blobs/sha256/{}", Digest::of(&config).hex());
+        let bname = format!("blobs/sha256/{}", Digest::of(&big).hex());
+        let sname = format!("blobs/sha256/{}", Digest::of(&small).hex());
+        let bytes = archive(&[
+            ("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#),
+            ("index.json", br#"{"schemaVersion":2,"manifests":[]}"#),
+            ("manifest.json", &manifest(&cname, &[&bname, &sname])),
+            (&bname, &big),
+            (&sname, &small),
+            (&cname, &config),
+        ]);
+        let image = read_with(&bytes, &opts(&dir)).result.unwrap();
+        assert_eq!(check_blob(&image.layers[0]), big);
+        assert_eq!(check_blob(&image.layers[1]), small);
+        assert_eq!(image.summary.architecture, "arm64");
+    }
+
+    #[test]
+    fn a_layer_cited_twice_is_encoded_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = layer_tar(3, 5000);
+        let config = config_for(&[&small, &small]);
+        let bytes = archive(&[
+            ("a/layer.tar", &small),
+            ("c.json", &config),
+            (
+                "manifest.json",
+                &manifest("c.json", &["a/layer.tar", "./a/layer.tar"]),
+            ),
+        ]);
+        let run = read_with(&bytes, &opts(&dir));
+        assert_eq!(
+            run.events.iter().filter(|e| e.starts_with("start")).count(),
+            1
+        );
+        let image = run.result.unwrap();
+        assert_eq!(image.layers.len(), 2);
+        assert_eq!(image.layers[0].diff_id, image.layers[1].diff_id);
+    }
+
+    #[test]
+    fn symlinked_layers_from_old_docker_save_are_followed() {
+        let dir = tempfile::tempdir().unwrap();
+        let l = layer_tar(4, 2000);
+        let config = config_for(&[&l, &l]);
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_size(l.len() as u64);
+        h.set_cksum();
+        b.append_data(&mut h, "aaa/layer.tar", &l[..]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        b.append_link(&mut h, "bbb/layer.tar", "../aaa/layer.tar")
+            .unwrap();
+        for (name, data) in [
+            ("c.json", config),
+            (
+                "manifest.json",
+                manifest("c.json", &["aaa/layer.tar", "bbb/layer.tar"]),
+            ),
+        ] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(data.len() as u64);
+            h.set_cksum();
+            b.append_data(&mut h, name, &data[..]).unwrap();
+        }
+        let image = read_with(&b.into_inner().unwrap(), &opts(&dir))
+            .result
+            .unwrap();
+        assert_eq!(image.layers[1].member, "bbb/layer.tar");
+        check_blob(&image.layers[1]);
+    }
+
+    #[test]
+    fn known_layers_are_only_hashed_when_the_hint_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = layer_tar(5, 1_200_000);
+        let config = config_for(&[&big]);
+        let name = format!("{}/layer.tar", Digest::of(&big).hex());
+        let bytes = archive(&[
+            (&name, &big),
+            ("c.json", &config),
+            ("manifest.json", &manifest("c.json", &[&name])),
+        ]);
+        let present = Descriptor::new(crate::oci::MEDIA_TYPE_LAYER_GZIP, Digest::of(b"blob"), 4);
+        let mut o = opts(&dir);
+        o.known = Arc::new({
+            let (d, p) = (Digest::of(&big), present.clone());
+            move |x: &Digest| (*x == d).then(|| p.clone())
+        });
+        let run = read_with(&bytes, &o);
+        assert_eq!(run.events, vec![format!("skip {name}")]);
+        match &run.result.unwrap().layers[0].blob {
+            LayerBlob::Known { descriptor } => assert_eq!(*descriptor, present),
+            LayerBlob::Spooled { .. } => panic!("a known layer was encoded"),
+        }
+
+        // The same name on other bytes: the hint lies, and it is an error.
+        let other = layer_tar(6, 1_200_000);
+        let bytes = archive(&[(&name, &other)]);
+        match err(read_with(&bytes, &o)) {
+            InputError::HintMismatch {
+                member,
+                hint,
+                actual,
+                ..
+            } => {
+                assert_eq!(member, name);
+                assert_eq!(hint, Digest::of(&big));
+                assert_eq!(actual, Digest::of(&other));
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn a_diff_id_mismatch_names_the_member_and_both_digests() {
+        let dir = tempfile::tempdir().unwrap();
+        for size in [2000, 1_100_000] {
+            let l = layer_tar(7, size);
+            let other = layer_tar(8, 100);
+            let config = config_for(&[&other]);
+            let bytes = archive(&[
+                ("x/layer.tar", &l),
+                ("c.json", &config),
+                ("manifest.json", &manifest("c.json", &["x/layer.tar"])),
+            ]);
+            let e = err(read_with(&bytes, &opts(&dir)));
+            let msg = e.to_string();
+            assert!(msg.contains("`x/layer.tar`"), "{msg}");
+            assert!(msg.contains(&Digest::of(&other).to_string()), "{msg}");
+            assert!(msg.contains(&Digest::of(&l).to_string()), "{msg}");
+        }
+    }
+
+    #[test]
+    fn broken_archives_are_errors_naming_the_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = opts(&dir);
+        let l = layer_tar(9, 1_300_000);
+        let config = config_for(&[&l]);
+        let good = archive(&[
+            ("l/layer.tar", &l),
+            ("c.json", &config),
+            ("manifest.json", &manifest("c.json", &["l/layer.tar"])),
+        ]);
+        assert!(read_with(&good, &o).result.is_ok());
+
+        let expect = |bytes: &[u8], what: &str| {
+            let e = err(read_with(bytes, &o));
+            let msg = format!(
+                "{e}: {:?}",
+                std::error::Error::source(&e).map(|s| s.to_string())
+            );
+            assert!(msg.contains("`test.tar`"), "{msg}");
+            assert!(msg.contains(what), "expected `{what}` in: {msg}");
+        };
+        // Cut inside the big layer, inside the manifest, and before the end blocks.
+        expect(&good[..700_000], "truncated");
+        let manifest_end = good.len() - 1024 - 512 + 10;
+        expect(&good[..manifest_end], "truncated");
+        expect(&good[..good.len() - 1024], "truncated");
+        expect(b"", "empty");
+        expect(&[0x55; 4096], "not a valid tar");
+        expect(&archive(&[("c.json", &config)]), "no `manifest.json`");
+        expect(
+            &archive(&[("oci-layout", b"{}"), ("index.json", b"{}")]),
+            "hint: extract it and pass the directory as `oci:DIR`",
+        );
+        expect(
+            &archive(&[("manifest.json", b"{not json")]),
+            "`manifest.json` in `test.tar` is not valid",
+        );
+        let two = serde_json::to_vec(&serde_json::json!([
+            {"Config": "c.json", "Layers": []}, {"Config": "c.json", "Layers": []}
+        ]))
+        .unwrap();
+        expect(&archive(&[("manifest.json", &two)]), "lists 2 images");
+        expect(
+            &archive(&[("manifest.json", &manifest("c.json", &[]))]),
+            "no member `c.json`",
+        );
+        expect(
+            &archive(&[
+                ("c.json", &config),
+                ("manifest.json", &manifest("c.json", &["gone/layer.tar"])),
+            ]),
+            "no member `gone/layer.tar`",
+        );
+        expect(
+            &archive(&[
+                ("c.json", b"[1,2]"),
+                ("manifest.json", &manifest("c.json", &[])),
+            ]),
+            "not a valid image config",
+        );
+        expect(
+            &archive(&[
+                ("c.json", &config),
+                ("manifest.json", &manifest("c.json", &[])),
+            ]),
+            "lists 1 diff_ids but `manifest.json` lists 0 layers",
+        );
+    }
+
+    #[test]
+    fn a_failed_stream_reports_the_process_not_the_tar() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("stream-bad");
+        // Half an archive, then a failure.
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\nhead -c 600000 {}\necho 'building layer 3 failed' >&2\nexit 1\n",
+                testdata("fd-amd64.tar").display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let src = ArchiveSource::from_command(StreamCommand::spawn("stream-bad", &script).unwrap());
+        let e = src.read(&opts(&dir), &mut |_| {}).err().unwrap();
+        let msg = e.to_string();
+        assert!(matches!(e, InputError::Exited { .. }), "{msg}");
+        assert!(msg.contains("building layer 3 failed"), "{msg}");
+    }
+
+    #[test]
+    fn past_the_budget_small_layers_stream_and_json_is_still_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let small = layer_tar(10, 4000);
+        let config = config_for(&[&small]);
+        let bytes = archive(&[
+            ("s/layer.tar", &small),
+            ("c.json", &config),
+            ("manifest.json", &manifest("c.json", &["s/layer.tar"])),
+        ]);
+        let mut events = Vec::new();
+        let image = read_with_budget(
+            "t",
+            &mut &bytes[..],
+            &opts(&dir),
+            &mut |e| {
+                if let ReadEvent::LayerStarted { member, .. } = e {
+                    events.push(member)
+                }
+            },
+            0,
+        )
+        .unwrap();
+        assert_eq!(events, vec!["s/layer.tar".to_owned()]);
+        check_blob(&image.layers[0]);
+    }
+
+    /// A POSIX extended header giving `path`, as Python's tarfile writes
+    /// for names over 100 bytes.
+    fn pax_member(b: &mut tar::Builder<Vec<u8>>, path: &str, data: &[u8]) {
+        let record = |k: &str, v: &str| {
+            let body = format!(" {k}={v}\n");
+            let mut len = body.len() + 1;
+            while format!("{len}{body}").len() != len {
+                len += 1;
+            }
+            format!("{len}{body}")
+        };
+        let records = record("path", path);
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::XHeader);
+        h.set_path("PaxHeaders.0/x").unwrap();
+        h.set_size(records.len() as u64);
+        h.set_cksum();
+        b.append(&h, records.as_bytes()).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_path("truncated-name").unwrap();
+        h.set_size(data.len() as u64);
+        h.set_cksum();
+        b.append(&h, data).unwrap();
+    }
+
+    #[test]
+    fn pax_long_member_names_are_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let big = layer_tar(11, 1_100_000);
+        let config = config_for(&[&big]);
+        let long = format!("{}/layer.tar", "base-image-layer-".repeat(8));
+        let mut b = tar::Builder::new(Vec::new());
+        pax_member(&mut b, &long, &big);
+        pax_member(&mut b, "c.json", &config);
+        pax_member(&mut b, "manifest.json", &manifest("c.json", &[&long]));
+        let image = read_with(&b.into_inner().unwrap(), &opts(&dir))
+            .result
+            .unwrap();
+        assert_eq!(image.layers[0].member, long);
+        check_blob(&image.layers[0]);
+    }
+
+    #[test]
+    fn every_cut_and_a_flipped_byte_give_errors_not_panics() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = ReadOptions::new(Compression::None, dir.path());
+        let good = std::fs::read(testdata("fd-amd64.tar")).unwrap();
+        // Python pads the stream to 10240 bytes: past the two zero blocks
+        // after the last member, a cut is harmless.
+        let last = good.iter().rposition(|b| *b != 0).unwrap();
+        let end = (last + 1).div_ceil(512) * 512 + 1024;
+        assert!(end < good.len());
+        assert!(read_with(&good[..end], &o).result.is_ok());
+        // Cuts at header, data and padding offsets all over the archive.
+        let cuts = (1..24).map(|i| (end * i / 24 + i * 37 % 512).min(end - 1));
+        for cut in cuts.chain([1, 511, 512, 513, end - 512, end - 1]) {
+            let e = err(read_with(&good[..cut], &o));
+            assert!(
+                matches!(e, InputError::Truncated { .. } | InputError::Member { .. }),
+                "cut at {cut}: {e:?}"
+            );
+        }
+        // A flipped byte inside the first layer's data: its hash changes.
+        let mut bad = good.clone();
+        bad[512 + 100_000] ^= 0x20;
+        match err(read_with(&bad, &o)) {
+            InputError::DiffIdMismatch { member, .. } => assert!(member.ends_with("/layer.tar")),
+            e => panic!("{e:?}"),
+        }
+        // A flipped byte in a header: its checksum fails.
+        let mut bad = good;
+        bad[10] ^= 0x01;
+        assert!(matches!(err(read_with(&bad, &o)), InputError::Tar { .. }));
+    }
+
+    #[test]
+    fn names_and_hints() {
+        assert_eq!(normalize("./a/layer.tar"), "a/layer.tar");
+        assert_eq!(
+            resolve_relative("b/layer.tar", "../a/layer.tar"),
+            "a/layer.tar"
+        );
+        assert_eq!(
+            resolve_relative("b/layer.tar", "/a/layer.tar"),
+            "a/layer.tar"
+        );
+        let d = Digest::of(b"x");
+        assert_eq!(hint_of(&format!("{}/layer.tar", d.hex())), Some(d.clone()));
+        assert_eq!(hint_of(&format!("blobs/sha256/{}", d.hex())), Some(d));
+        assert_eq!(hint_of("abc/layer.tar"), None);
+        assert_eq!(hint_of("c.json"), None);
+    }
+}
