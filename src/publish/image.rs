@@ -8,7 +8,6 @@
 //! Then the config and the image manifest (by digest) follow.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,8 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::digest::Digest;
-use crate::input::docker_archive::{self, ArchiveImage, LayerBlob, ReadEvent, ReadOptions};
-use crate::input::{self, InputSpec};
+use crate::input::{self, ArchiveImage, InputSpec, LayerBlob, OpenedInput, ReadEvent, ReadOptions};
 use crate::layer::Compression;
 use crate::manifest;
 use crate::oci::{ConfigSummary, Descriptor, Platform, RawManifest};
@@ -78,6 +76,7 @@ pub async fn publish_image(
     // Uploads start as layers start; a failed upload stops the run early.
     let mut uploads: JoinSet<Result<Digest>> = JoinSet::new();
     let mut started: HashMap<String, usize> = HashMap::new();
+    let mut read_so_far: HashMap<String, u64> = HashMap::new();
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -91,8 +90,11 @@ pub async fn publish_image(
                     }
                 }
                 Some(ReadEvent::LayerProgress { member, bytes }) => {
+                    // `bytes` counts from the member's start; the reporter wants increments.
                     if let Some(id) = started.get(&member) {
-                        reporter.on_layer_read(*id, bytes);
+                        let seen = read_so_far.entry(member).or_insert(0);
+                        reporter.on_layer_read(*id, bytes.saturating_sub(*seen));
+                        *seen = bytes;
                     }
                 }
                 Some(ReadEvent::LayerFinished { member, .. }) => {
@@ -186,19 +188,19 @@ fn read_input(
     cancel: Arc<AtomicBool>,
     events: mpsc::UnboundedSender<ReadEvent>,
 ) -> Result<ArchiveImage> {
-    let mut opened = input::open(spec)?;
-    let image = {
-        let mut reader = Cancellable {
-            inner: opened.reader(),
-            cancel,
-        };
-        docker_archive::read_docker_archive(&spec.text, &mut reader, options, &mut |event| {
-            // The receiver is gone only when the publish is being torn down.
-            let _ = events.send(event);
-        })?
-    };
-    opened.finish()?;
-    Ok(image)
+    match input::open(spec)? {
+        OpenedInput::DockerArchive(mut source) => {
+            source.cancel_on(cancel);
+            Ok(source.read(options, &mut |event| {
+                // The receiver is gone only when the publish is being torn down.
+                let _ = events.send(event);
+            })?)
+        }
+        OpenedInput::Nix2Container { .. } => bail!(crate::input::InputError::Unsupported {
+            input: spec.text.clone(),
+            kind: "nix2container",
+        }),
+    }
 }
 
 /// The platform for the index entry: the user's (prefix of the input), else
@@ -227,22 +229,6 @@ fn platform_of(spec: &InputSpec, config: &ConfigSummary, reporter: &dyn Reporter
             spec.text,
             spec.text
         ),
-    }
-}
-
-/// Fails reads once `cancel` is set, so an abandoned reader stops promptly.
-struct Cancellable<'a> {
-    inner: &'a mut dyn Read,
-    cancel: Arc<AtomicBool>,
-}
-
-impl Read for Cancellable<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.cancel.load(Ordering::Relaxed) {
-            // Not `Interrupted`: readers retry on that.
-            return Err(io::Error::other("publish cancelled"));
-        }
-        self.inner.read(buf)
     }
 }
 
