@@ -17,3 +17,5 @@
 pub mod digest;
 pub mod layer;
 pub mod oci;
+pub mod reference;
+pub mod registry;
