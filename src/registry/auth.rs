@@ -40,6 +40,7 @@ pub fn parse_challenges(header: &str) -> Vec<Challenge> {
         }
     };
     let read_token = |i: &mut usize| {
+        *i = (*i).min(chars.len());
         let start = *i;
         while *i < chars.len() && is_tchar(chars[*i]) {
             *i += 1;
@@ -90,7 +91,7 @@ pub fn parse_challenges(header: &str) -> Vec<Challenge> {
                     v.push(chars[i]);
                     i += 1;
                 }
-                i += 1; // closing quote
+                i = (i + 1).min(chars.len()); // the closing quote
                 v
             } else {
                 read_token(&mut i)
