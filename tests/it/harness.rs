@@ -496,18 +496,27 @@ fn respond(conn: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()
 /// What a quirk server answers: status, headers, body.
 pub type QuirkAnswer = (u16, Vec<(String, String)>, Vec<u8>);
 
+/// One request to a quirk server.
+#[derive(Clone, Debug)]
+pub struct QuirkRequest {
+    pub method: String,
+    pub target: String,
+    pub authorization: Option<String>,
+    pub body: Vec<u8>,
+}
+
 /// A tiny HTTP server scripting a behaviour that distribution does not show
 /// (another registry's quirk). Never a stand-in for the real registry.
 pub struct QuirkServer {
     port: u16,
     stop: Arc<AtomicBool>,
-    pub requests: Arc<Mutex<Vec<String>>>,
+    pub requests: Arc<Mutex<Vec<QuirkRequest>>>,
 }
 
 impl QuirkServer {
-    /// Serves `handler(method, target)` until dropped.
+    /// Serves `handler(request)` until dropped.
     pub fn start(
-        handler: impl Fn(&str, &str) -> QuirkAnswer + Send + Sync + 'static,
+        handler: impl Fn(&QuirkRequest) -> QuirkAnswer + Send + Sync + 'static,
     ) -> QuirkServer {
         let listener = TcpListener::bind("127.0.0.1:0").expect("quirk port");
         let port = listener.local_addr().expect("addr").port();
@@ -537,10 +546,24 @@ impl QuirkServer {
         format!("127.0.0.1:{}", self.port)
     }
 
+    /// `METHOD target` of each request so far.
+    pub fn request_lines(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.target))
+            .collect()
+    }
+
     pub fn client(&self) -> RegistryClient {
+        self.client_with(Credentials::anonymous())
+    }
+
+    pub fn client_with(&self, creds: Credentials) -> RegistryClient {
         RegistryClient::new(
             &Registry::parse(&self.host()).expect("host"),
-            Credentials::anonymous(),
+            creds,
             &ClientOptions {
                 max_retries: 2,
                 ..ClientOptions::default()
@@ -559,8 +582,8 @@ impl Drop for QuirkServer {
 
 fn serve_quirk(
     conn: &mut TcpStream,
-    handler: &dyn Fn(&str, &str) -> QuirkAnswer,
-    requests: &Mutex<Vec<String>>,
+    handler: &dyn Fn(&QuirkRequest) -> QuirkAnswer,
+    requests: &Mutex<Vec<QuirkRequest>>,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     let mut reader = BufReader::new(conn.try_clone()?);
@@ -568,6 +591,7 @@ fn serve_quirk(
     reader.read_line(&mut request_line)?;
     let mut length = 0usize;
     let mut chunked = false;
+    let mut authorization = None;
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
@@ -577,12 +601,16 @@ fn serve_quirk(
             if k.trim().eq_ignore_ascii_case("content-length") {
                 length = v.trim().parse().unwrap_or(0);
             }
+            if k.trim().eq_ignore_ascii_case("authorization") {
+                authorization = Some(v.trim().to_owned());
+            }
             if k.trim().eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked") {
                 chunked = true;
             }
         }
     }
     // The body is read (and dropped) before answering, as registries do.
+    let mut body = Vec::new();
     if chunked {
         loop {
             let mut size = String::new();
@@ -590,19 +618,26 @@ fn serve_quirk(
             let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
             let mut chunk = vec![0u8; n + 2];
             reader.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk[..n]);
             if n == 0 {
                 break;
             }
         }
     } else {
-        let mut body = vec![0u8; length];
+        body = vec![0u8; length];
         reader.read_exact(&mut body)?;
     }
     let mut parts = request_line.split_whitespace();
     let method = parts.next().unwrap_or("").to_owned();
     let target = parts.next().unwrap_or("").to_owned();
-    requests.lock().unwrap().push(format!("{method} {target}"));
-    let (status, headers, body) = handler(&method, &target);
+    let request = QuirkRequest {
+        method: method.clone(),
+        target,
+        authorization,
+        body,
+    };
+    let (status, headers, body) = handler(&request);
+    requests.lock().unwrap().push(request);
     let mut head = format!(
         "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
         body.len()

@@ -417,7 +417,8 @@ async fn anonymous_against_token_auth_is_refused_clearly() {
 
 #[tokio::test]
 async fn tag_pages_are_followed_through_link_headers() {
-    let server = QuirkServer::start(|_, target| {
+    let server = QuirkServer::start(|r| {
+        let target = r.target.as_str();
         let json = |tags: &[&str]| {
             serde_json::json!({"name": "q", "tags": tags})
                 .to_string()
@@ -459,7 +460,7 @@ async fn relative_locations_with_queries_and_201_on_patch() {
     let data = payload(3000, 8);
     let digest = Digest::of(&data);
     let want = format!("PUT /v2/q/blobs/uploads/s2?state=x&digest={digest}");
-    let server = QuirkServer::start(move |method, target| match (method, target) {
+    let server = QuirkServer::start(move |r| match (r.method.as_str(), r.target.as_str()) {
         ("GET", "/v2/") => (200, vec![], vec![]),
         ("POST", "/v2/q/blobs/uploads/") => (
             202,
@@ -493,10 +494,173 @@ async fn relative_locations_with_queries_and_201_on_patch() {
     writer.finish();
     let outcome = upload.await.unwrap().unwrap();
     assert_eq!(outcome, UploadOutcome::Uploaded { digest, size: 3000 });
-    let log = server.requests.lock().unwrap().clone();
+    let log = server.request_lines();
     assert_eq!(
         log.iter().filter(|r| r.starts_with("PATCH")).count(),
         1,
         "{log:?}"
+    );
+}
+
+#[tokio::test]
+async fn transient_statuses_are_retried_honouring_retry_after() {
+    let d = Digest::of(b"x");
+    let target = format!("/v2/q/blobs/{d}");
+    let heads = Arc::new(AtomicI64::new(0));
+    let h = heads.clone();
+    let server = QuirkServer::start(move |r| {
+        if r.target == "/v2/" {
+            return (200, vec![], vec![]);
+        }
+        if r.target == target && h.fetch_add(1, Ordering::SeqCst) == 0 {
+            return (503, vec![("Retry-After".into(), "1".into())], vec![]);
+        }
+        if r.target == target {
+            return (200, vec![], vec![]);
+        }
+        (404, vec![], vec![])
+    });
+    let started = std::time::Instant::now();
+    assert!(server.client().blob_exists("q", &d).await.unwrap());
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "waited as asked"
+    );
+    assert_eq!(heads.load(Ordering::SeqCst), 2);
+
+    // A 4xx is final: one try.
+    let server = QuirkServer::start(|r| match r.target.as_str() {
+        "/v2/" => (200, vec![], vec![]),
+        _ => (
+            400,
+            vec![],
+            br#"{"errors":[{"code":"DIGEST_INVALID","message":"no"}]}"#.to_vec(),
+        ),
+    });
+    let e = server.client().get_blob("q", &d, 100).await.unwrap_err();
+    assert_eq!(e.codes(), ["DIGEST_INVALID"]);
+    assert_eq!(server.request_lines().len(), 2, "ping and one GET");
+}
+
+#[tokio::test]
+async fn a_failed_upload_is_retried_as_a_unit_and_gives_its_bytes_back() {
+    let data = Bytes::from(payload(4000, 9));
+    let digest = Digest::of(&data);
+    let puts = Arc::new(AtomicI64::new(0));
+    let p = puts.clone();
+    let server = QuirkServer::start(move |r| match (r.method.as_str(), r.target.as_str()) {
+        ("GET", "/v2/") => (200, vec![], vec![]),
+        ("HEAD", _) => (404, vec![], vec![]),
+        ("POST", _) => (
+            202,
+            vec![("Location".into(), "/v2/q/blobs/uploads/s".into())],
+            vec![],
+        ),
+        ("PUT", _) if p.fetch_add(1, Ordering::SeqCst) == 0 => (500, vec![], vec![]),
+        ("PUT", _) => (
+            201,
+            vec![("Docker-Content-Digest".into(), digest.to_string())],
+            vec![],
+        ),
+        _ => (400, vec![], vec![]),
+    });
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let on_progress = move |n: i64| ev.lock().unwrap().push(n);
+    let outcome = server
+        .client()
+        .upload_blob("q", BlobBody::Bytes(data), &on_progress)
+        .await
+        .unwrap();
+    assert!(matches!(
+        outcome,
+        UploadOutcome::Uploaded { size: 4000, .. }
+    ));
+    assert_eq!(*events.lock().unwrap(), [4000, -4000, 4000]);
+    let posts = server
+        .request_lines()
+        .iter()
+        .filter(|l| l.starts_with("POST"))
+        .count();
+    assert_eq!(posts, 2, "a new session for the retry");
+}
+
+#[tokio::test]
+async fn blob_redirects_drop_authorization_on_another_host() {
+    let blob = b"config bytes".to_vec();
+    let digest = Digest::of(&blob);
+    let storage = {
+        let blob = blob.clone();
+        QuirkServer::start(move |_| (200, vec![], blob.clone()))
+    };
+    let storage_url = format!("http://{}/bucket/blob?X-Signature=abc", storage.host());
+    let registry = QuirkServer::start(move |r| {
+        if r.authorization.is_none() {
+            return (
+                401,
+                vec![("WWW-Authenticate".into(), r#"Basic realm="quirk""#.into())],
+                vec![],
+            );
+        }
+        match r.target.as_str() {
+            "/v2/" => (200, vec![], vec![]),
+            _ => (307, vec![("Location".into(), storage_url.clone())], vec![]),
+        }
+    });
+    let client = registry.client_with(Credentials::basic("u", Secret::new("p"), "test"));
+    assert_eq!(client.get_blob("q", &digest, 1000).await.unwrap(), blob);
+    let seen = storage.requests.lock().unwrap().clone();
+    assert_eq!(seen.len(), 1);
+    assert!(seen[0].target.starts_with("/bucket/blob?X-Signature="));
+    assert_eq!(
+        seen[0].authorization, None,
+        "credentials stay with the registry"
+    );
+    assert!(registry.requests.lock().unwrap().iter().any(|r| r
+        .authorization
+        .as_deref()
+        .is_some_and(|a| a.starts_with("Basic "))));
+}
+
+#[tokio::test]
+async fn identity_tokens_are_exchanged_with_a_refresh_token_grant() {
+    let port = Arc::new(std::sync::OnceLock::<String>::new());
+    let p = port.clone();
+    let server = QuirkServer::start(move |r| {
+        let realm = format!("http://{}/token", p.get().cloned().unwrap_or_default());
+        match (r.method.as_str(), r.target.as_str()) {
+            ("POST", "/token") => (200, vec![], br#"{"access_token":"acc-123"}"#.to_vec()),
+            _ if r.authorization.as_deref() == Some("Bearer acc-123") => (200, vec![], vec![]),
+            _ => (
+                401,
+                vec![(
+                    "WWW-Authenticate".into(),
+                    format!(r#"Bearer realm="{realm}",service="quirk""#),
+                )],
+                vec![],
+            ),
+        }
+    });
+    port.set(server.host()).unwrap();
+    let client = server.client_with(Credentials::identity_token(
+        Secret::new("refresh-xyz"),
+        "test",
+    ));
+    assert!(client.blob_exists("q", &Digest::of(b"x")).await.unwrap());
+    let token_request = server
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.target == "/token")
+        .cloned()
+        .unwrap();
+    let form = String::from_utf8(token_request.body).unwrap();
+    assert!(form.contains("grant_type=refresh_token"), "{form}");
+    assert!(form.contains("refresh_token=refresh-xyz"), "{form}");
+    assert!(form.contains("service=quirk"), "{form}");
+    assert!(
+        form.contains("scope=repository%3Aq%3Apull%2Cpush"),
+        "{form}"
     );
 }
