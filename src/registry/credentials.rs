@@ -72,7 +72,7 @@ impl Credentials {
     pub fn anonymous() -> Credentials {
         Credentials {
             kind: CredentialKind::Anonymous,
-            source: "no credentials".to_owned(),
+            source: super::error::NO_CREDENTIALS.to_owned(),
         }
     }
 

@@ -196,11 +196,21 @@ impl RegistryError {
         match self {
             RegistryError::Status { status, .. } => super::retry::is_transient_status(*status),
             RegistryError::Transport { source, .. } => super::retry::is_transient_error(source),
-            RegistryError::Spool(_) => false,
+            RegistryError::Token {
+                status: Some(status),
+                ..
+            } => super::retry::is_transient_status(*status),
+            RegistryError::Token {
+                source: Some(source),
+                ..
+            } => super::retry::is_transient_error(source),
             _ => false,
         }
     }
 }
+
+/// What [`super::Credentials::source`] says for anonymous access.
+pub const NO_CREDENTIALS: &str = "no credentials";
 
 /// The hint for a failed request, when the fix is known.
 pub fn hint_for(
@@ -224,7 +234,14 @@ pub fn hint_for(
                 .to_owned(),
         );
     }
-    if status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN {
+    let denied = status == StatusCode::UNAUTHORIZED || status == StatusCode::FORBIDDEN;
+    if denied && credentials_source == NO_CREDENTIALS {
+        return Some(format!(
+            "no credentials were found for `{host}`: log in (`docker login {host}` or \
+             `podman login {host}`) or pass them to manifold"
+        ));
+    }
+    if denied {
         return Some(format!(
             "check the credentials for `{host}` (used: {credentials_source}) and that they may \
              push to this repository"

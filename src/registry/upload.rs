@@ -105,19 +105,19 @@ impl RegistryClient {
         sent: &mut u64,
     ) -> Result<UploadOutcome, RegistryError> {
         let session = self.start_upload(repo).await?;
-        let known = match body {
-            BlobBody::Bytes(b) => Some((Digest::of(b), b.len() as u64)),
-            BlobBody::Spool(s) => s.finished(),
+        // The digest may have become known since the HEAD (or a failed try).
+        let (known, source) = match body {
+            BlobBody::Bytes(b) => (
+                Some((Digest::of(b), b.len() as u64)),
+                BodySource::Bytes(b.clone()),
+            ),
+            BlobBody::Spool(s) => (s.finished(), BodySource::Spool(s.clone())),
         };
         let scopes = Self::push_scopes(repo);
-        match (known, body) {
-            (Some((digest, size)), _) => {
+        match (known, source) {
+            (Some((digest, size)), req_body) => {
                 // Monolithic: one PUT with the whole body.
                 let url = with_digest(&session, &digest);
-                let req_body = match body {
-                    BlobBody::Bytes(b) => BodySource::Bytes(b.clone()),
-                    BlobBody::Spool(s) => BodySource::Spool(s.clone()),
-                };
                 let mut headers = HeaderMap::new();
                 headers.insert(CONTENT_LENGTH, HeaderValue::from(size));
                 headers.insert(
@@ -141,7 +141,7 @@ impl RegistryClient {
                 check_digest_header(&resp, &digest, &url)?;
                 Ok(UploadOutcome::Uploaded { digest, size })
             }
-            (None, BlobBody::Spool(spool)) => {
+            (None, BodySource::Spool(spool)) => {
                 // Streamed: one chunked PATCH following the spool, then the
                 // digest once it is known.
                 let mut headers = HeaderMap::new();
@@ -175,7 +175,11 @@ impl RegistryClient {
                 self.commit_upload(repo, &next, &digest).await?;
                 Ok(UploadOutcome::Uploaded { digest, size })
             }
-            (None, BlobBody::Bytes(_)) => unreachable!("bytes always have a digest"),
+            (None, BodySource::Bytes(_)) => Err(RegistryError::Protocol {
+                method: "PUT".into(),
+                url: RedactedUrl::new(&session),
+                reason: "in-memory blob without a digest".into(),
+            }),
         }
     }
 

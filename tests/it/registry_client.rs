@@ -413,6 +413,38 @@ async fn anonymous_against_token_auth_is_refused_clearly() {
         .await
         .unwrap_err();
     assert_eq!(e.status().map(|s| s.as_u16()), Some(401), "{e}");
+    assert!(e.to_string().contains("no credentials were found"), "{e}");
+}
+
+#[tokio::test]
+async fn a_failed_spool_fails_the_upload_without_retrying() {
+    let reg = TestRegistry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, spool) = spool::create(dir.path()).unwrap();
+    writer.write_all(&payload(200_000, 10)).unwrap();
+    let events = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ev = events.clone();
+    let on_progress = move |n: i64| ev.lock().unwrap().push(n);
+    let client = reg.client();
+    let upload = tokio::spawn(async move {
+        client
+            .upload_blob("broken", BlobBody::Spool(spool), &on_progress)
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    writer.fail("the input command exited with status 1");
+    let e = upload.await.unwrap().unwrap_err();
+    assert!(
+        matches!(e, manifold::registry::RegistryError::Spool(_)),
+        "{e:?}"
+    );
+    let total: i64 = events.lock().unwrap().iter().sum();
+    assert_eq!(total, 0, "a failed try gives its bytes back");
+    assert_eq!(
+        reg.count_requests("POST /v2/broken/blobs/uploads/"),
+        1,
+        "no retry"
+    );
 }
 
 #[tokio::test]
