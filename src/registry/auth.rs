@@ -335,6 +335,27 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn credentials_never_go_to_a_plain_http_realm_unless_allowed() {
+        // Port 9 on loopback: if a request were sent it would fail to
+        // connect, which is a different error.
+        let realm = Url::parse("http://127.0.0.1:9/token").unwrap();
+        let creds = Credentials::basic("u", Secret::new("pw"), "test");
+        let http = reqwest::Client::new();
+        let e = fetch_token(&http, "reg.example", &realm, None, &[], &creds, false)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, RegistryError::Auth { .. }), "{e:?}");
+        assert!(e.to_string().contains("plain HTTP"), "{e}");
+        let e = fetch_token(&http, "reg.example", &realm, None, &[], &creds, true)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(e, RegistryError::Token { .. }),
+            "allowed: it tried: {e:?}"
+        );
+    }
+
     #[test]
     fn cache_respects_expiry_margin() {
         let mut cache = TokenCache::default();

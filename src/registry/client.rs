@@ -49,7 +49,10 @@ pub struct ClientOptions {
     pub jobs: usize,
     /// `SSL_CERT_FILE`, taken from the environment by the caller.
     pub ssl_cert_file: Option<PathBuf>,
-    /// Idle timeout of one read or connect, so a stalled registry fails.
+    /// Total time of one request without a blob body (pings, HEADs,
+    /// manifests, tokens are quick). Blob uploads have none: a large layer
+    /// may take minutes, and a read timeout would fire while the registry
+    /// silently takes a long body.
     pub timeout: Duration,
 }
 
@@ -63,7 +66,7 @@ impl Default for ClientOptions {
             // Peers push 3–6 blobs at once; Docker Hub and Quay rate-limit.
             jobs: 4,
             ssl_cert_file: None,
-            timeout: Duration::from_secs(60),
+            timeout: Duration::from_secs(120),
         }
     }
 }
@@ -84,6 +87,7 @@ pub(super) struct Inner {
     pub(super) auth: Mutex<AuthState>,
     pub(super) permits: Semaphore,
     pub(super) policy: RetryPolicy,
+    pub(super) timeout: Duration,
 }
 
 /// A client for one registry host; clones share connections, tokens and the
@@ -151,7 +155,6 @@ impl RegistryClient {
             // `Authorization` never goes to another host.
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(30))
-            .read_timeout(opts.timeout)
             .pool_idle_timeout(Duration::from_secs(30));
         let mut cas: Vec<PathBuf> = opts.ca_files.clone();
         if let Some(f) = &opts.ssl_cert_file {
@@ -189,6 +192,7 @@ impl RegistryClient {
                 auth: Mutex::new(AuthState::default()),
                 permits: Semaphore::new(opts.jobs.max(1)),
                 policy: RetryPolicy::new(opts.max_retries),
+                timeout: opts.timeout,
             }),
         })
     }
@@ -323,6 +327,7 @@ impl RegistryClient {
             .inner
             .http
             .request(req.method.clone(), req.url.clone())
+            .timeout(self.inner.timeout)
             .headers(req.headers.clone());
         if let Some(a) = authorization {
             rb = rb.header(AUTHORIZATION, a);

@@ -696,3 +696,79 @@ async fn identity_tokens_are_exchanged_with_a_refresh_token_grant() {
         "{form}"
     );
 }
+
+#[tokio::test]
+async fn a_short_lived_token_is_renewed_before_a_streamed_upload() {
+    let port = Arc::new(std::sync::OnceLock::<String>::new());
+    let p = port.clone();
+    let issued = Arc::new(AtomicI64::new(0));
+    let i = issued.clone();
+    let server = QuirkServer::start(move |r| {
+        let realm = format!("http://{}/token", p.get().cloned().unwrap_or_default());
+        let challenge = vec![(
+            "WWW-Authenticate".into(),
+            format!(r#"Bearer realm="{realm}",service="quirk""#),
+        )];
+        if r.target.starts_with("/token") {
+            let n = i.fetch_add(1, Ordering::SeqCst) + 1;
+            // 30 s: fine for quick requests, too short for a long body.
+            let body = format!(r#"{{"token":"t{n}","expires_in":30}}"#);
+            return (200, vec![], body.into_bytes());
+        }
+        if r.authorization.is_none() {
+            return (401, challenge, vec![]);
+        }
+        match (r.method.as_str(), r.target.as_str()) {
+            ("HEAD", _) => (404, vec![], vec![]),
+            ("POST", _) => (
+                202,
+                vec![("Location".into(), "/v2/q/blobs/uploads/s".into())],
+                vec![],
+            ),
+            ("PATCH", _) => (
+                202,
+                vec![("Location".into(), "/v2/q/blobs/uploads/s2".into())],
+                vec![],
+            ),
+            ("PUT", _) => (201, vec![], vec![]),
+            _ => (404, vec![], vec![]),
+        }
+    });
+    port.set(server.host()).unwrap();
+    let client = server.client();
+    assert!(!client.blob_exists("q", &Digest::of(b"a")).await.unwrap());
+    assert!(!client.blob_exists("q", &Digest::of(b"b")).await.unwrap());
+    assert_eq!(
+        issued.load(Ordering::SeqCst),
+        1,
+        "quick requests share a token"
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, spool) = spool::create(dir.path()).unwrap();
+    writer.write_all(b"some layer bytes").unwrap();
+    let upload = tokio::spawn({
+        let client = client.clone();
+        async move {
+            client
+                .upload_blob("q", BlobBody::Spool(spool), &no_progress)
+                .await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    writer.finish();
+    upload.await.unwrap().unwrap();
+    let patch = server
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|r| r.method == "PATCH")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        patch.authorization.as_deref(),
+        Some("Bearer t2"),
+        "the streamed PATCH got a fresh token"
+    );
+}
