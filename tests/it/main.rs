@@ -1,1 +1,5 @@
+//! One integration binary (as uv's client tests): modules by theme, each
+//! against real tools on loopback only.
 
+mod harness;
+mod registry_client;
