@@ -22,7 +22,10 @@ use crate::reference::{Registry, Repository};
 use crate::registry::{self, ClientOptions, RegistryClient};
 use crate::tags::{self, GitInfo, SystemGit, TagOptions, TagPlan};
 
-use args::{AnnotationLevel, Cli, Command, CompressionArg, LatestArg, PublishArgs, RegistryArgs, Switch, TagArgs, TagsArgs};
+use args::{
+    AnnotationLevel, Cli, Command, CompressionArg, LatestArg, PublishArgs, RegistryArgs, Switch,
+    TagArgs, TagsArgs,
+};
 
 /// A usage error: the command line or an input was refused (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -167,12 +170,14 @@ enum Target {
 fn parse_target(text: &str, reporter: &dyn Reporter) -> Result<Target> {
     if let Some(dir) = text.strip_prefix("oci:") {
         if dir.is_empty() {
-            bail!(UsageError("`--repo oci:` needs a directory, as in `oci:./out`".into()));
+            bail!(UsageError(
+                "`--repo oci:` needs a directory, as in `oci:./out`".into()
+            ));
         }
         return Ok(Target::Layout(PathBuf::from(dir)));
     }
-    let (repository, lowered) = Repository::parse_lenient(text)
-        .map_err(|e| UsageError(format!("`--repo {text}`: {e}")))?;
+    let (repository, lowered) =
+        Repository::parse_lenient(text).map_err(|e| UsageError(format!("`--repo {text}`: {e}")))?;
     if lowered {
         reporter.on_notice(&format!(
             "notice: repository names are lower-case; publishing to `{repository}`"
@@ -182,7 +187,10 @@ fn parse_target(text: &str, reporter: &dyn Reporter) -> Result<Target> {
 }
 
 fn default_repos(env: &Env, reporter: &dyn Reporter) -> Result<Vec<String>> {
-    match (env.get(env::GITHUB_ACTIONS), env.get(env::GITHUB_REPOSITORY)) {
+    match (
+        env.get(env::GITHUB_ACTIONS),
+        env.get(env::GITHUB_REPOSITORY),
+    ) {
         (Some("true"), Some(repo)) => {
             let default = format!("ghcr.io/{}", repo.to_lowercase());
             reporter.on_notice(&format!("no --repo given: publishing to `{default}`"));
@@ -267,9 +275,7 @@ async fn destinations(
     targets
         .into_iter()
         .map(|t| match t {
-            Target::Layout(dir) => Ok(Destination::Layout(Arc::new(
-                Layout::open_or_create(&dir)?,
-            ))),
+            Target::Layout(dir) => Ok(Destination::Layout(Arc::new(Layout::open_or_create(&dir)?))),
             Target::Registry(repository) => Ok(Destination::Registry {
                 client: clients[&repository.registry.to_string()].clone(),
                 repository,
@@ -284,7 +290,9 @@ fn compression(args: &PublishArgs) -> Result<Compression> {
         (CompressionArg::Gzip, None) => Compression::Gzip {
             level: Compression::DEFAULT_GZIP_LEVEL,
         },
-        (CompressionArg::Gzip, Some(l)) if (1..=9).contains(&l) => Compression::Gzip { level: l as u32 },
+        (CompressionArg::Gzip, Some(l)) if (1..=9).contains(&l) => {
+            Compression::Gzip { level: l as u32 }
+        }
         (CompressionArg::Zstd, None) => Compression::Zstd {
             level: Compression::DEFAULT_ZSTD_LEVEL,
         },
@@ -368,7 +376,11 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
     };
     let report = publish::publish(request, reporter).await?;
 
-    let metadata = Metadata::new(&report, plan.version.as_ref().map(|v| v.text.clone()), tally.totals());
+    let metadata = Metadata::new(
+        &report,
+        plan.version.as_ref().map(|v| v.text.clone()),
+        tally.totals(),
+    );
     let mut stdout = std::io::stdout().lock();
     for reference in &metadata.references {
         writeln!(stdout, "{reference}")?;
@@ -410,7 +422,8 @@ async fn run_tags(args: TagsArgs, env: &Env) -> Result<()> {
     let (tags, withheld) = match &args.repo {
         Some(repo) if args.tags.tag_guard == Switch::On => {
             let quiet = progress::Quiet;
-            let destinations = destinations(std::slice::from_ref(repo), &args.registry, env, &quiet).await?;
+            let destinations =
+                destinations(std::slice::from_ref(repo), &args.registry, env, &quiet).await?;
             let existing = destinations[0].list_tags().await?;
             let outcome = tags::apply_guard(&plan, &existing);
             (outcome.kept, outcome.withheld)

@@ -10,9 +10,9 @@
 //! is carried for `publish` to reconcile with the image config.
 
 pub mod command;
-pub mod nix2container;
 pub mod detect;
 pub mod docker_archive;
+pub mod nix2container;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};

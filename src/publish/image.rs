@@ -130,7 +130,8 @@ pub async fn publish_image(
             if !started.contains_key(&layer.member) {
                 started.insert(layer.member.clone(), usize::MAX);
                 for destination in destinations.iter() {
-                    let (destination, spool, reporter) = (destination.clone(), spool.clone(), reporter.clone());
+                    let (destination, spool, reporter) =
+                        (destination.clone(), spool.clone(), reporter.clone());
                     uploads.spawn(async move { destination.push_spool(spool, &*reporter).await });
                 }
             }
@@ -143,7 +144,9 @@ pub async fn publish_image(
     let platform = platform_of(&spec, &image.summary, &*reporter)?;
     let config = manifest::config_descriptor(&image.config);
     for destination in destinations.iter() {
-        destination.push_bytes(image.config.clone(), &*reporter).await?;
+        destination
+            .push_bytes(image.config.clone(), &*reporter)
+            .await?;
     }
     let layers: Vec<(Digest, Descriptor)> = image
         .layers
@@ -163,9 +166,10 @@ pub async fn publish_image(
         layers.iter().map(|(_, d)| d.clone()).collect(),
         options.manifest_annotations.clone(),
     );
+    let what = format!("the {platform} manifest");
     let pushes = destinations
         .iter()
-        .map(|d| d.push_manifest(&image_manifest, &format!("the {platform} manifest"), &*reporter));
+        .map(|d| d.push_manifest(&image_manifest, &what, &*reporter));
     futures::future::try_join_all(pushes).await?;
 
     Ok(PublishedImage {
@@ -206,10 +210,18 @@ fn read_input(
 /// The platform for the index entry: the user's (prefix of the input), else
 /// the config's. A docker-archive config is never rewritten (its digest is
 /// fixed), so a correction goes only into the index.
-fn platform_of(spec: &InputSpec, config: &ConfigSummary, reporter: &dyn Reporter) -> Result<Platform> {
+fn platform_of(
+    spec: &InputSpec,
+    config: &ConfigSummary,
+    reporter: &dyn Reporter,
+) -> Result<Platform> {
     let from_config = (!config.architecture.is_empty()).then(|| Platform {
         architecture: config.architecture.clone(),
-        os: if config.os.is_empty() { "linux".to_owned() } else { config.os.clone() },
+        os: if config.os.is_empty() {
+            "linux".to_owned()
+        } else {
+            config.os.clone()
+        },
         variant: config.variant.clone().filter(|v| !v.is_empty()),
     });
     match (&spec.platform, from_config) {

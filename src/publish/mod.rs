@@ -74,9 +74,12 @@ impl Report {
 /// Publishes `request`; see the module doc for the order of steps.
 pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Report> {
     let destinations = Arc::new(request.destinations);
-    check_distinct_platforms(request.inputs.iter().filter_map(|i| {
-        i.platform.as_ref().map(|p| (p.clone(), i.text.clone()))
-    }))?;
+    check_distinct_platforms(
+        request
+            .inputs
+            .iter()
+            .filter_map(|i| i.platform.as_ref().map(|p| (p.clone(), i.text.clone()))),
+    )?;
 
     // The guard reads each repository's tags before uploading, so that a
     // registry that won't list them fails the run before any upload.
@@ -100,7 +103,12 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     }
 
     let images = futures::future::try_join_all(request.inputs.into_iter().map(|spec| {
-        image::publish_image(spec, destinations.clone(), image_options.clone(), reporter.clone())
+        image::publish_image(
+            spec,
+            destinations.clone(),
+            image_options.clone(),
+            reporter.clone(),
+        )
     }))
     .await?;
     check_distinct_platforms(images.iter().map(|i| (i.platform.clone(), i.input.clone())))?;
@@ -137,7 +145,12 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
         let tags = destination
             .set_tags(&index, &tags, &*reporter)
             .await
-            .with_context(|| format!("tagging `{destination}` failed after its index `{}` was pushed", index.digest))?;
+            .with_context(|| {
+                format!(
+                    "tagging `{destination}` failed after its index `{}` was pushed",
+                    index.digest
+                )
+            })?;
         reports.push(DestinationReport {
             destination: destination.to_string(),
             tags,
