@@ -2,4 +2,5 @@
 //! against real tools on loopback only.
 
 mod harness;
+mod publish;
 mod registry_client;
