@@ -97,6 +97,16 @@ pub struct RegistryClient {
     pub(super) inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("registry", &self.inner.registry.host())
+            .field("base", &self.inner.base.as_str())
+            .field("credentials", &self.inner.creds.source())
+            .finish_non_exhaustive()
+    }
+}
+
 /// One request that `send` may repeat: its body is cheap to clone.
 pub(super) struct Req {
     pub method: Method,
