@@ -97,6 +97,16 @@ pub struct RegistryClient {
     pub(super) inner: Arc<Inner>,
 }
 
+impl std::fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryClient")
+            .field("registry", &self.inner.registry.host())
+            .field("base", &self.inner.base.as_str())
+            .field("credentials", &self.inner.creds.source())
+            .finish_non_exhaustive()
+    }
+}
+
 /// One request that `send` may repeat: its body is cheap to clone.
 pub(super) struct Req {
     pub method: Method,
@@ -224,15 +234,30 @@ impl RegistryClient {
     async fn learn_scheme(&self, state: &mut AuthState) -> Result<(), RegistryError> {
         let url = self.url("");
         let req = Req::new(Method::GET, url.clone(), Vec::new());
-        let resp = self
-            .send_raw(&req, None)
-            .await
-            .map_err(|source| RegistryError::Transport {
-                method: "GET".into(),
-                url: RedactedUrl::new(&url),
-                attempts: 1,
-                source,
-            })?;
+        // The ping is sent without auth, so it cannot go through `send`;
+        // it retries the same way.
+        let mut retry = RetryState::new(self.inner.policy);
+        let resp = loop {
+            let (delay, result) = match self.send_raw(&req, None).await {
+                Ok(resp) if is_transient_status(resp.status()) => {
+                    (retry.next_delay(retry_after(resp.headers())), Ok(resp))
+                }
+                Ok(resp) => (None, Ok(resp)),
+                Err(e) if is_transient_error(&e) => (retry.next_delay(None), Err(e)),
+                Err(e) => (None, Err(e)),
+            };
+            match delay {
+                Some(d) => tokio::time::sleep(d).await,
+                None => {
+                    break result.map_err(|source| RegistryError::Transport {
+                        method: "GET".into(),
+                        url: RedactedUrl::new(&url),
+                        attempts: retry.attempts(),
+                        source,
+                    })?
+                }
+            }
+        };
         let status = resp.status();
         let scheme = match status {
             s if s.is_success() => Scheme::None,

@@ -136,7 +136,8 @@ struct ConfigFile {
 }
 
 /// Finds credentials for `registry` and repository `repo_path`, first match
-/// wins (registries.md §4).
+/// wins (registries.md §4). Blocking: it reads files and may run a
+/// credential helper, so async callers use `spawn_blocking`.
 pub fn resolve_credentials(
     registry: &Registry,
     repo_path: &str,

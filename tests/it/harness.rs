@@ -524,13 +524,18 @@ impl QuirkServer {
         let requests = Arc::new(Mutex::new(Vec::new()));
         {
             let (stop, requests) = (stop.clone(), requests.clone());
+            let handler = Arc::new(handler);
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     if let Ok(mut conn) = conn {
-                        let _ = serve_quirk(&mut conn, &handler, &requests);
+                        // A thread per connection, so concurrency is visible.
+                        let (handler, requests) = (handler.clone(), requests.clone());
+                        std::thread::spawn(move || {
+                            let _ = serve_quirk(&mut conn, &*handler, &requests);
+                        });
                     }
                 }
             });
@@ -561,15 +566,18 @@ impl QuirkServer {
     }
 
     pub fn client_with(&self, creds: Credentials) -> RegistryClient {
-        RegistryClient::new(
-            &Registry::parse(&self.host()).expect("host"),
+        self.client_with_options(
             creds,
             &ClientOptions {
                 max_retries: 2,
                 ..ClientOptions::default()
             },
         )
-        .expect("client")
+    }
+
+    pub fn client_with_options(&self, creds: Credentials, opts: &ClientOptions) -> RegistryClient {
+        RegistryClient::new(&Registry::parse(&self.host()).expect("host"), creds, opts)
+            .expect("client")
     }
 }
 

@@ -772,3 +772,35 @@ async fn a_short_lived_token_is_renewed_before_a_streamed_upload() {
         "the streamed PATCH got a fresh token"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_in_flight_are_capped_by_jobs() {
+    let in_flight = Arc::new(AtomicI64::new(0));
+    let peak = Arc::new(AtomicI64::new(0));
+    let (f, pk) = (in_flight.clone(), peak.clone());
+    let server = QuirkServer::start(move |r| {
+        if r.method == "HEAD" {
+            let now = f.fetch_add(1, Ordering::SeqCst) + 1;
+            pk.fetch_max(now, Ordering::SeqCst);
+            std::thread::sleep(Duration::from_millis(150));
+            f.fetch_sub(1, Ordering::SeqCst);
+        }
+        (if r.method == "HEAD" { 404 } else { 200 }, vec![], vec![])
+    });
+    let opts = manifold::registry::ClientOptions {
+        jobs: 2,
+        ..Default::default()
+    };
+    let client = server.client_with_options(Credentials::anonymous(), &opts);
+    let checks = (0..6u8).map(|i| {
+        let client = client.clone();
+        async move { client.blob_exists("q", &Digest::of(&[i])).await.unwrap() }
+    });
+    let found = futures::future::join_all(checks).await;
+    assert_eq!(found, [false; 6]);
+    assert_eq!(
+        peak.load(Ordering::SeqCst),
+        2,
+        "at most `jobs` at once, and that many"
+    );
+}
