@@ -201,10 +201,8 @@ impl Layout {
             Some(name) => !tags.contains(&name),
             None => d.digest != manifest.digest || !tags.is_empty(),
         });
-        if tags.is_empty() {
-            if !index.manifests.iter().any(|d| d.digest == manifest.digest) {
-                index.manifests.push(manifest.descriptor());
-            }
+        if tags.is_empty() && !index.manifests.iter().any(|d| d.digest == manifest.digest) {
+            index.manifests.push(manifest.descriptor());
         }
         for tag in tags {
             let mut d = manifest.descriptor();

@@ -17,7 +17,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::digest::Digest;
-use crate::input::{self, ArchiveImage, InputSpec, LayerBlob, OpenedInput, ReadEvent, ReadOptions};
+use crate::input::{
+    self, ArchiveImage, InputSpec, KnownLayers, LayerBlob, OpenedInput, ReadEvent, ReadOptions,
+};
 use crate::layer::Compression;
 use crate::manifest;
 use crate::oci::{ConfigSummary, Descriptor, Platform, RawManifest};
@@ -33,7 +35,7 @@ pub struct ImageOptions {
     /// Annotations for the per-architecture manifest (`--annotation-level`).
     pub manifest_annotations: BTreeMap<String, String>,
     /// The known-layer map: diff_id → a blob every destination already has.
-    pub known: Arc<dyn Fn(&Digest) -> Option<Descriptor> + Send + Sync>,
+    pub known: KnownLayers,
 }
 
 /// A per-architecture image in place at every destination.

@@ -27,6 +27,10 @@ pub use image::{ImageOptions, PublishedImage};
 /// returns the tags to push and the withheld ones with a reason.
 pub type TagGuard = Arc<dyn Fn(&[String]) -> (Vec<String>, Vec<(String, String)>) + Send + Sync>;
 
+/// Completes the index annotations once every image config has been read.
+pub type AnnotationFiller =
+    Arc<dyn Fn(&mut BTreeMap<String, String>, &[PublishedImage]) + Send + Sync>;
+
 /// The tags to push, and the never-backwards guard (None: push them all).
 #[derive(Clone, Default)]
 pub struct TagSet {
@@ -42,8 +46,7 @@ pub struct Request {
     pub index_annotations: BTreeMap<String, String>,
     /// Fills annotations the caller could not know before the configs were
     /// read (labels of every per-architecture config).
-    pub complete_annotations:
-        Option<Arc<dyn Fn(&mut BTreeMap<String, String>, &[PublishedImage]) + Send + Sync>>,
+    pub complete_annotations: Option<AnnotationFiller>,
     pub tags: TagSet,
     /// References whose layers may be reused (`--cache-from`), besides the tags.
     pub cache_from: Vec<String>,

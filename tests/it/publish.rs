@@ -13,7 +13,9 @@ use crate::harness::{Auth, TestRegistry};
 
 /// The repository's testdata directory.
 pub fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
 }
 
 /// Runs the manifold binary with a clean environment: no CI variables, a
@@ -55,7 +57,11 @@ impl Run {
 
     pub fn output(mut self) -> Output {
         self.cmd
-            .stdin(if self.stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         let mut child = self.cmd.spawn().expect("manifold starts");
@@ -80,7 +86,12 @@ impl Run {
 
 fn skopeo_copy_all(reference: &str, dir: &Path, creds: Option<(String, String)>) {
     let mut cmd = Command::new("skopeo");
-    cmd.args(["--insecure-policy", "copy", "--all", "--src-tls-verify=false"]);
+    cmd.args([
+        "--insecure-policy",
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+    ]);
     if let Some((u, p)) = creds {
         cmd.arg(format!("--src-creds={u}:{p}"));
     }
@@ -140,7 +151,10 @@ fn publish_and_verify(auth: Auth) {
     let out = run.output();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "publish failed:\n{stderr}");
-    assert!(!stderr.contains("s3cret-pass"), "the password leaked:\n{stderr}");
+    assert!(
+        !stderr.contains("s3cret-pass"),
+        "the password leaked:\n{stderr}"
+    );
 
     // stdout: exactly one line, `<repo>@<index digest>`.
     let stdout = String::from_utf8(out.stdout).unwrap();
@@ -209,13 +223,23 @@ fn credentials_come_from_the_docker_config() {
     let auth = base64_encode("tester:s3cret-pass");
     std::fs::write(
         config_dir.path().join("config.json"),
-        format!(r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#, registry.host()),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
+            registry.host()
+        ),
     )
     .unwrap();
     let amd64 = testdata("fd-amd64.tar.gz");
-    Run::new(&["publish", "--repo", &repo, "--tag", "x", amd64.to_str().unwrap()])
-        .env("DOCKER_CONFIG", config_dir.path())
-        .success();
+    Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "x",
+        amd64.to_str().unwrap(),
+    ])
+    .env("DOCKER_CONFIG", config_dir.path())
+    .success();
     registry.skopeo_inspect_raw(&format!("{repo}:x"));
 }
 
@@ -230,7 +254,15 @@ fn a_re_run_uploads_no_layer_and_gives_the_same_digest() {
     let repo = registry.repo("acme/rerun");
     let amd64 = testdata("stream-amd64");
     let arm64 = testdata("stream-arm64");
-    let args = ["publish", "--repo", &repo, "--tag", "1.0.0", amd64.to_str().unwrap(), arm64.to_str().unwrap()];
+    let args = [
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "1.0.0",
+        amd64.to_str().unwrap(),
+        arm64.to_str().unwrap(),
+    ];
     let first = Run::new(&args).success();
     let uploads_after_first = registry.blob_upload_requests();
     assert!(uploads_after_first > 0);
@@ -254,13 +286,23 @@ fn an_oci_layout_gets_the_same_index_as_a_registry() {
     let amd64 = testdata("fd-amd64.tar");
     let arm64 = testdata("fd-arm64.tar.zst");
     let stdout = Run::new(&[
-        "publish", "--repo", &layout, "--repo", &repo, "--tag", "latest",
-        amd64.to_str().unwrap(), arm64.to_str().unwrap(),
+        "publish",
+        "--repo",
+        &layout,
+        "--repo",
+        &repo,
+        "--tag",
+        "latest",
+        amd64.to_str().unwrap(),
+        arm64.to_str().unwrap(),
     ])
     .success();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
-    let digests: Vec<&str> = lines.iter().map(|l| l.rsplit_once('@').unwrap().1).collect();
+    let digests: Vec<&str> = lines
+        .iter()
+        .map(|l| l.rsplit_once('@').unwrap().1)
+        .collect();
     assert_eq!(digests[0], digests[1]);
     assert!(lines[0].starts_with("oci:"));
     // skopeo reads the layout (and checks every digest while copying).
@@ -289,14 +331,25 @@ fn a_failing_stream_moves_no_tag() {
     std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let arm64 = testdata("stream-arm64");
     let out = Run::new(&[
-        "publish", "--repo", &repo, "--tag", "1.0.0",
-        &format!("stream:{}", script.display()), arm64.to_str().unwrap(),
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "1.0.0",
+        &format!("stream:{}", script.display()),
+        arm64.to_str().unwrap(),
     ])
     .output();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("stream-broken"), "names the input:\n{stderr}");
-    assert!(stderr.contains("build exploded") || stderr.contains("exit"), "{stderr}");
+    assert!(
+        stderr.contains("stream-broken"),
+        "names the input:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("build exploded") || stderr.contains("exit"),
+        "{stderr}"
+    );
     assert!(out.stdout.is_empty());
     assert_eq!(
         registry.count_requests("PUT /v2/acme/broken/manifests/1.0.0"),
@@ -312,7 +365,15 @@ fn two_inputs_of_one_platform_are_a_usage_error() {
     let layout = format!("oci:{}", out.path().display());
     let a = testdata("fd-amd64.tar");
     let b = testdata("fd-amd64.tar.gz");
-    let run = Run::new(&["publish", "--repo", &layout, "--tag", "x", a.to_str().unwrap(), b.to_str().unwrap()]);
+    let run = Run::new(&[
+        "publish",
+        "--repo",
+        &layout,
+        "--tag",
+        "x",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
     let output = run.output();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
@@ -325,7 +386,11 @@ fn a_platform_prefix_overrides_the_config() {
     let layout = out.path().join("l");
     let a = testdata("fd-amd64.tar");
     Run::new(&[
-        "publish", "--repo", &format!("oci:{}", layout.display()), "--tag", "x",
+        "publish",
+        "--repo",
+        &format!("oci:{}", layout.display()),
+        "--tag",
+        "x",
         &format!("linux/arm/v7=archive:{}", a.display()),
     ])
     .success();
@@ -336,5 +401,8 @@ fn a_platform_prefix_overrides_the_config() {
         &std::fs::read(layout.join("blobs/sha256").join(digest.hex())).unwrap(),
     )
     .unwrap();
-    assert_eq!(inner.manifests[0].platform.as_ref().unwrap().to_string(), "linux/arm/v7");
+    assert_eq!(
+        inner.manifests[0].platform.as_ref().unwrap().to_string(),
+        "linux/arm/v7"
+    );
 }
