@@ -42,9 +42,38 @@ pub async fn run(cli: Cli) -> Result<()> {
     } else {
         Arc::new(progress::Lines::new())
     };
-    match cli.command {
-        Command::Publish(args) => run_publish(args, &env, reporter).await,
-        Command::Tags(args) => run_tags(args, &env).await,
+    let work = async {
+        match cli.command {
+            Command::Publish(args) => run_publish(args, &env, reporter).await,
+            Command::Tags(args) => run_tags(args, &env).await,
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        signal = interrupted() => {
+            // Dropping `work` aborts uploads and fails the readers; the
+            // stream scripts are killed here because a reader blocked on a
+            // silent script would not notice.
+            crate::input::command::kill_all_running();
+            Err(Interrupted(signal).into())
+        }
+    }
+}
+
+/// The run was stopped by a signal (exit 130 for SIGINT, 143 for SIGTERM).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by {0}: stopped before finishing; tags are moved only after every blob and manifest is in place")]
+pub struct Interrupted(&'static str);
+
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }
 
@@ -92,8 +121,11 @@ pub fn render_error(error: &anyhow::Error) -> String {
     out
 }
 
-/// 2 for usage errors and refused input, else 1.
+/// 2 for usage errors and refused input, 130/143 when interrupted, else 1.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if let Some(Interrupted(signal)) = error.downcast_ref::<Interrupted>() {
+        return if *signal == "SIGTERM" { 143 } else { 130 };
+    }
     let usage = error.chain().any(|cause| {
         cause.is::<UsageError>()
             || cause.is::<publish::DuplicatePlatform>()
