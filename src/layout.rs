@@ -100,6 +100,15 @@ impl Layout {
         Ok(layout)
     }
 
+    /// A layout at `dir` that is not opened: for `--dry-run`, which only asks
+    /// which blobs exist and never writes.
+    pub fn unopened(dir: &Path) -> Layout {
+        Layout {
+            dir: dir.to_owned(),
+            index_lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }

@@ -15,6 +15,8 @@ pub enum BlobOutcome {
     AlreadyPresent,
     /// Mounted from another repository of the same registry.
     Mounted,
+    /// `--dry-run`: would be uploaded.
+    Planned,
 }
 
 /// Receives progress events. Every method has a no-op default.
@@ -116,7 +118,7 @@ impl Reporter for Tally {
     }
     fn on_blob_done(&self, destination: &str, digest: &Digest, size: u64, outcome: BlobOutcome) {
         let counter = match outcome {
-            BlobOutcome::Uploaded => &self.uploaded,
+            BlobOutcome::Uploaded | BlobOutcome::Planned => &self.uploaded,
             BlobOutcome::AlreadyPresent | BlobOutcome::Mounted => &self.skipped,
         };
         counter.fetch_add(size, std::sync::atomic::Ordering::Relaxed);

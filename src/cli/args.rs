@@ -98,6 +98,11 @@ pub struct PublishArgs {
     #[arg(long, value_name = "PATH")]
     pub metadata_file: Option<PathBuf>,
 
+    /// Read the inputs, resolve platforms, tags and annotations, ask the
+    /// registries which blobs they have, and print the plan; write nothing
+    #[arg(long)]
+    pub dry_run: bool,
+
     /// Directory for the temp files that hold compressed layers [default: $TMPDIR]
     #[arg(long, value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,

@@ -291,6 +291,7 @@ async fn destinations(
     args: &RegistryArgs,
     env: &Env,
     reporter: &dyn Reporter,
+    dry_run: bool,
 ) -> Result<Vec<Destination>> {
     let targets: Vec<Target> = repos
         .iter()
@@ -306,12 +307,22 @@ async fn destinations(
     let clients = registry_clients(&repositories, args, env).await?;
     targets
         .into_iter()
-        .map(|t| match t {
-            Target::Layout(dir) => Ok(Destination::Layout(Arc::new(Layout::open_or_create(&dir)?))),
-            Target::Registry(repository) => Ok(Destination::Registry {
-                client: clients[&repository.registry.to_string()].clone(),
-                repository,
-            }),
+        .map(|t| {
+            let destination = match t {
+                Target::Layout(dir) if dry_run => {
+                    Destination::Layout(Arc::new(Layout::unopened(&dir)))
+                }
+                Target::Layout(dir) => Destination::Layout(Arc::new(Layout::open_or_create(&dir)?)),
+                Target::Registry(repository) => Destination::Registry {
+                    client: clients[&repository.registry.to_string()].clone(),
+                    repository,
+                },
+            };
+            Ok(if dry_run {
+                Destination::DryRun(Box::new(destination))
+            } else {
+                destination
+            })
         })
         .collect()
 }
@@ -343,7 +354,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
     for notice in &plan.notices {
         screen.on_notice(&format!("notice: {notice}"));
     }
-    plan.check_writable(false)?;
+    plan.check_writable(args.dry_run)?;
     let inputs: Vec<InputSpec> = args
         .inputs
         .iter()
@@ -354,7 +365,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
     } else {
         args.repos.clone()
     };
-    let destinations = destinations(&repos, &args.registry, env, &*screen).await?;
+    let destinations = destinations(&repos, &args.registry, env, &*screen, args.dry_run).await?;
 
     let tally = Arc::new(Tally::new(screen.clone()));
     let reporter: Arc<dyn Reporter> = tally.clone();
@@ -414,11 +425,48 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
         tally.totals(),
     );
     let mut stdout = std::io::stdout().lock();
+    if args.dry_run {
+        write!(stdout, "{}", dry_run_plan(&report, &metadata))?;
+        stdout.flush()?;
+        return Ok(());
+    }
     for reference in &metadata.references {
         writeln!(stdout, "{reference}")?;
     }
     stdout.flush()?;
     write_ci_outputs(&metadata, args.metadata_file.as_ref(), env)
+}
+
+/// What `--dry-run` prints: what would be pushed where.
+fn dry_run_plan(report: &publish::Report, metadata: &Metadata) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::from("dry run: nothing was written\n");
+    for image in &report.images {
+        let _ = writeln!(
+            out,
+            "image {} {} from {}",
+            image.platform, image.manifest.digest, image.input
+        );
+    }
+    let _ = writeln!(out, "index {}", report.index.digest);
+    if let Ok(index) = serde_json::from_slice::<crate::oci::ImageIndex>(&report.index.bytes) {
+        for (key, value) in &index.annotations {
+            let _ = writeln!(out, "annotation {key}={value}");
+        }
+    }
+    for d in &report.destinations {
+        let _ = writeln!(out, "destination {}@{}", d.destination, report.index.digest);
+        let _ = writeln!(out, "  tags {}", d.tags.join(" "));
+        for (tag, reason) in &d.withheld {
+            let _ = writeln!(out, "  withheld {tag}: {reason}");
+        }
+    }
+    let _ = writeln!(
+        out,
+        "blobs: {} bytes to upload, {} bytes already present",
+        metadata.totals.bytes_uploaded, metadata.totals.bytes_skipped
+    );
+    out
 }
 
 /// GitHub Actions outputs and summary, and `--metadata-file`.
@@ -454,8 +502,14 @@ async fn run_tags(args: TagsArgs, env: &Env) -> Result<()> {
     let (tags, withheld) = match &args.repo {
         Some(repo) if args.tags.tag_guard == Switch::On => {
             let quiet = progress::Quiet;
-            let destinations =
-                destinations(std::slice::from_ref(repo), &args.registry, env, &quiet).await?;
+            let destinations = destinations(
+                std::slice::from_ref(repo),
+                &args.registry,
+                env,
+                &quiet,
+                true,
+            )
+            .await?;
             let existing = destinations[0].list_tags().await?;
             let outcome = tags::apply_guard(&plan, &existing);
             (outcome.kept, outcome.withheld)

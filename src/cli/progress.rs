@@ -155,6 +155,7 @@ impl Reporter for Lines {
             BlobOutcome::Uploaded => "uploaded",
             BlobOutcome::AlreadyPresent => "already present",
             BlobOutcome::Mounted => "mounted",
+            BlobOutcome::Planned => "to upload",
         };
         eprintln!(
             "{destination}: blob {} ({size} bytes) {what}",

@@ -23,6 +23,9 @@ pub enum Destination {
         repository: Repository,
     },
     Layout(Arc<Layout>),
+    /// `--dry-run`: reads (HEAD, tag lists) go to the destination inside,
+    /// writes are only reported.
+    DryRun(Box<Destination>),
 }
 
 impl std::fmt::Display for Destination {
@@ -30,6 +33,7 @@ impl std::fmt::Display for Destination {
         match self {
             Destination::Registry { repository, .. } => write!(f, "{repository}"),
             Destination::Layout(layout) => write!(f, "oci:{}", layout.dir().display()),
+            Destination::DryRun(inner) => inner.fmt(f),
         }
     }
 }
@@ -43,7 +47,31 @@ impl Destination {
                 .await
                 .with_context(|| format!("cannot check for blob `{digest}` in `{repository}`")),
             Destination::Layout(layout) => Ok(layout.has_blob(digest)),
+            Destination::DryRun(inner) => Box::pin(inner.has_blob(digest)).await,
         }
+    }
+
+    /// The registry client and repository, seen through a dry run.
+    pub fn registry(&self) -> Option<(&RegistryClient, &Repository)> {
+        match self {
+            Destination::Registry { client, repository } => Some((client, repository)),
+            Destination::Layout(_) => None,
+            Destination::DryRun(inner) => inner.registry(),
+        }
+    }
+
+    /// What a write would do in a dry run: nothing if present, else upload.
+    async fn planned(
+        inner: &Destination,
+        digest: Digest,
+        size: u64,
+    ) -> Result<(Digest, u64, BlobOutcome)> {
+        let outcome = if inner.has_blob(&digest).await? {
+            BlobOutcome::AlreadyPresent
+        } else {
+            BlobOutcome::Planned
+        };
+        Ok((digest, size, outcome))
     }
 
     /// Puts a blob from bytes in memory (configs).
@@ -62,6 +90,9 @@ impl Destination {
                 let size = bytes.len() as u64;
                 let (digest, written) = layout.write_blob_bytes(&bytes).await?;
                 (digest, size, written_outcome(written))
+            }
+            Destination::DryRun(inner) => {
+                Self::planned(inner, Digest::of(&bytes), bytes.len() as u64).await?
             }
         };
         reporter.on_blob_done(&name, &digest, size, outcome);
@@ -83,6 +114,10 @@ impl Destination {
             Destination::Layout(layout) => {
                 let (digest, size, written) = layout.write_blob_spool(&spool).await?;
                 (digest, size, written_outcome(written))
+            }
+            Destination::DryRun(inner) => {
+                let (digest, size) = spool.done().await.context("a layer could not be read")?;
+                Self::planned(inner, digest, size).await?
             }
         };
         reporter.on_blob_done(&name, &digest, size, outcome);
@@ -121,6 +156,8 @@ impl Destination {
             Destination::Layout(layout) => {
                 layout.put_manifest(manifest).await?;
             }
+            // Nothing is written; the plan lists the manifest's digest.
+            Destination::DryRun(_) => return Ok(()),
         }
         reporter.on_manifest_pushed(&self.to_string(), what, &manifest.digest);
         Ok(())
@@ -135,6 +172,7 @@ impl Destination {
                 .await
                 .with_context(|| format!("cannot list the tags of `{repository}`")),
             Destination::Layout(_) => Ok(Vec::new()),
+            Destination::DryRun(inner) => Box::pin(inner.list_tags()).await,
         }
     }
 
@@ -173,6 +211,7 @@ impl Destination {
                 }
                 Ok(tags.to_vec())
             }
+            Destination::DryRun(_) => Ok(tags.to_vec()),
         }
     }
 }

@@ -143,6 +143,20 @@ pub async fn publish_image(
         flatten(done).with_context(|| format!("cannot publish the layers of `{name}`"))?;
     }
 
+    // Layers reused through the known-layer map are in place everywhere.
+    for layer in &image.layers {
+        if let LayerBlob::Known { descriptor } = &layer.blob {
+            for destination in destinations.iter() {
+                reporter.on_blob_done(
+                    &destination.to_string(),
+                    &descriptor.digest,
+                    descriptor.size,
+                    crate::progress::BlobOutcome::AlreadyPresent,
+                );
+            }
+        }
+    }
+
     let platform = platform_of(&spec, &image.summary, &*reporter)?;
     let config = manifest::config_descriptor(&image.config);
     for destination in destinations.iter() {

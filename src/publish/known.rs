@@ -56,7 +56,7 @@ impl KnownLayers {
         let references: Vec<&String> = references.collect();
         let mut candidates: HashMap<Digest, Descriptor> = HashMap::new();
         for destination in destinations {
-            if let Destination::Registry { client, repository } = destination {
+            if let Some((client, repository)) = destination.registry() {
                 for reference in &references {
                     match read_reference(client, &repository.path, reference).await {
                         Ok(pairs) => {

@@ -5,3 +5,4 @@ mod harness;
 mod interrupt;
 mod publish;
 mod registry_client;
+mod tags;
