@@ -90,6 +90,10 @@ pub struct PublishArgs {
     #[arg(long, value_name = "REF")]
     pub cache_from: Vec<String>,
 
+    /// Don't read or write the local layer cache ($XDG_CACHE_HOME/manifold)
+    #[arg(long)]
+    pub no_cache: bool,
+
     /// Put annotations on the index only, or on the per-arch manifests too
     #[arg(long, value_enum, default_value_t = AnnotationLevel::Index)]
     pub annotation_level: AnnotationLevel,

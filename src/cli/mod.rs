@@ -416,6 +416,9 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
         )),
         tags: tag_set,
         cache_from: args.cache_from.clone(),
+        cache: (!args.no_cache && !args.dry_run)
+            .then(|| cache_dir(env).map(|d| publish::known::LayerCache::in_dir(&d)))
+            .flatten(),
     };
     let report = publish::publish(request, reporter).await?;
 
@@ -435,6 +438,14 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
     }
     stdout.flush()?;
     write_ci_outputs(&metadata, args.metadata_file.as_ref(), env)
+}
+
+/// `$XDG_CACHE_HOME/manifold`, else `~/.cache/manifold`.
+fn cache_dir(env: &Env) -> Option<PathBuf> {
+    env.get(env::XDG_CACHE_HOME)
+        .map(PathBuf::from)
+        .or_else(|| env.get(env::HOME).map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("manifold"))
 }
 
 /// What `--dry-run` prints: what would be pushed where.

@@ -10,9 +10,14 @@
 //! compressed digests cannot be predicted from uncompressed bytes without
 //! compressing them, but the registry remembers what was pushed for them.
 //!
+//! A local cache (`$XDG_CACHE_HOME/manifold/layers.json`) remembers the same
+//! pairs from earlier runs on this machine, for tags that do not exist yet;
+//! a cached pair is used only after a HEAD shows every destination has it.
+//!
 //! Everything here is an optimisation: a failure only means less is skipped.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
 
 use crate::digest::Digest;
 use crate::layer::Compression;
@@ -27,22 +32,47 @@ const MAX_CONFIG_BYTES: u64 = 4 << 20;
 const MAX_CHILDREN: usize = 32;
 
 /// diff_id → a blob every destination has.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct KnownLayers {
     layers: HashMap<Digest, Descriptor>,
+    /// Pairs from the local cache, checked (HEAD) only when asked for.
+    cached: HashMap<Digest, (Digest, u64)>,
+    media_type: String,
+    destinations: Vec<Destination>,
+    runtime: Option<tokio::runtime::Handle>,
 }
 
 impl KnownLayers {
     pub fn is_empty(&self) -> bool {
-        self.layers.is_empty()
+        self.layers.is_empty() && self.cached.is_empty()
     }
 
-    pub fn len(&self) -> usize {
-        self.layers.len()
-    }
-
+    /// The descriptor for `diff_id` if every destination has its blob. Called
+    /// from the blocking reader threads: a cached pair is checked with a HEAD
+    /// on the runtime.
     pub fn get(&self, diff_id: &Digest) -> Option<Descriptor> {
-        self.layers.get(diff_id).cloned()
+        if let Some(d) = self.layers.get(diff_id) {
+            return Some(d.clone());
+        }
+        let (digest, size) = self.cached.get(diff_id)?;
+        let runtime = self.runtime.as_ref()?;
+        let present = runtime.block_on(async {
+            for destination in &self.destinations {
+                if !destination.has_blob(digest).await.unwrap_or(false) {
+                    return false;
+                }
+            }
+            true
+        });
+        present.then(|| Descriptor::new(self.media_type.clone(), digest.clone(), *size))
+    }
+
+    /// Adds the local cache's pairs for this compression.
+    pub fn with_cache(mut self, cache: &LayerCache, destinations: &[Destination]) -> KnownLayers {
+        self.cached = cache.load(&self.media_type);
+        self.destinations = destinations.to_vec();
+        self.runtime = tokio::runtime::Handle::try_current().ok();
+        self
     }
 
     /// Reads what `references` point at in the registry destinations and keeps
@@ -73,8 +103,12 @@ impl KnownLayers {
                 }
             }
         }
+        let media_type = compression.media_type().to_owned();
         if candidates.is_empty() {
-            return KnownLayers::default();
+            return KnownLayers {
+                media_type,
+                ..KnownLayers::default()
+            };
         }
         // Keep the candidates every destination has.
         let mut missing: HashSet<Digest> = HashSet::new();
@@ -96,7 +130,79 @@ impl KnownLayers {
                 candidates.len()
             ));
         }
-        KnownLayers { layers: candidates }
+        KnownLayers {
+            layers: candidates,
+            media_type,
+            ..KnownLayers::default()
+        }
+    }
+}
+
+/// The local record of which blob was pushed for which diff_id.
+pub struct LayerCache {
+    path: PathBuf,
+}
+
+/// At most this many pairs are kept per media type.
+const MAX_CACHED: usize = 20_000;
+
+type CacheFile = BTreeMap<String, BTreeMap<String, (Digest, u64)>>;
+
+impl LayerCache {
+    /// The cache in `dir` (`$XDG_CACHE_HOME/manifold`).
+    pub fn in_dir(dir: &Path) -> LayerCache {
+        LayerCache {
+            path: dir.join("layers.json"),
+        }
+    }
+
+    fn read(&self) -> CacheFile {
+        std::fs::read(&self.path)
+            .ok()
+            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
+            .unwrap_or_default()
+    }
+
+    /// diff_id → (digest, size) for one media type.
+    pub fn load(&self, media_type: &str) -> HashMap<Digest, (Digest, u64)> {
+        self.read()
+            .remove(media_type)
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(diff_id, blob)| Some((diff_id.parse().ok()?, blob)))
+            .collect()
+    }
+
+    /// Records pairs that were just published; errors are only logged.
+    pub fn record(&self, pairs: &[(Digest, Descriptor)]) {
+        let mut file = self.read();
+        for (diff_id, descriptor) in pairs {
+            if descriptor.media_type == oci::MEDIA_TYPE_LAYER {
+                continue; // the digest is the diff_id: nothing to remember
+            }
+            let map = file.entry(descriptor.media_type.clone()).or_default();
+            if map.len() >= MAX_CACHED {
+                map.clear();
+            }
+            map.insert(
+                diff_id.to_string(),
+                (descriptor.digest.clone(), descriptor.size),
+            );
+        }
+        let write = || -> std::io::Result<()> {
+            let dir = self.path.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir)?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+            std::io::Write::write_all(&mut tmp, &serde_json::to_vec(&file)?)?;
+            tmp.persist(&self.path).map_err(|e| e.error)?;
+            Ok(())
+        };
+        if let Err(e) = write() {
+            tracing::debug!(
+                "cannot write the layer cache `{}`: {e}",
+                self.path.display()
+            );
+        }
     }
 }
 

@@ -50,6 +50,8 @@ pub struct Request {
     pub tags: TagSet,
     /// References whose layers may be reused (`--cache-from`), besides the tags.
     pub cache_from: Vec<String>,
+    /// The local layer cache (`None` with `--no-cache`).
+    pub cache: Option<known::LayerCache>,
 }
 
 /// What happened at one destination.
@@ -100,6 +102,10 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
         &*reporter,
     )
     .await;
+    let known = match &request.cache {
+        Some(cache) => known.with_cache(cache, &destinations),
+        None => known,
+    };
     if !known.is_empty() {
         let known = Arc::new(known);
         image_options.known = Arc::new(move |diff_id: &Digest| known.get(diff_id));
@@ -159,6 +165,13 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
             tags,
             withheld,
         });
+    }
+    if let Some(cache) = &request.cache {
+        let pairs: Vec<_> = images
+            .iter()
+            .flat_map(|i| i.layers.iter().cloned())
+            .collect();
+        cache.record(&pairs);
     }
     Ok(Report {
         images,

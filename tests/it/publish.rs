@@ -406,3 +406,37 @@ fn a_platform_prefix_overrides_the_config() {
         "linux/arm/v7"
     );
 }
+
+#[test]
+fn the_local_cache_skips_layers_for_a_tag_not_yet_pushed() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/cached");
+    let cache = tempfile::tempdir().unwrap();
+    let amd64 = testdata("stream-amd64");
+    let arm64 = testdata("stream-arm64");
+    let publish = |tag: &str| {
+        Run::new(&[
+            "publish",
+            "--repo",
+            &repo,
+            "--tag",
+            tag,
+            amd64.to_str().unwrap(),
+            arm64.to_str().unwrap(),
+        ])
+        .env("XDG_CACHE_HOME", cache.path())
+        .success()
+    };
+    publish("1.0.0");
+    let uploads = registry.blob_upload_requests();
+    // `1.0.1` does not exist in the registry, so only the local cache knows
+    // which blobs were pushed for these layers.
+    publish("1.0.1");
+    assert_eq!(
+        registry.blob_upload_requests(),
+        uploads,
+        "{:#?}",
+        registry.request_log()
+    );
+    assert!(cache.path().join("manifold/layers.json").is_file());
+}
