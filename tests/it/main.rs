@@ -2,5 +2,6 @@
 //! against real tools on loopback only.
 
 mod harness;
+mod nix2container;
 mod publish;
 mod registry_client;
