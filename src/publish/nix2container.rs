@@ -638,3 +638,224 @@ pub fn is_nix2container(spec: &InputSpec) -> bool {
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::HashingWriter;
+    use crate::input::nix2container::{PathOptions, Rewrite, StorePath};
+
+    /// A small store: one path with a file a few pipe chunks long.
+    fn store() -> (tempfile::TempDir, N2cLayer) {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = dir.path().join("pkg");
+        std::fs::create_dir(&pkg).unwrap();
+        let big: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(pkg.join("big"), &big).unwrap();
+        std::fs::write(pkg.join("small"), b"hello\n").unwrap();
+        let layer = N2cLayer {
+            digest: Digest::of(b""),
+            size: 0,
+            diff_id: Digest::of(b""),
+            paths: vec![StorePath {
+                path: pkg.clone(),
+                options: Some(PathOptions {
+                    rewrite: Rewrite {
+                        regex: format!("^{}", regex::escape(dir.path().to_str().unwrap())),
+                        repl: String::new(),
+                    },
+                    perms: Vec::new(),
+                }),
+            }],
+            media_type: oci::MEDIA_TYPE_LAYER.into(),
+            layer_path: None,
+            history: None,
+        };
+        (dir, layer)
+    }
+
+    /// The tar written directly, without the pipe.
+    fn direct_tar(layer: &N2cLayer) -> Vec<u8> {
+        let mut out = HashingWriter::new(Vec::new());
+        write_layer_tar(layer, &mut out).unwrap();
+        out.finish().0
+    }
+
+    fn build(
+        layer: &N2cLayer,
+        source: &Source,
+        expected: &Digest,
+        compression: Compression,
+        cancel: bool,
+    ) -> (Result<EncodedLayer>, io::Result<Vec<u8>>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, spool) = spool::create(dir.path()).unwrap();
+        let cancel = AtomicBool::new(cancel);
+        let mut read = 0;
+        let result = build_layer(
+            3,
+            layer,
+            source,
+            expected,
+            compression,
+            writer,
+            &cancel,
+            &mut |n| read += n,
+        );
+        let content = futures::executor::block_on(spool.done()).map(|_| {
+            let mut out = Vec::new();
+            spool.copy_to(&mut out).unwrap();
+            out
+        });
+        (result, content, read)
+    }
+
+    #[test]
+    fn the_pipe_carries_the_tar_byte_for_byte() {
+        let (_dir, layer) = store();
+        let tar = direct_tar(&layer);
+        assert!(tar.len() > 1_500_000);
+        let (result, content, read) = build(
+            &layer,
+            &Source::Paths,
+            &Digest::of(&tar),
+            Compression::None,
+            false,
+        );
+        let encoded = result.unwrap();
+        assert_eq!(content.unwrap(), tar);
+        assert_eq!(read, tar.len() as u64);
+        assert_eq!(
+            (encoded.diff_id, encoded.digest),
+            (Digest::of(&tar), Digest::of(&tar))
+        );
+    }
+
+    #[test]
+    fn compressed_layers_decompress_to_the_tar() {
+        let (_dir, layer) = store();
+        let tar = direct_tar(&layer);
+        let (result, content, _) = build(
+            &layer,
+            &Source::Paths,
+            &Digest::of(&tar),
+            Compression::Gzip { level: 1 },
+            false,
+        );
+        let encoded = result.unwrap();
+        let gz = content.unwrap();
+        assert_eq!(encoded.digest, Digest::of(&gz));
+        assert_eq!(encoded.media_type, oci::MEDIA_TYPE_LAYER_GZIP);
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, tar);
+    }
+
+    #[test]
+    fn a_wrong_digest_fails_the_spool_and_names_the_layer() {
+        let (_dir, layer) = store();
+        let tar = direct_tar(&layer);
+        let wrong = Digest::of(b"not this layer");
+        let (result, content, _) = build(&layer, &Source::Paths, &wrong, Compression::None, false);
+        let err = result.unwrap_err();
+        match err.downcast_ref::<N2cError>() {
+            Some(N2cError::DigestMismatch {
+                index,
+                expected,
+                actual,
+                paths,
+            }) => {
+                assert_eq!(*index, 3);
+                assert_eq!((expected, actual), (&layer.diff_id, &Digest::of(&tar)));
+                assert_eq!(paths, &vec![layer.paths[0].path.clone()]);
+            }
+            _ => panic!("not a digest mismatch: {err:#}"),
+        }
+        assert!(
+            content.is_err(),
+            "the spool must fail, so no upload completes"
+        );
+    }
+
+    #[test]
+    fn a_missing_store_path_is_the_error_not_the_pipe() {
+        let (dir, mut layer) = store();
+        layer.paths[0].path = dir.path().join("gone");
+        let (result, content, _) = build(
+            &layer,
+            &Source::Paths,
+            &Digest::of(b""),
+            Compression::None,
+            false,
+        );
+        let text = format!("{:#}", result.unwrap_err());
+        assert!(text.contains("gone"), "{text}");
+        assert!(content.is_err());
+    }
+
+    #[test]
+    fn ready_blobs_are_checked_against_image_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, b"some compressed bytes").unwrap();
+        let (_store, layer) = store();
+        let source = Source::File(path.clone());
+        let good = Digest::of(b"some compressed bytes");
+        let (result, content, _) = build(&layer, &source, &good, Compression::None, false);
+        assert_eq!(result.unwrap().digest, good);
+        assert_eq!(content.unwrap(), b"some compressed bytes");
+
+        let wrong = Digest::of(b"other");
+        let (result, content, _) = build(&layer, &source, &wrong, Compression::None, false);
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err.downcast_ref::<N2cError>(), Some(N2cError::BlobMismatch { path: p, actual, .. }) if *p == path && *actual == good),
+            "{err:#}"
+        );
+        assert!(content.is_err());
+    }
+
+    #[test]
+    fn a_cancelled_publish_stops_the_build() {
+        let (_dir, layer) = store();
+        let tar = direct_tar(&layer);
+        let (result, content, _) = build(
+            &layer,
+            &Source::Paths,
+            &Digest::of(&tar),
+            Compression::None,
+            true,
+        );
+        assert!(result.is_err());
+        assert!(content.is_err());
+    }
+
+    #[test]
+    fn the_config_describes_the_published_platform() {
+        let image = parse_image_json(
+            "i.json",
+            format!(
+                r#"{{"version": 1, "image-config": {{}}, "arch": "arm",
+                    "layers": [{{"digest": "{}"}}]}}"#,
+                Digest::of(b"l")
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let spec: InputSpec = "linux/arm/v7=nix2container:i.json".parse().unwrap();
+        let platform = platform_of(&spec, &image, &crate::progress::Silent);
+        assert_eq!(platform.to_string(), "linux/arm/v7");
+        let config = image_config(&image, &[Digest::of(b"l")], &platform);
+        assert_eq!(
+            (&config["architecture"], &config["variant"], &config["os"]),
+            (&"arm".into(), &"v7".into(), &"linux".into())
+        );
+        let spec: InputSpec = "i.json".parse().unwrap();
+        assert_eq!(
+            platform_of(&spec, &image, &crate::progress::Silent).to_string(),
+            "linux/arm"
+        );
+    }
+}
