@@ -494,18 +494,20 @@ fn layer_path_layers_go_to_an_oci_layout_and_a_registry() {
     });
     let image = store.write_json("image.json", &doc);
     let layout = store.root().join("layout");
-    let stdout = Run::new(&[
+    let layout_repo = format!("oci:{}", layout.display());
+    // The prefix wins over `arch`.
+    let input = format!("linux/arm64/v8=nix2container:{}", image.display());
+    let args = [
         "publish",
         "--repo",
-        &format!("oci:{}", layout.display()),
+        &layout_repo,
         "--repo",
         &repo,
         "--tag",
         "latest",
-        // The prefix wins over `arch`.
-        &format!("linux/arm64/v8=nix2container:{}", image.display()),
-    ])
-    .success();
+        &input,
+    ];
+    let stdout = Run::new(&args).success();
     let lines: Vec<&str> = stdout.lines().collect();
     assert_eq!(lines.len(), 2, "{stdout}");
     assert_eq!(index_digest(lines[0]), index_digest(lines[1]));
@@ -541,4 +543,19 @@ fn layer_path_layers_go_to_an_oci_layout_and_a_registry() {
     );
     skopeo_copy_all(&format!("docker://{repo}:latest"));
     skopeo_copy_all(&format!("oci:{}:latest", layout.display()));
+
+    // Again, with the store locked and the recompressed ready blob gone: the
+    // base blob is found by HEAD, the others through the known-layer map.
+    let uploads = registry.blob_upload_requests();
+    fs::remove_file(&plain).unwrap();
+    store.lock();
+    let again = Run::new(&args).success();
+    store.unlock();
+    assert_eq!(again, stdout);
+    assert_eq!(
+        registry.blob_upload_requests(),
+        uploads,
+        "{:#?}",
+        registry.request_log()
+    );
 }
