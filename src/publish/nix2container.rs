@@ -11,7 +11,8 @@
 //! blocking threads, at most [`MAX_BUILDS`] at once: the Go-compatible tar
 //! writer (`crate::input::nix2container`) runs on its own thread and feeds a
 //! bounded in-process pipe that `crate::layer::encode_layer` reads, so a
-//! layer is never held in memory and only its compressed output is spooled.
+//! layer is never held in memory and only the blob pushed (compressed, or
+//! the plain tar with `--compression none`) is spooled for the uploads.
 //! The tar is hashed as it passes; a digest that differs from image.json's
 //! turns the end of the pipe into an error, so the spool fails, no upload of
 //! that layer completes and the publish stops before any tag moves.
@@ -628,7 +629,9 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// Whether `path` names a nix2container input (used by the dispatcher).
+/// Whether `spec` is a nix2container input: its kind says so, or its
+/// content does (a small read; an unreadable file is left to the
+/// docker-archive path, which reports it).
 pub fn is_nix2container(spec: &InputSpec) -> bool {
     match spec.kind {
         Some(kind) => kind == crate::input::InputKind::Nix2Container,
