@@ -58,6 +58,9 @@ pub async fn publish_image(
     options: ImageOptions,
     reporter: Arc<dyn Reporter>,
 ) -> Result<PublishedImage> {
+    if super::nix2container::is_nix2container(&spec) {
+        return super::nix2container::publish_image(spec, destinations, options, reporter).await;
+    }
     let name = spec.text.clone();
     reporter.on_input_started(&name);
     let cancel = Arc::new(AtomicBool::new(false));

@@ -7,6 +7,7 @@
 pub mod destination;
 pub mod image;
 pub mod known;
+pub mod nix2container;
 pub mod outputs;
 
 use std::collections::BTreeMap;

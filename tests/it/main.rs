@@ -3,6 +3,7 @@
 
 mod harness;
 mod interrupt;
+mod nix2container;
 mod publish;
 mod registry_client;
 mod tags;

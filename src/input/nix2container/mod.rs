@@ -105,6 +105,17 @@ pub enum N2cError {
         expected: Digest,
         actual: Digest,
     },
+    #[error(
+        "layer {index} (`{}`) hashes to `{actual}` but image.json says `{expected}`\n\
+         hint: the file changed since image.json was written; rebuild the image",
+        path.display()
+    )]
+    BlobMismatch {
+        index: usize,
+        path: PathBuf,
+        expected: Digest,
+        actual: Digest,
+    },
 }
 
 fn paths_list(paths: &[PathBuf]) -> String {

@@ -1,0 +1,864 @@
+//! One nix2container `image.json` → one per-architecture image at every
+//! destination (formats.md §2–§3).
+//!
+//! Unlike a docker-archive, the image is described before it is read, so
+//! every layer is decided up front: a layer a destination already holds is
+//! never synthesised, its store paths never even opened. With
+//! `--compression none` (and for ready blobs kept as they are) the blob
+//! digest is image.json's, so a HEAD at every destination decides; for
+//! compressed layers the known-layer map (diff_id → descriptor, read from the
+//! registry before any input) decides. The missing layers are built on
+//! blocking threads, at most [`MAX_BUILDS`] at once: the Go-compatible tar
+//! writer (`crate::input::nix2container`) runs on its own thread and feeds a
+//! bounded in-process pipe that `crate::layer::encode_layer` reads, so a
+//! layer is never held in memory and only the blob pushed (compressed, or
+//! the plain tar with `--compression none`) is spooled for the uploads.
+//! The tar is hashed as it passes; a digest that differs from image.json's
+//! turns the end of the pipe into an error, so the spool fails, no upload of
+//! that layer completes and the publish stops before any tag moves.
+//!
+//! The config is ours (canonical JSON, OCI media type): `config_json` from
+//! the input module, with the platform the image is published as. The index
+//! and the tags are left to `publish`.
+
+use std::io::{self, BufReader, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::digest::{Digest, Hasher};
+use crate::input::nix2container::{
+    config_json, parse_image_json, verify_digest_error, write_layer_tar, ImageJson, N2cError,
+    N2cLayer,
+};
+use crate::input::InputSpec;
+use crate::layer::{encode_layer, spool, Compression, EncodedLayer};
+use crate::manifest;
+use crate::oci::{self, ConfigSummary, Descriptor, Platform};
+use crate::progress::{BlobOutcome, Reporter};
+
+use super::destination::Destination;
+use super::image::{ImageOptions, PublishedImage};
+
+/// Layers synthesised at once (each takes a tar thread and an encoder
+/// thread; the machine's cores are shared with the uploads).
+pub const MAX_BUILDS: usize = 2;
+
+/// image.json files larger than this are refused (real ones are kilobytes).
+const MAX_IMAGE_JSON: u64 = 64 << 20;
+
+/// Chunks in flight between the tar writer and the encoder (each at most
+/// the tar writer's 256 KiB buffer).
+const PIPE_CHUNKS: usize = 4;
+
+/// Where a layer's bytes come from.
+#[derive(Clone, Debug)]
+enum Source {
+    /// Synthesised from store paths (possibly none: an empty tar).
+    Paths,
+    /// A ready blob file (`layer-path`).
+    File(PathBuf),
+}
+
+/// What to do with one layer.
+#[derive(Clone, Debug)]
+enum Plan {
+    /// Every destination has it: cite it, read nothing.
+    Reuse(Descriptor),
+    /// Build it and upload it.
+    Build {
+        source: Source,
+        /// The digest the raw bytes must hash to.
+        expected: Digest,
+        /// `None` pushes the raw bytes as they are under `media_type`.
+        compression: Compression,
+        media_type: String,
+    },
+}
+
+/// Reads the nix2container `image.json` named by `spec` and publishes its
+/// image to every destination; the same contract as
+/// [`super::image::publish_image`].
+pub async fn publish_image(
+    spec: InputSpec,
+    destinations: Arc<Vec<Destination>>,
+    options: ImageOptions,
+    reporter: Arc<dyn Reporter>,
+) -> Result<PublishedImage> {
+    let name = spec.text.clone();
+    reporter.on_input_started(&name);
+    let image = read_image_json(&spec).await?;
+    let platform = platform_of(&spec, &image, &*reporter);
+
+    let plans = futures::future::join_all(
+        image
+            .layers
+            .iter()
+            .map(|layer| plan_layer(layer, &destinations, &options)),
+    )
+    .await;
+
+    // Stops the tar writers and encoders if this future is dropped or fails.
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _stop_builds_on_drop = CancelOnDrop(cancel.clone());
+    let builds = Arc::new(Semaphore::new(MAX_BUILDS));
+    let image = Arc::new(image);
+    let layer_tasks = plans.into_iter().enumerate().map(|(index, plan)| {
+        let context = LayerContext {
+            input: name.clone(),
+            image: image.clone(),
+            index,
+            destinations: destinations.clone(),
+            spool_dir: options.spool_dir.clone(),
+            reporter: reporter.clone(),
+            cancel: cancel.clone(),
+        };
+        let builds = builds.clone();
+        async move {
+            match plan? {
+                Plan::Reuse(descriptor) => {
+                    context.report_reused(&descriptor);
+                    Ok(descriptor)
+                }
+                Plan::Build {
+                    source,
+                    expected,
+                    compression,
+                    media_type,
+                } => {
+                    let _permit = builds
+                        .acquire_owned()
+                        .await
+                        .context("the layer builds were stopped")?;
+                    context
+                        .build_and_upload(source, expected, compression, media_type)
+                        .await
+                }
+            }
+        }
+    });
+    let descriptors = futures::future::try_join_all(layer_tasks)
+        .await
+        .with_context(|| format!("cannot publish the layers of `{name}`"))?;
+
+    let diff_ids: Vec<Digest> = image.layers.iter().map(|l| l.diff_id.clone()).collect();
+    let config_bytes = Bytes::from(oci::canonical_json(&image_config(
+        &image, &diff_ids, &platform,
+    )));
+    let summary: ConfigSummary = serde_json::from_slice(&config_bytes)
+        .context("the generated image config does not read back")?;
+    futures::future::try_join_all(
+        destinations
+            .iter()
+            .map(|d| d.push_bytes(config_bytes.clone(), &*reporter)),
+    )
+    .await?;
+    let config = manifest::config_descriptor(&config_bytes);
+    let image_manifest = manifest::image_manifest(
+        config,
+        descriptors.clone(),
+        options.manifest_annotations.clone(),
+    );
+    let what = format!("the {platform} manifest");
+    futures::future::try_join_all(
+        destinations
+            .iter()
+            .map(|d| d.push_manifest(&image_manifest, &what, &*reporter)),
+    )
+    .await?;
+
+    Ok(PublishedImage {
+        input: name,
+        platform,
+        manifest: image_manifest,
+        config: summary,
+        layers: diff_ids.into_iter().zip(descriptors).collect(),
+    })
+}
+
+/// Reads and parses the image.json (small: read whole, size-checked).
+async fn read_image_json(spec: &InputSpec) -> Result<ImageJson, N2cError> {
+    let io_err = |source| N2cError::Io {
+        path: spec.path.clone(),
+        source,
+    };
+    let len = tokio::fs::metadata(&spec.path).await.map_err(io_err)?.len();
+    if len > MAX_IMAGE_JSON {
+        return Err(N2cError::Field {
+            input: spec.text.clone(),
+            key: "(top level)".into(),
+            problem: format!("the file is {len} bytes, more than the {MAX_IMAGE_JSON} allowed"),
+        });
+    }
+    let bytes = tokio::fs::read(&spec.path).await.map_err(io_err)?;
+    parse_image_json(&spec.text, &bytes)
+}
+
+/// The platform to publish as: the input's prefix, else image.json's `arch`
+/// (amd64 for files that predate it), os linux.
+fn platform_of(spec: &InputSpec, image: &ImageJson, reporter: &dyn Reporter) -> Platform {
+    let arch = image.arch.clone().unwrap_or_else(|| "amd64".to_owned());
+    match &spec.platform {
+        Some(given) => {
+            if given.architecture != arch || given.os != "linux" {
+                reporter.on_notice(&format!(
+                    "warning: `{}` says its architecture is `{arch}`; publishing it as `{given}` as asked",
+                    spec.text
+                ));
+            }
+            given.clone()
+        }
+        None => Platform {
+            architecture: arch,
+            os: "linux".to_owned(),
+            variant: None,
+        },
+    }
+}
+
+/// The config (formats.md §2.2), describing the platform published: the
+/// config is ours, so it agrees with the index entry.
+fn image_config(image: &ImageJson, diff_ids: &[Digest], platform: &Platform) -> serde_json::Value {
+    let mut config = config_json(image, diff_ids, None);
+    if let Some(object) = config.as_object_mut() {
+        object.insert("architecture".into(), platform.architecture.clone().into());
+        object.insert("os".into(), platform.os.clone().into());
+        if let Some(variant) = platform.variant.as_ref().filter(|v| !v.is_empty()) {
+            object.insert("variant".into(), variant.clone().into());
+        }
+    }
+    config
+}
+
+/// Decides a layer without reading it: reuse what every destination has,
+/// build the rest.
+async fn plan_layer(
+    layer: &N2cLayer,
+    destinations: &[Destination],
+    options: &ImageOptions,
+) -> Result<Plan> {
+    let source = match &layer.layer_path {
+        Some(path) if layer.paths.is_empty() => Source::File(path.clone()),
+        _ => Source::Paths,
+    };
+    let plain = match &source {
+        Source::Paths => true,
+        Source::File(_) => layer.media_type == oci::MEDIA_TYPE_LAYER,
+    };
+    if plain && options.compression != Compression::None {
+        // Compressed digests cannot be predicted: only the registry's memory
+        // of what was pushed for this diff_id can spare the build.
+        if let Some(descriptor) = (options.known)(&layer.diff_id) {
+            return Ok(Plan::Reuse(descriptor));
+        }
+        return Ok(Plan::Build {
+            source,
+            expected: layer.diff_id.clone(),
+            compression: options.compression,
+            media_type: options.compression.media_type().to_owned(),
+        });
+    }
+    // Pushed as they are: the digest is image.json's.
+    let (digest, media_type) = match &source {
+        Source::Paths => (layer.diff_id.clone(), oci::MEDIA_TYPE_LAYER.to_owned()),
+        Source::File(_) => (layer.digest.clone(), layer.media_type.clone()),
+    };
+    let size = match (&source, layer.size) {
+        (_, size) if size > 0 => Some(size),
+        (Source::File(path), _) => Some(
+            tokio::fs::metadata(path)
+                .await
+                .map_err(|source| N2cError::Io {
+                    path: path.clone(),
+                    source,
+                })?
+                .len(),
+        ),
+        // Without a size the descriptor cannot be written: build it.
+        (Source::Paths, _) => None,
+    };
+    let build = Plan::Build {
+        source,
+        expected: digest.clone(),
+        compression: Compression::None,
+        media_type: media_type.clone(),
+    };
+    let Some(size) = size else {
+        return Ok(build);
+    };
+    if everywhere(destinations, &digest).await {
+        Ok(Plan::Reuse(Descriptor::new(media_type, digest, size)))
+    } else {
+        Ok(build)
+    }
+}
+
+/// Whether every destination has the blob (a failed check counts as no: the
+/// upload that follows checks again and reports the real problem).
+async fn everywhere(destinations: &[Destination], digest: &Digest) -> bool {
+    let checks = destinations.iter().map(|d| d.has_blob(digest));
+    futures::future::join_all(checks)
+        .await
+        .into_iter()
+        .all(|present| present.unwrap_or(false))
+}
+
+/// What building one layer needs.
+struct LayerContext {
+    input: String,
+    image: Arc<ImageJson>,
+    index: usize,
+    destinations: Arc<Vec<Destination>>,
+    spool_dir: PathBuf,
+    reporter: Arc<dyn Reporter>,
+    cancel: Arc<AtomicBool>,
+}
+
+impl LayerContext {
+    fn member(&self) -> String {
+        format!("layers[{}]", self.index)
+    }
+
+    fn report_reused(&self, descriptor: &Descriptor) {
+        let id = self
+            .reporter
+            .on_layer_started(&self.input, &self.member(), 0);
+        for destination in self.destinations.iter() {
+            self.reporter.on_blob_done(
+                &destination.to_string(),
+                &descriptor.digest,
+                descriptor.size,
+                BlobOutcome::AlreadyPresent,
+            );
+        }
+        self.reporter.on_layer_done(id, true);
+    }
+
+    /// Builds the layer into a spool that one upload per destination
+    /// follows while it grows.
+    async fn build_and_upload(
+        self,
+        source: Source,
+        expected: Digest,
+        compression: Compression,
+        media_type: String,
+    ) -> Result<Descriptor> {
+        let layer = self
+            .image
+            .layers
+            .get(self.index)
+            .cloned()
+            .expect("a plan per layer");
+        let id = self
+            .reporter
+            .on_layer_started(&self.input, &self.member(), layer.size);
+        let (writer, spool) = spool::create(&self.spool_dir).with_context(|| {
+            format!(
+                "cannot create a spool file in `{}`",
+                self.spool_dir.display()
+            )
+        })?;
+        // Dropping the set (on any error below) aborts the uploads.
+        let mut uploads: JoinSet<Result<Digest>> = JoinSet::new();
+        for destination in self.destinations.iter() {
+            let (destination, spool, reporter) =
+                (destination.clone(), spool.clone(), self.reporter.clone());
+            uploads.spawn(async move { destination.push_spool(spool, &*reporter).await });
+        }
+        let build = {
+            let (reporter, cancel, index) =
+                (self.reporter.clone(), self.cancel.clone(), self.index);
+            tokio::task::spawn_blocking(move || {
+                let mut on_read = |n: u64| reporter.on_layer_read(id, n);
+                build_layer(
+                    index,
+                    &layer,
+                    &source,
+                    &expected,
+                    compression,
+                    writer,
+                    &cancel,
+                    &mut on_read,
+                )
+            })
+        };
+        // The build's error says more than the uploads it broke.
+        let encoded = build.await.context("a layer builder panicked")??;
+        while let Some(done) = uploads.join_next().await {
+            done.context("an upload task panicked")??;
+        }
+        self.reporter.on_layer_done(id, false);
+        Ok(Descriptor::new(media_type, encoded.digest, encoded.size))
+    }
+}
+
+/// The blocking half: streams the layer's raw bytes (a synthesised tar, or
+/// a ready blob) through the digest check into the encoder and the spool.
+#[allow(clippy::too_many_arguments)]
+fn build_layer(
+    index: usize,
+    layer: &N2cLayer,
+    source: &Source,
+    expected: &Digest,
+    compression: Compression,
+    writer: spool::SpoolWriter,
+    cancel: &AtomicBool,
+    on_read: &mut dyn FnMut(u64),
+) -> Result<EncodedLayer> {
+    let encode_err =
+        |e: io::Error| anyhow::Error::new(e).context(format!("cannot encode layer {index}"));
+    match source {
+        Source::File(path) => {
+            let file = std::fs::File::open(path).map_err(|source| N2cError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let mut raw = Verifying::new(BufReader::with_capacity(1 << 20, file), expected, cancel);
+            let encoded = encode_layer(&mut raw, compression, writer, on_read);
+            if let Some(actual) = raw.mismatch {
+                return Err(N2cError::BlobMismatch {
+                    index,
+                    path: path.clone(),
+                    expected: expected.clone(),
+                    actual,
+                }
+                .into());
+            }
+            encoded
+                .map_err(|e| N2cError::Io {
+                    path: path.clone(),
+                    source: e,
+                })
+                .map_err(anyhow::Error::new)
+        }
+        Source::Paths => {
+            let (tx, rx) = sync_channel(PIPE_CHUNKS);
+            std::thread::scope(|scope| {
+                let tar = scope.spawn(move || {
+                    let mut pipe = PipeWriter {
+                        tx: Some(tx),
+                        cancel,
+                        closed: false,
+                    };
+                    let result = write_layer_tar(layer, &mut pipe);
+                    pipe.end(result.as_ref().err().map(|e| e.to_string()));
+                    (result, pipe.closed)
+                });
+                let mut raw = Verifying::new(PipeReader::new(rx), expected, cancel);
+                let encoded = encode_layer(&mut raw, compression, writer, on_read);
+                let mismatch = raw.mismatch.take();
+                // Unblocks the tar writer if the encoder stopped first.
+                drop(raw);
+                let (written, closed) = match tar.join() {
+                    Ok(outcome) => outcome,
+                    Err(_) => anyhow::bail!("the tar writer of layer {index} panicked"),
+                };
+                match (written, encoded) {
+                    // The tar writer's own failure (not a closed pipe) is the cause.
+                    (Err(e), _) if !closed => Err(e.into()),
+                    (_, Err(e)) => match mismatch {
+                        Some(actual) => Err(verify_digest_error(index, layer, actual).into()),
+                        None => Err(encode_err(e)),
+                    },
+                    (Err(e), Ok(_)) => Err(e.into()),
+                    (Ok(()), Ok(encoded)) => Ok(encoded),
+                }
+            })
+        }
+    }
+}
+
+/// Hashes what passes and, at the end, fails the read instead of reporting
+/// the end when the digest is not the expected one: the encoder then fails
+/// its spool, so no upload of a wrong layer completes.
+struct Verifying<'a, R> {
+    inner: R,
+    hasher: Option<Hasher>,
+    expected: &'a Digest,
+    cancel: &'a AtomicBool,
+    mismatch: Option<Digest>,
+}
+
+impl<'a, R: Read> Verifying<'a, R> {
+    fn new(inner: R, expected: &'a Digest, cancel: &'a AtomicBool) -> Self {
+        Verifying {
+            inner,
+            hasher: Some(Hasher::new()),
+            expected,
+            cancel,
+            mismatch: None,
+        }
+    }
+}
+
+impl<R: Read> Read for Verifying<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other("publish cancelled"));
+        }
+        if self.mismatch.is_some() {
+            return Err(io::Error::other("the layer digest does not match"));
+        }
+        let n = self.inner.read(buf)?;
+        if n > 0 || buf.is_empty() {
+            if let Some(hasher) = &mut self.hasher {
+                hasher.update(&buf[..n]);
+            }
+            return Ok(n);
+        }
+        if let Some(hasher) = self.hasher.take() {
+            let (actual, _) = hasher.finish();
+            if actual != *self.expected {
+                self.mismatch = Some(actual);
+                return Err(io::Error::other("the layer digest does not match"));
+            }
+        }
+        Ok(0)
+    }
+}
+
+/// One message through the pipe.
+enum Chunk {
+    Data(Vec<u8>),
+    End,
+    Failed(String),
+}
+
+/// The tar writer's end of the pipe.
+struct PipeWriter<'a> {
+    tx: Option<SyncSender<Chunk>>,
+    cancel: &'a AtomicBool,
+    /// The reader went away (the encoder stopped first).
+    closed: bool,
+}
+
+impl PipeWriter<'_> {
+    /// Ends the stream: cleanly, or as a failure the reader reports.
+    fn end(&mut self, failure: Option<String>) {
+        if let Some(tx) = self.tx.take() {
+            let last = match failure {
+                None => Chunk::End,
+                Some(why) => Chunk::Failed(why),
+            };
+            // A reader gone already has its own error.
+            let _ = tx.send(last);
+        }
+    }
+}
+
+impl Write for PipeWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(io::Error::other("publish cancelled"));
+        }
+        let Some(tx) = &self.tx else {
+            return Err(io::Error::other("the layer pipe is closed"));
+        };
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if tx.send(Chunk::Data(buf.to_vec())).is_err() {
+            self.closed = true;
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the layer encoder stopped",
+            ));
+        }
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The encoder's end of the pipe.
+struct PipeReader {
+    rx: Receiver<Chunk>,
+    current: Vec<u8>,
+    pos: usize,
+    ended: bool,
+}
+
+impl PipeReader {
+    fn new(rx: Receiver<Chunk>) -> PipeReader {
+        PipeReader {
+            rx,
+            current: Vec::new(),
+            pos: 0,
+            ended: false,
+        }
+    }
+}
+
+impl Read for PipeReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.pos == self.current.len() {
+            if self.ended {
+                return Ok(0);
+            }
+            match self.rx.recv() {
+                Ok(Chunk::Data(data)) => {
+                    self.current = data;
+                    self.pos = 0;
+                }
+                Ok(Chunk::End) => self.ended = true,
+                Ok(Chunk::Failed(why)) => return Err(io::Error::other(why)),
+                // Without `End`, the writer stopped midway: never a clean end.
+                Err(_) => return Err(io::Error::other("the tar writer stopped")),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.pos);
+        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
+        self.pos += n;
+        Ok(n)
+    }
+}
+
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Whether `spec` is a nix2container input: its kind says so, or its
+/// content does (a small read; an unreadable file is left to the
+/// docker-archive path, which reports it).
+pub fn is_nix2container(spec: &InputSpec) -> bool {
+    match spec.kind {
+        Some(kind) => kind == crate::input::InputKind::Nix2Container,
+        None => matches!(
+            crate::input::detect(Path::new(&spec.path)),
+            Ok(crate::input::Detected::Nix2Container)
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::HashingWriter;
+    use crate::input::nix2container::{PathOptions, Rewrite, StorePath};
+
+    /// A small store: one path with a file a few pipe chunks long.
+    fn store() -> (tempfile::TempDir, N2cLayer) {
+        let dir = tempfile::tempdir().unwrap();
+        let pkg = dir.path().join("pkg");
+        std::fs::create_dir(&pkg).unwrap();
+        let big: Vec<u8> = (0..1_500_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(pkg.join("big"), &big).unwrap();
+        std::fs::write(pkg.join("small"), b"hello\n").unwrap();
+        let layer = N2cLayer {
+            digest: Digest::of(b""),
+            size: 0,
+            diff_id: Digest::of(b""),
+            paths: vec![StorePath {
+                path: pkg.clone(),
+                options: Some(PathOptions {
+                    rewrite: Rewrite {
+                        regex: format!("^{}", regex::escape(dir.path().to_str().unwrap())),
+                        repl: String::new(),
+                    },
+                    perms: Vec::new(),
+                }),
+            }],
+            media_type: oci::MEDIA_TYPE_LAYER.into(),
+            layer_path: None,
+            history: None,
+        };
+        (dir, layer)
+    }
+
+    /// The tar written directly, without the pipe.
+    fn direct_tar(layer: &N2cLayer) -> Vec<u8> {
+        let mut out = HashingWriter::new(Vec::new());
+        write_layer_tar(layer, &mut out).unwrap();
+        out.finish().0
+    }
+
+    fn build(
+        layer: &N2cLayer,
+        source: &Source,
+        expected: &Digest,
+        compression: Compression,
+        cancel: bool,
+    ) -> (Result<EncodedLayer>, io::Result<Vec<u8>>, u64) {
+        let dir = tempfile::tempdir().unwrap();
+        let (writer, spool) = spool::create(dir.path()).unwrap();
+        let cancel = AtomicBool::new(cancel);
+        let mut read = 0;
+        let result = build_layer(
+            3,
+            layer,
+            source,
+            expected,
+            compression,
+            writer,
+            &cancel,
+            &mut |n| read += n,
+        );
+        let content = futures::executor::block_on(spool.done()).map(|_| {
+            let mut out = Vec::new();
+            spool.copy_to(&mut out).unwrap();
+            out
+        });
+        (result, content, read)
+    }
+
+    #[test]
+    fn the_pipe_carries_the_tar_byte_for_byte() {
+        let (_dir, layer) = store();
+        let tar = direct_tar(&layer);
+        assert!(tar.len() > 1_500_000);
+        let (result, content, read) = build(
+            &layer,
+            &Source::Paths,
+            &Digest::of(&tar),
+            Compression::None,
+            false,
+        );
+        let encoded = result.unwrap();
+        assert_eq!(content.unwrap(), tar);
+        assert_eq!(read, tar.len() as u64);
+        assert_eq!(
+            (encoded.diff_id, encoded.digest),
+            (Digest::of(&tar), Digest::of(&tar))
+        );
+    }
+
+    #[test]
+    fn compressed_layers_decompress_to_the_tar() {
+        let (_dir, layer) = store();
+        let tar = direct_tar(&layer);
+        let (result, content, _) = build(
+            &layer,
+            &Source::Paths,
+            &Digest::of(&tar),
+            Compression::Gzip { level: 1 },
+            false,
+        );
+        let encoded = result.unwrap();
+        let gz = content.unwrap();
+        assert_eq!(encoded.digest, Digest::of(&gz));
+        assert_eq!(encoded.media_type, oci::MEDIA_TYPE_LAYER_GZIP);
+        let mut plain = Vec::new();
+        flate2::read::GzDecoder::new(&gz[..])
+            .read_to_end(&mut plain)
+            .unwrap();
+        assert_eq!(plain, tar);
+    }
+
+    #[test]
+    fn a_wrong_digest_fails_the_spool_and_names_the_layer() {
+        let (_dir, layer) = store();
+        let tar = direct_tar(&layer);
+        let wrong = Digest::of(b"not this layer");
+        let (result, content, _) = build(&layer, &Source::Paths, &wrong, Compression::None, false);
+        let err = result.unwrap_err();
+        match err.downcast_ref::<N2cError>() {
+            Some(N2cError::DigestMismatch {
+                index,
+                expected,
+                actual,
+                paths,
+            }) => {
+                assert_eq!(*index, 3);
+                assert_eq!((expected, actual), (&layer.diff_id, &Digest::of(&tar)));
+                assert_eq!(paths, &vec![layer.paths[0].path.clone()]);
+            }
+            _ => panic!("not a digest mismatch: {err:#}"),
+        }
+        assert!(
+            content.is_err(),
+            "the spool must fail, so no upload completes"
+        );
+    }
+
+    #[test]
+    fn a_missing_store_path_is_the_error_not_the_pipe() {
+        let (dir, mut layer) = store();
+        layer.paths[0].path = dir.path().join("gone");
+        let (result, content, _) = build(
+            &layer,
+            &Source::Paths,
+            &Digest::of(b""),
+            Compression::None,
+            false,
+        );
+        let text = format!("{:#}", result.unwrap_err());
+        assert!(text.contains("gone"), "{text}");
+        assert!(content.is_err());
+    }
+
+    #[test]
+    fn ready_blobs_are_checked_against_image_json() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, b"some compressed bytes").unwrap();
+        let (_store, layer) = store();
+        let source = Source::File(path.clone());
+        let good = Digest::of(b"some compressed bytes");
+        let (result, content, _) = build(&layer, &source, &good, Compression::None, false);
+        assert_eq!(result.unwrap().digest, good);
+        assert_eq!(content.unwrap(), b"some compressed bytes");
+
+        let wrong = Digest::of(b"other");
+        let (result, content, _) = build(&layer, &source, &wrong, Compression::None, false);
+        let err = result.unwrap_err();
+        assert!(
+            matches!(err.downcast_ref::<N2cError>(), Some(N2cError::BlobMismatch { path: p, actual, .. }) if *p == path && *actual == good),
+            "{err:#}"
+        );
+        assert!(content.is_err());
+    }
+
+    #[test]
+    fn a_cancelled_publish_stops_the_build() {
+        let (_dir, layer) = store();
+        let tar = direct_tar(&layer);
+        let (result, content, _) = build(
+            &layer,
+            &Source::Paths,
+            &Digest::of(&tar),
+            Compression::None,
+            true,
+        );
+        assert!(result.is_err());
+        assert!(content.is_err());
+    }
+
+    #[test]
+    fn the_config_describes_the_published_platform() {
+        let image = parse_image_json(
+            "i.json",
+            format!(
+                r#"{{"version": 1, "image-config": {{}}, "arch": "arm",
+                    "layers": [{{"digest": "{}"}}]}}"#,
+                Digest::of(b"l")
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let spec: InputSpec = "linux/arm/v7=nix2container:i.json".parse().unwrap();
+        let platform = platform_of(&spec, &image, &crate::progress::Silent);
+        assert_eq!(platform.to_string(), "linux/arm/v7");
+        let config = image_config(&image, &[Digest::of(b"l")], &platform);
+        assert_eq!(
+            (&config["architecture"], &config["variant"], &config["os"]),
+            (&"arm".into(), &"v7".into(), &"linux".into())
+        );
+        let spec: InputSpec = "i.json".parse().unwrap();
+        assert_eq!(
+            platform_of(&spec, &image, &crate::progress::Silent).to_string(),
+            "linux/arm"
+        );
+    }
+}
