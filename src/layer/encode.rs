@@ -11,6 +11,7 @@ use std::io::{self, Read, Write};
 use crate::digest::{Digest, Hasher};
 use crate::oci;
 
+use super::gzip;
 use super::spool::SpoolWriter;
 
 /// How layers are compressed for the registry.
@@ -65,15 +66,7 @@ pub fn encode_layer(
     let mut hasher = Hasher::new();
     let result = match compression {
         Compression::None => pump(raw, &mut hasher, spool, on_read, |w| w),
-        Compression::Gzip { level } => {
-            let mk = |w: SpoolWriter| {
-                flate2::GzBuilder::new()
-                    .mtime(0)
-                    .operating_system(255)
-                    .write(w, flate2::Compression::new(level))
-            };
-            pump_with(raw, &mut hasher, spool, on_read, mk, |e| e.finish())
-        }
+        Compression::Gzip { level } => gzip(raw, level, &mut hasher, spool, on_read),
         Compression::Zstd { level } => {
             let mk = |w: SpoolWriter| {
                 let mut e = zstd::stream::write::Encoder::new(w, level).expect("zstd level");
@@ -105,6 +98,28 @@ fn pump(
     _identity: fn(SpoolWriter) -> SpoolWriter,
 ) -> io::Result<(SpoolWriter, u64)> {
     match copy_hashing(raw, hasher, &mut spool, on_read) {
+        Ok(n) => Ok((spool, n)),
+        Err(e) => {
+            spool.fail(e.to_string());
+            Err(e)
+        }
+    }
+}
+
+fn gzip(
+    raw: &mut dyn Read,
+    level: u32,
+    hasher: &mut Hasher,
+    mut spool: SpoolWriter,
+    on_read: &mut dyn FnMut(u64),
+) -> io::Result<(SpoolWriter, u64)> {
+    let result = gzip::Pool::global().and_then(|pool| {
+        gzip::compress(pool, raw, level, &mut spool, &mut |b| {
+            hasher.update(b);
+            on_read(b.len() as u64);
+        })
+    });
+    match result {
         Ok(n) => Ok((spool, n)),
         Err(e) => {
             spool.fail(e.to_string());
