@@ -98,9 +98,18 @@ impl Deflater {
     /// An encoder at `level` (clamped to ISA-L's 0..=3).
     pub fn new(level: u32) -> Self {
         let level = level.min(MAX_LEVEL);
-        // SAFETY: every field of ZStream is an integer, a raw pointer or a
-        // byte array, for which all-zero bytes are a valid value.
-        let stream = unsafe { Box::<ZStream>::new_zeroed().assume_init() };
+        // 82 KB: straight on the heap, zeroed. SAFETY: every field of
+        // ZStream is an integer, a raw pointer or a byte array, for which
+        // all-zero bytes are a valid value; the layout is ZStream's own, so
+        // Box may free it.
+        let layout = std::alloc::Layout::new::<ZStream>();
+        let stream = unsafe {
+            let p = std::alloc::alloc_zeroed(layout).cast::<ZStream>();
+            if p.is_null() {
+                std::alloc::handle_alloc_error(layout);
+            }
+            Box::from_raw(p)
+        };
         Deflater {
             stream,
             level_buf: vec![0; level_buf_size(level)],
