@@ -149,10 +149,16 @@ fn worker(rx: &Mutex<Receiver<Job>>) {
                 if isal_level != level {
                     isal_enc = None;
                 }
-                let enc = isal_enc.get_or_insert_with(|| isal::Deflater::new(level));
-                isal_level = level;
-                enc.compress_block(&job.dict, &job.data, job.last, &mut out)
-                    .map_err(io::Error::other)
+                if isal_enc.is_none() {
+                    isal_enc = isal::Deflater::new(level).ok();
+                    isal_level = level;
+                }
+                match &mut isal_enc {
+                    Some(enc) => enc
+                        .compress_block(&job.dict, &job.data, job.last, &mut out)
+                        .map_err(io::Error::other),
+                    None => Err(io::Error::other(isal::IsalError::Layout)),
+                }
             }
             Codec::Miniz(level) => miniz_block(level, &job.data, job.last, &mut out),
         };

@@ -44,9 +44,12 @@ struct ZStream {
     gzip_flag: u16,
     hist_bits: u16,
     internal_state: ZState,
+    /// Slack: should a build of the library have a larger internal state,
+    /// it writes here rather than past our allocation.
+    _slack: [u8; 16 * 1024],
 }
 
-const _: () = assert!(size_of::<ZStream>() == 82384);
+const _: () = assert!(size_of::<ZStream>() == 82384 + 16 * 1024);
 const _: () = assert!(offset_of!(ZStream, internal_state) == 64);
 const _: () = assert!(offset_of!(ZStream, end_of_stream) == 56);
 
@@ -85,6 +88,8 @@ pub enum IsalError {
     Dictionary { code: i32 },
     #[error("a block of `{len}` bytes is too large for isa-l")]
     TooLarge { len: usize },
+    #[error("the installed isa-l lays out `isal_zstream` differently\nhint: build against isa-l 2.30 or later (Debian libisal-dev, nixpkgs isa-l)")]
+    Layout,
 }
 
 /// One deflate encoder, reused block after block by one worker thread.
@@ -95,8 +100,9 @@ pub struct Deflater {
 }
 
 impl Deflater {
-    /// An encoder at `level` (clamped to ISA-L's 0..=3).
-    pub fn new(level: u32) -> Self {
+    /// An encoder at `level` (clamped to ISA-L's 0..=3). Fails if the
+    /// library's `isal_zstream` is not laid out as we declare it.
+    pub fn new(level: u32) -> Result<Self, IsalError> {
         let level = level.min(MAX_LEVEL);
         // 82 KB: straight on the heap, zeroed. SAFETY: every field of
         // ZStream is an integer, a raw pointer or a byte array, for which
@@ -110,10 +116,37 @@ impl Deflater {
             }
             Box::from_raw(p)
         };
-        Deflater {
+        let mut d = Deflater {
             stream,
             level_buf: vec![0; level_buf_size(level)],
             level,
+        };
+        d.probe()?;
+        Ok(d)
+    }
+
+    /// Checks that `isal_deflate_init` resets the fields where we expect
+    /// them: sentinels in, defaults out. A library built with another
+    /// layout fails here instead of corrupting memory later.
+    fn probe(&mut self) -> Result<(), IsalError> {
+        let s = &mut *self.stream;
+        s.level = 0xa5a5_a5a5;
+        s.end_of_stream = 0xa5a5;
+        s.flush = 0xa5a5;
+        s.gzip_flag = 0xa5a5;
+        s.internal_state.state = 0xa5a5_a5a5;
+        // SAFETY: `s` is a valid, exclusively borrowed isal_zstream.
+        unsafe { isal_deflate_init(s) };
+        let ok = s.level == 0
+            && s.end_of_stream == 0
+            && s.flush == 0
+            && s.gzip_flag == IGZIP_DEFLATE
+            && s.internal_state.state == ZSTATE_NEW_HDR
+            && !s.hufftables.is_null();
+        if ok {
+            Ok(())
+        } else {
+            Err(IsalError::Layout)
         }
     }
 
@@ -210,7 +243,7 @@ mod tests {
     fn blocks_concatenate_into_one_deflate_stream() {
         let data: Vec<u8> = (0..300_000u32).map(|i| (i % 1013 % 251) as u8).collect();
         for level in 0..=3 {
-            let mut d = Deflater::new(level);
+            let mut d = Deflater::new(level).unwrap();
             let mut out = Vec::new();
             d.compress_block(&[], &data[..100_000], false, &mut out)
                 .unwrap();
@@ -227,6 +260,7 @@ mod tests {
     fn an_empty_last_block_is_a_valid_stream() {
         let mut out = Vec::new();
         Deflater::new(1)
+            .unwrap()
             .compress_block(&[], &[], true, &mut out)
             .unwrap();
         assert!(!out.is_empty());
@@ -247,9 +281,11 @@ mod tests {
         let mut with = Vec::new();
         let mut without = Vec::new();
         Deflater::new(1)
+            .unwrap()
             .compress_block(&tail, &tail, true, &mut with)
             .unwrap();
         Deflater::new(1)
+            .unwrap()
             .compress_block(&[], &tail, true, &mut without)
             .unwrap();
         assert!(
@@ -262,6 +298,7 @@ mod tests {
         // Decoding needs the same history: prepend it as a stored prefix.
         let mut prefix = Vec::new();
         Deflater::new(0)
+            .unwrap()
             .compress_block(&[], &tail, false, &mut prefix)
             .unwrap();
         prefix.extend_from_slice(&with);

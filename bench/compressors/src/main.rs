@@ -94,9 +94,15 @@ fn main() -> io::Result<()> {
             let t = (Instant::now(), cpu());
             let mut out = Vec::new();
             layer::isal::Deflater::new(level)
+                .map_err(io::Error::other)?
                 .compress_block(&[], &data, true, &mut out)
                 .map_err(io::Error::other)?;
-            report(&format!("isa-l level {level}, whole buffer"), 1, t, (data.len() as u64, out.len() as u64));
+            report(
+                &format!("isa-l level {level}, whole buffer"),
+                1,
+                t,
+                (data.len() as u64, out.len() as u64),
+            );
         }
         return Ok(());
     }
@@ -121,7 +127,12 @@ fn main() -> io::Result<()> {
                 });
                 let a = a.map_err(|_| io::Error::other("panic"))??;
                 b.map_err(|_| io::Error::other("panic"))??;
-                report(&format!("isa-l level {level}, pool {threads}, 2 inputs"), 2, t, a);
+                report(
+                    &format!("isa-l level {level}, pool {threads}, 2 inputs"),
+                    2,
+                    t,
+                    a,
+                );
             }
         }
     }
