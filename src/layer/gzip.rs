@@ -12,7 +12,7 @@
 //! concatenate into one deflate stream; the CRC-32 of each block is computed
 //! by its worker and combined in order.
 //!
-//! Levels 0–3 use Intel ISA-L ([`super::isal`]); levels 4–9 use flate2's
+//! Levels 0–3 use Intel ISA-L (the `isal` module); levels 4–9 use flate2's
 //! default backend (miniz_oxide) per block, without dictionary (that backend
 //! cannot set one), slower but still on every core.
 

@@ -87,6 +87,16 @@ fn main() -> io::Result<()> {
         let r = old_flate2(path, 1)?;
         report("old flate2 (miniz) level 1, 1 thread", 1, t, r);
     }
+    if what == "write" {
+        // Writes the gzip blob next to the input, for checking it with other
+        // decoders (gzip -t, skopeo, Go).
+        let pool = gzip::Pool::new(2)?;
+        let mut f = std::fs::File::open(path)?;
+        let mut out = io::BufWriter::new(std::fs::File::create(format!("{path}.gz"))?);
+        gzip::compress(&pool, &mut f, 2, &mut out, &mut |_| {})?;
+        out.flush()?;
+        return Ok(());
+    }
     if what == "whole" {
         // ISA-L over the whole file in one call: what cutting into blocks costs.
         let data = std::fs::read(path)?;
