@@ -55,6 +55,8 @@ struct Job {
     codec: Codec,
     dict: Vec<u8>,
     data: Vec<u8>,
+    /// An empty buffer for the output, recycled like `data`.
+    out: Vec<u8>,
     last: bool,
     reply: SyncSender<Done>,
 }
@@ -143,7 +145,8 @@ fn worker(rx: &Mutex<Receiver<Job>>) {
         };
         let mut crc = crc32fast::Hasher::new();
         crc.update(&job.data);
-        let mut out = Vec::new();
+        let mut out = job.out;
+        out.clear();
         let res = match job.codec {
             Codec::Isal(level) => {
                 if isal_level != level {
@@ -214,6 +217,7 @@ pub fn compress(
     let max_in_flight = 2 * pool.threads() + 2;
     let mut in_flight: VecDeque<Receiver<Done>> = VecDeque::new();
     let mut spare: Vec<Vec<u8>> = Vec::new();
+    let mut spare_out: Vec<Vec<u8>> = Vec::new();
     let mut crc = crc32fast::Hasher::new();
     let mut total = 0u64;
     let mut dict: Vec<u8> = Vec::new();
@@ -236,6 +240,7 @@ pub fn compress(
             codec,
             dict: std::mem::replace(&mut dict, next_dict),
             data: block,
+            out: spare_out.pop().unwrap_or_default(),
             last,
             reply: tx,
         })?;
@@ -252,9 +257,11 @@ pub fn compress(
                 }
             };
             in_flight.pop_front();
-            out.write_all(&done.out?)?;
+            let compressed = done.out?;
+            out.write_all(&compressed)?;
             crc.combine(&done.crc);
             spare.push(done.data);
+            spare_out.push(compressed);
         }
         match next {
             Some(next) if !last => block = next,
