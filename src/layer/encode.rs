@@ -326,4 +326,22 @@ mod tests {
             "{spool_err}"
         );
     }
+
+    #[test]
+    fn the_pinned_gzip_encoder_gives_the_pinned_digest() {
+        // If this fails, the library, level or block size changed: every
+        // gzip layer gets a new digest and is uploaded once more. Say so in
+        // the changelog, then update the digest here.
+        let data = sample();
+        let (layer, _) = encode(
+            &data,
+            Compression::Gzip {
+                level: Compression::DEFAULT_GZIP_LEVEL,
+            },
+        );
+        assert_eq!(
+            layer.digest.to_string(),
+            "sha256:5a6ecd8e41adf1994c45305b420ab03b79f0151174894ef8d2558e1c73e05772"
+        );
+    }
 }
