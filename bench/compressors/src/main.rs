@@ -65,6 +65,38 @@ fn cpu() -> f64 {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
+/// CPU seconds of each live thread of this process, by name.
+fn thread_cpu() -> Vec<(String, f64)> {
+    let mut v = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc/self/task") else {
+        return v;
+    };
+    for e in dir.flatten() {
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // "tid (comm) state ... utime stime": fields 14 and 15.
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let name = stat[open + 1..close].to_string();
+        let f: Vec<&str> = stat[close + 2..].split(' ').collect();
+        let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+        v.push((name, (ticks(11) + ticks(12)) / 100.0));
+    }
+    v
+}
+
+/// CPU seconds of the calling thread.
+fn own_cpu() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rfind(')')
+        .map_or(vec![], |c| stat[c + 2..].split(' ').collect());
+    let ticks = |i: usize| f.get(i).and_then(|x| x.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 fn report(name: &str, layers: u64, t: (Instant, f64), sizes: (u64, u64)) {
     let s = t.0.elapsed().as_secs_f64();
     let c = cpu() - t.1;
@@ -130,13 +162,29 @@ fn main() -> io::Result<()> {
             if threads == 2 {
                 // Two arches at once, sharing the pool.
                 let t = (Instant::now(), cpu());
+                let before = thread_cpu();
                 let (a, b) = std::thread::scope(|s| {
-                    let a = s.spawn(|| new_gzip(&pool, path, level));
-                    let b = s.spawn(|| new_gzip(&pool, path, level));
+                    let run = || {
+                        let r = new_gzip(&pool, path, level);
+                        (r, own_cpu())
+                    };
+                    let a = s.spawn(run);
+                    let b = s.spawn(run);
                     (a.join(), b.join())
                 });
-                let a = a.map_err(|_| io::Error::other("panic"))??;
-                b.map_err(|_| io::Error::other("panic"))??;
+                let (a, ca) = a.map_err(|_| io::Error::other("panic"))?;
+                let (b, cb) = b.map_err(|_| io::Error::other("panic"))?;
+                // Per-thread CPU during the run: with idle cores the wall
+                // time is bounded by the busiest thread.
+                println!("    reader threads: {ca:.2} and {cb:.2} cpu-s");
+                for (name, c) in thread_cpu() {
+                    let was = before.iter().find(|(n, _)| *n == name).map_or(0.0, |x| x.1);
+                    if name.starts_with("gzip") {
+                        println!("    worker {name}: {:.2} cpu-s", c - was);
+                    }
+                }
+                let a = a?;
+                b?;
                 report(
                     &format!("isa-l level {level}, pool {threads}, 2 inputs"),
                     2,
