@@ -86,6 +86,8 @@ pub enum IsalError {
     Deflate { code: i32 },
     #[error("isa-l refused the dictionary with code `{code}`")]
     Dictionary { code: i32 },
+    #[error("isa-l deflate stopped in state `{state}` before the block was complete")]
+    Stalled { state: u32 },
     #[error("a block of `{len}` bytes is too large for isa-l")]
     TooLarge { len: usize },
     #[error("the installed isa-l lays out `isal_zstream` differently\nhint: build against isa-l 2.30 or later (Debian libisal-dev, nixpkgs isa-l)")]
@@ -199,6 +201,7 @@ impl Deflater {
             // allocation; we only extend `out` over what ISA-L reports written.
             s.next_out = unsafe { out.as_mut_ptr().add(start) };
             s.avail_out = spare as u32;
+            let avail_before = s.avail_in;
             let code = unsafe { isal_deflate(s) };
             let written = spare - s.avail_out as usize;
             // SAFETY: ISA-L initialised exactly `written` bytes after `start`.
@@ -216,6 +219,11 @@ impl Deflater {
                 };
             if done {
                 break;
+            }
+            // Room was left and nothing moved: the library ended in a state
+            // we do not know; fail rather than spin.
+            if s.avail_out > 0 && written == 0 && s.avail_in == avail_before {
+                return Err(IsalError::Stalled { state });
             }
             out.reserve(64 * 1024);
         }
