@@ -3,6 +3,8 @@
 //! ([`spool`]).
 
 pub mod encode;
+pub mod gzip;
+mod isal;
 pub mod spool;
 
 pub use encode::{encode_layer, hash_only, Compression, EncodedLayer};
