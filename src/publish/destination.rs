@@ -124,6 +124,82 @@ impl Destination {
         Ok(digest)
     }
 
+    /// Mounts `digest` from `source` (a repository of the same registry that
+    /// has it) into this destination; uploads from `spool` when the registry
+    /// declines or the two are not on one registry.
+    pub async fn mount_or_push(
+        &self,
+        source: &Destination,
+        digest: &Digest,
+        spool: Spool,
+        reporter: &dyn Reporter,
+    ) -> Result<Digest> {
+        if let (
+            Destination::Registry { client, repository },
+            Destination::Registry {
+                repository: from, ..
+            },
+        ) = (self, source)
+        {
+            if repository.registry == from.registry {
+                let mounted = client
+                    .mount_blob(&repository.path, digest, &from.path)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::debug!("mounting `{digest}` into `{repository}` failed: {e}");
+                        false
+                    });
+                if mounted {
+                    let size = spool.finished().map(|(_, size)| size).unwrap_or(0);
+                    reporter.on_blob_done(&self.to_string(), digest, size, BlobOutcome::Mounted);
+                    return Ok(digest.clone());
+                }
+            }
+        }
+        self.push_spool(spool, reporter).await
+    }
+
+    /// Puts a layer at every destination: one upload per registry, following
+    /// the spool as it grows; the other repositories of that registry then
+    /// mount the blob instead of receiving its bytes again.
+    pub async fn push_spool_everywhere(
+        destinations: &[Destination],
+        spool: Spool,
+        reporter: &dyn Reporter,
+    ) -> Result<Digest> {
+        let mut groups: Vec<Vec<&Destination>> = Vec::new();
+        for destination in destinations {
+            let host = destination.registry().map(|(_, r)| r.registry.to_string());
+            let same = groups.iter_mut().find(|g| {
+                host.is_some()
+                    && matches!(g[0], Destination::Registry { .. })
+                    && matches!(destination, Destination::Registry { .. })
+                    && g[0].registry().map(|(_, r)| r.registry.to_string()) == host
+            });
+            match same {
+                Some(group) => group.push(destination),
+                None => groups.push(vec![destination]),
+            }
+        }
+        let per_group = groups.into_iter().map(|group| {
+            let spool = spool.clone();
+            async move {
+                let first = group[0];
+                let digest = first.push_spool(spool.clone(), reporter).await?;
+                let mounts = group[1..]
+                    .iter()
+                    .map(|other| other.mount_or_push(first, &digest, spool.clone(), reporter));
+                futures::future::try_join_all(mounts).await?;
+                anyhow::Ok(digest)
+            }
+        });
+        let digests = futures::future::try_join_all(per_group).await?;
+        digests
+            .into_iter()
+            .next()
+            .context("a layer needs at least one destination")
+    }
+
     /// Puts a manifest or index under its digest, unless it is there already.
     pub async fn push_manifest(
         &self,

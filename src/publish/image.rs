@@ -89,10 +89,10 @@ pub async fn publish_image(
                 Some(ReadEvent::LayerStarted { member, size, spool }) => {
                     let id = reporter.on_layer_started(&name, &member, size);
                     started.insert(member, id);
-                    for destination in destinations.iter() {
-                        let (destination, spool, reporter) = (destination.clone(), spool.clone(), reporter.clone());
-                        uploads.spawn(async move { destination.push_spool(spool, &*reporter).await });
-                    }
+                    let (destinations, reporter) = (destinations.clone(), reporter.clone());
+                    uploads.spawn(async move {
+                        Destination::push_spool_everywhere(&destinations, spool, &*reporter).await
+                    });
                 }
                 Some(ReadEvent::LayerProgress { member, bytes }) => {
                     // `bytes` counts from the member's start; the reporter wants increments.
@@ -134,11 +134,11 @@ pub async fn publish_image(
         if let LayerBlob::Spooled { spool, .. } = &layer.blob {
             if !started.contains_key(&layer.member) {
                 started.insert(layer.member.clone(), usize::MAX);
-                for destination in destinations.iter() {
-                    let (destination, spool, reporter) =
-                        (destination.clone(), spool.clone(), reporter.clone());
-                    uploads.spawn(async move { destination.push_spool(spool, &*reporter).await });
-                }
+                let (destinations, spool, reporter) =
+                    (destinations.clone(), spool.clone(), reporter.clone());
+                uploads.spawn(async move {
+                    Destination::push_spool_everywhere(&destinations, spool, &*reporter).await
+                });
             }
         }
     }

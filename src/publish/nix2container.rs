@@ -366,10 +366,15 @@ impl LayerContext {
         })?;
         // Dropping the set (on any error below) aborts the uploads.
         let mut uploads: JoinSet<Result<Digest>> = JoinSet::new();
-        for destination in self.destinations.iter() {
-            let (destination, spool, reporter) =
-                (destination.clone(), spool.clone(), self.reporter.clone());
-            uploads.spawn(async move { destination.push_spool(spool, &*reporter).await });
+        {
+            let (destinations, spool, reporter) = (
+                self.destinations.clone(),
+                spool.clone(),
+                self.reporter.clone(),
+            );
+            uploads.spawn(async move {
+                Destination::push_spool_everywhere(&destinations, spool, &*reporter).await
+            });
         }
         let build = {
             let (reporter, cancel, index) =

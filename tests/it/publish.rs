@@ -440,3 +440,50 @@ fn the_local_cache_skips_layers_for_a_tag_not_yet_pushed() {
     );
     assert!(cache.path().join("manifold/layers.json").is_file());
 }
+
+#[test]
+fn a_second_repository_on_one_registry_mounts_instead_of_uploading() {
+    let registry = TestRegistry::start(Auth::token());
+    let first = registry.repo("acme/one");
+    let second = registry.repo("acme/two");
+    let amd64 = testdata("stream-amd64");
+    let out = Run::new(&[
+        "publish",
+        "--repo",
+        &first,
+        "--repo",
+        &second,
+        "--tag",
+        "1.0.0",
+        "--username",
+        "tester",
+        "--password-stdin",
+        amd64.to_str().unwrap(),
+    ])
+    .stdin(b"s3cret-pass")
+    .output();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("mounted"), "{stderr}");
+    // Layer bytes went to the first repository only.
+    let patches_to_second = registry.count_requests("PATCH /v2/acme/two/");
+    let mounts = registry
+        .request_log()
+        .iter()
+        .filter(|l| {
+            l.starts_with("POST /v2/acme/two/blobs/uploads/?")
+                && l.contains("mount=")
+                && l.ends_with(" 201")
+        })
+        .count();
+    assert!(mounts >= 1, "{:#?}", registry.request_log());
+    assert_eq!(patches_to_second, 0, "{:#?}", registry.request_log());
+    for repo in [&first, &second] {
+        let dir = tempfile::tempdir().unwrap();
+        skopeo_copy_all(
+            &format!("docker://{repo}:1.0.0"),
+            dir.path(),
+            Auth::token().creds(),
+        );
+    }
+}
