@@ -107,6 +107,8 @@ let
     # `opt` leaves the option out.
     "set -eo pipefail"
     "# Written by manifold's mkManifest: variables are read now, when it runs."
+    # Backticks in messages are Markdown, not command substitution.
+    "# shellcheck disable=SC2016"
     "args=(publish)"
     "opt() { if [[ -n $2 ]]; then args+=(\"$1\" \"$2\"); fi; }"
   ]

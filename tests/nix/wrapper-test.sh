@@ -4,6 +4,8 @@
 # its stdin and the auth file it was handed, and checks them: options expand
 # at run time, secrets reach manifold only through stdin or a temporary 0600
 # auth file that is removed afterwards, never through its command line.
+# Backticks in patterns are literal; `grep && pass || fail` is meant.
+# shellcheck disable=SC2016,SC2015
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
