@@ -3,6 +3,9 @@
 # ghcr.io/<owner>/<repo>/fd with the tags of the run (see docs/github-actions.md).
 # The aarch64 images are built by an aarch64 builder (a native runner, or
 # binfmt/qemu with `extra-platforms = aarch64-linux`).
+# Note: manifold reads nix2container's image.json, but `publish` takes it only
+# once that input is wired in (today: "nix2container inputs are not supported
+# yet"); `dockerTools.streamLayeredImage` images work now, via `imageStreams`.
 {
   inputs = {
     nixpkgs.url = "github:NixOS/nixpkgs/nixos-unstable";
