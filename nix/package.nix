@@ -2,7 +2,7 @@
 #
 # Used by the flake's `packages` and `overlays.default` (through callPackage,
 # so an overlay builds it with the overlaid rustPlatform).
-{ lib, rustPlatform }:
+{ lib, rustPlatform, isa-l }:
 let
   cargo = (builtins.fromTOML (builtins.readFile ../Cargo.toml)).package;
 in
@@ -30,6 +30,8 @@ rustPlatform.buildRustPackage {
       ]);
   };
   cargoLock.lockFile = ../Cargo.lock;
+  # The gzip encoder links Intel ISA-L (src/layer/isal.rs).
+  buildInputs = [ isa-l ];
   # The integration tests start a real registry (docker-registry, skopeo):
   # `.ci/run` runs them; the build runs the unit tests.
   cargoTestFlags = [ "--lib" ];
