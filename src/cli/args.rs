@@ -56,6 +56,43 @@ pub enum Command {
     Publish(PublishArgs),
     /// Print the tags that `publish` would push, one per line
     Tags(TagsArgs),
+    /// Show what a reference points at: platforms, digests, sizes, annotations
+    #[command(after_long_help = INSPECT_EXAMPLES)]
+    Inspect(InspectArgs),
+    /// Print a shell completion script
+    Completions(CompletionsArgs),
+}
+
+const INSPECT_EXAMPLES: &str = "\
+Examples:
+  manifold inspect ghcr.io/acme/fd:1.0.0
+  manifold inspect localhost:5000/fd@sha256:… --tag latest --tag 1
+  manifold inspect --json ghcr.io/acme/fd:latest";
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A registry reference: `host/repo:tag` or `host/repo@sha256:…`
+    #[arg(value_name = "REF")]
+    pub reference: String,
+
+    /// Also say whether this tag of the repository points at the same index
+    /// (repeatable)
+    #[arg(long = "tag", short = 't', value_name = "TAG")]
+    pub tags: Vec<String>,
+
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -77,6 +114,11 @@ pub struct PublishArgs {
 
     #[command(flatten)]
     pub registry: RegistryArgs,
+
+    /// Document format: OCI, or Docker v2s2 for old clients (gzip layers
+    /// only; annotations cannot be written there and are dropped with a warning)
+    #[arg(long, value_enum, default_value_t = FormatArg::Oci)]
+    pub format: FormatArg,
 
     /// Layer compression
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
@@ -216,6 +258,12 @@ pub enum CompressionArg {
     Gzip,
     Zstd,
     None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Oci,
+    Docker,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]

@@ -131,7 +131,7 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
         .iter()
         .map(|i| (i.manifest.clone(), i.platform.clone()))
         .collect();
-    let index = manifest::image_index(&entries, annotations);
+    let index = manifest::image_index(image_options.format, &entries, annotations);
     futures::future::try_join_all(
         destinations
             .iter()
