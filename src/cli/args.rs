@@ -16,6 +16,18 @@ buildLayeredImage/buildImage archives, nix2container image.json files), reads
 each in one pass, compresses and uploads the layers while they stream, pushes
 an OCI image index by digest, and only then moves its tags.";
 
+const TOP_EXAMPLES: &str = "\
+Examples:
+  manifold publish --repo ghcr.io/acme/fd --tag 1.0.0 ./result-amd64 ./result-arm64
+  manifold publish --repo oci:./out --tag latest stream:./result
+  manifold publish --repo ghcr.io/acme/fd --dry-run nix2container:./image.json
+  manifold tags --version v1.2.3 --branch main
+  manifold inspect ghcr.io/acme/fd:latest
+  manifold completions bash > /etc/bash_completion.d/manifold
+
+Environment: RUST_LOG sets the log filter; NO_COLOR turns colours off; in GitHub
+Actions, GITHUB_* variables give the tags, annotations and outputs (see the README).";
+
 const PUBLISH_EXAMPLES: &str = "\
 Examples:
   # two architectures from Nix, to a registry
@@ -35,7 +47,7 @@ streamLayeredImage), `archive:` (a docker-archive, plain, .gz or .zst),
 or a Nix system such as `aarch64-linux`.";
 
 #[derive(Debug, Parser)]
-#[command(name = "manifold", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(name = "manifold", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = TOP_EXAMPLES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
