@@ -91,7 +91,12 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     // registry that won't list them fails the run before any upload.
     if request.tags.guard.is_some() {
         for destination in destinations.iter() {
-            destination.list_tags().await?;
+            destination.list_tags().await.with_context(|| {
+                format!(
+                    "the tag guard needs the tag list of `{destination}`\n\
+                     hint: allow listing tags (ECR: `ecr:ListImages`), or pass `--tag-guard off`"
+                )
+            })?;
         }
     }
 
