@@ -54,6 +54,16 @@ pub struct ClientOptions {
     /// may take minutes, and a read timeout would fire while the registry
     /// silently takes a long body.
     pub timeout: Duration,
+    /// No retry starts this long after the first try of a request (or of a
+    /// whole blob upload).
+    pub retry_timeout: Duration,
+    /// The first backoff; each retry doubles it (with jitter, capped at
+    /// 15 s). Tests shorten it.
+    pub retry_base: Duration,
+    /// Upload blobs in `PATCH`es of this many bytes instead of one streamed
+    /// body; `None`: monolithic, chunked only as a fallback (see
+    /// `upload.rs`).
+    pub chunk_size: Option<u64>,
 }
 
 impl Default for ClientOptions {
@@ -67,6 +77,9 @@ impl Default for ClientOptions {
             jobs: 4,
             ssl_cert_file: None,
             timeout: Duration::from_secs(120),
+            retry_timeout: Duration::from_secs(300),
+            retry_base: Duration::from_millis(250),
+            chunk_size: None,
         }
     }
 }
@@ -88,6 +101,7 @@ pub(super) struct Inner {
     pub(super) permits: Semaphore,
     pub(super) policy: RetryPolicy,
     pub(super) timeout: Duration,
+    pub(super) chunk_size: Option<u64>,
 }
 
 /// A client for one registry host; clones share connections, tokens and the
@@ -201,8 +215,13 @@ impl RegistryClient {
                 creds,
                 auth: Mutex::new(AuthState::default()),
                 permits: Semaphore::new(opts.jobs.max(1)),
-                policy: RetryPolicy::new(opts.max_retries),
+                policy: RetryPolicy {
+                    max_elapsed: opts.retry_timeout,
+                    base_delay: opts.retry_base,
+                    ..RetryPolicy::new(opts.max_retries)
+                },
                 timeout: opts.timeout,
+                chunk_size: opts.chunk_size,
             }),
         })
     }
@@ -456,6 +475,7 @@ impl RegistryClient {
         resp: Response,
     ) -> RegistryError {
         let status = resp.status();
+        let retry_after = retry_after(resp.headers());
         let body = auth::read_limited(resp, ERROR_BODY_LIMIT)
             .await
             .unwrap_or_default();
@@ -472,6 +492,7 @@ impl RegistryClient {
             status,
             errors,
             hint,
+            retry_after,
         }
     }
 

@@ -112,6 +112,8 @@ pub enum RegistryError {
         status: StatusCode,
         errors: Vec<OciError>,
         hint: Option<String>,
+        /// The registry's `Retry-After`, for a retry of a whole upload.
+        retry_after: Option<std::time::Duration>,
     },
     /// The request never got an answer (after retries).
     #[error("`{method} {url}` failed after {attempts} attempt(s)")]
@@ -188,6 +190,14 @@ impl RegistryError {
                 errors.iter().map(|e| e.code.as_str()).collect()
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// The wait the registry asked for with `Retry-After`.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            RegistryError::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -274,6 +284,7 @@ mod tests {
             status: StatusCode::FORBIDDEN,
             hint: hint_for("ghcr.io", StatusCode::FORBIDDEN, &errors, "x"),
             errors,
+            retry_after: None,
         };
         let text = e.to_string();
         assert!(text.starts_with("`PUT https://ghcr.io/v2/o/r/manifests/latest` failed with 403 Forbidden: DENIED: requested access"), "{text}");
