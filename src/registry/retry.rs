@@ -279,14 +279,22 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(reqwest::header::RETRY_AFTER, text.parse().unwrap());
         let wait = retry_after(&headers).unwrap();
-        assert!(wait.as_secs() >= 28 && wait.as_secs() <= 30, "{text}: {wait:?}");
+        assert!(
+            wait.as_secs() >= 28 && wait.as_secs() <= 30,
+            "{text}: {wait:?}"
+        );
     }
 
     /// `date -u -R`-style formatting through the `date` command, so the
     /// parser is checked against an independent implementation.
     fn format_http_date_for_test(secs: u64) -> String {
         let out = std::process::Command::new("date")
-            .args(["-u", "-d", &format!("@{secs}"), "+%a, %d %b %Y %H:%M:%S GMT"])
+            .args([
+                "-u",
+                "-d",
+                &format!("@{secs}"),
+                "+%a, %d %b %Y %H:%M:%S GMT",
+            ])
             .env("LC_ALL", "C")
             .output()
             .unwrap();

@@ -247,11 +247,12 @@ impl RegistryClient {
         sent: &mut u64,
     ) -> Result<UploadOutcome, RegistryError> {
         let chunk = usize::try_from(chunk).unwrap_or(usize::MAX);
-        let mut stream: std::pin::Pin<Box<dyn futures::Stream<Item = std::io::Result<Bytes>> + Send>> =
-            match &source {
-                BodySource::Bytes(b) => Box::pin(futures::stream::iter([Ok(b.clone())])),
-                BodySource::Spool(s) => Box::pin(s.stream()),
-            };
+        let mut stream: std::pin::Pin<
+            Box<dyn futures::Stream<Item = std::io::Result<Bytes>> + Send>,
+        > = match &source {
+            BodySource::Bytes(b) => Box::pin(futures::stream::iter([Ok(b.clone())])),
+            BodySource::Spool(s) => Box::pin(s.stream()),
+        };
         let mut buf = bytes::BytesMut::new();
         let mut ended = false;
         while !ended {
@@ -269,7 +270,9 @@ impl RegistryClient {
             while buf.len() >= chunk || (ended && !buf.is_empty()) {
                 let take = buf.len().min(chunk);
                 let piece = buf.split_to(take).freeze();
-                session = self.patch_chunk(repo, &session, *sent, piece.clone()).await?;
+                session = self
+                    .patch_chunk(repo, &session, *sent, piece.clone())
+                    .await?;
                 *sent += piece.len() as u64;
                 on_progress(piece.len() as i64);
             }
@@ -539,9 +542,7 @@ fn parse_range_end(value: &str) -> Option<u64> {
 /// `4194304`, `4MiB`, `4M`, `512KiB`, `5MB` (SI), `1GiB`: a byte count.
 pub fn parse_byte_size(text: &str) -> Result<u64, String> {
     let t = text.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(t.len());
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: u64 = num
         .parse()

@@ -165,6 +165,10 @@ impl TestRegistry {
         format!("127.0.0.1:{}", self.port)
     }
 
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
     /// `127.0.0.1:PORT/<name>`.
     pub fn repo(&self, name: &str) -> String {
         format!("{}/{name}", self.host())
@@ -659,4 +663,286 @@ fn serve_quirk(
         conn.write_all(&body)?;
     }
     conn.flush()
+}
+
+/// What a [`FaultProxy`] does to requests, each with its own probability
+/// (the sum is the chance a request is hit at all).
+#[derive(Clone, Copy, Debug)]
+pub struct FaultRates {
+    /// Answer 503 without asking the registry.
+    pub unavailable: f64,
+    /// Answer 429 with `Retry-After: 1`.
+    pub too_many: f64,
+    /// Read the request, then close the connection without an answer.
+    pub drop: f64,
+    /// Forward half the request body, then close both connections (a
+    /// request without a body is dropped instead).
+    pub cut_body: f64,
+    /// Forward, but hold the answer back a while.
+    pub slow: f64,
+}
+
+impl FaultRates {
+    /// `total` spread over the failing faults, plus as many slow answers.
+    pub fn failing(total: f64) -> FaultRates {
+        FaultRates {
+            unavailable: total / 4.0,
+            too_many: total / 4.0,
+            drop: total / 4.0,
+            cut_body: total / 4.0,
+            slow: total / 2.0,
+        }
+    }
+}
+
+/// What a [`FaultProxy`] did so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    pub requests: usize,
+    pub unavailable: usize,
+    pub too_many: usize,
+    pub dropped: usize,
+    pub cut_bodies: usize,
+    pub slowed: usize,
+}
+
+impl FaultCounts {
+    /// Requests that failed on purpose (slow ones succeed).
+    pub fn failures(&self) -> usize {
+        self.unavailable + self.too_many + self.dropped + self.cut_bodies
+    }
+}
+
+/// A loopback HTTP/1.1 proxy in front of a real registry that injects
+/// faults, seeded, per request: 503, 429 + `Retry-After: 1`, a dropped
+/// connection, a request body cut halfway, a slow answer. Every connection
+/// carries one request (`Connection: close` both ways), so a fault never
+/// leaks into the next request.
+pub struct FaultProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Mutex<FaultCounts>>,
+}
+
+enum Fault {
+    None,
+    Unavailable,
+    TooMany,
+    Drop,
+    CutBody,
+    Slow,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: u16, seed: u64, rates: FaultRates) -> FaultProxy {
+        use rand::{Rng as _, SeedableRng as _};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new(FaultCounts::default()));
+        let rng = Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
+        {
+            let (stop, counts) = (stop.clone(), counts.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let roll: f64 = rng.lock().unwrap().random();
+                    let mut edge = 0.0;
+                    let mut pick = |p: f64| {
+                        edge += p;
+                        roll < edge
+                    };
+                    let fault = if pick(rates.unavailable) {
+                        Fault::Unavailable
+                    } else if pick(rates.too_many) {
+                        Fault::TooMany
+                    } else if pick(rates.drop) {
+                        Fault::Drop
+                    } else if pick(rates.cut_body) {
+                        Fault::CutBody
+                    } else if pick(rates.slow) {
+                        Fault::Slow
+                    } else {
+                        Fault::None
+                    };
+                    let counts = counts.clone();
+                    std::thread::spawn(move || {
+                        let _ = proxy_one(conn, upstream, fault, &counts);
+                    });
+                }
+            });
+        }
+        FaultProxy { port, stop, counts }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn counts(&self) -> FaultCounts {
+        *self.counts.lock().unwrap()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Reads a request or response head (through the blank line).
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" || line == "\n" {
+            return Ok(lines);
+        }
+        lines.push(line.trim_end().to_owned());
+    }
+}
+
+fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
+    head.iter().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Copies a request body (Content-Length or chunked framing, verbatim) to
+/// `out`, stopping after `limit` bytes of framing if given. Returns whether
+/// the whole body was copied.
+fn copy_body(
+    head: &[String],
+    reader: &mut impl BufRead,
+    out: &mut impl Write,
+    limit: Option<u64>,
+) -> std::io::Result<bool> {
+    let mut budget = limit.unwrap_or(u64::MAX);
+    if header(head, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut size_line = String::new();
+            reader.read_line(&mut size_line)?;
+            let n = u64::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16)
+                .unwrap_or(0);
+            out.write_all(size_line.as_bytes())?;
+            let mut rest = reader.take(n + 2);
+            let mut chunk = Vec::new();
+            rest.read_to_end(&mut chunk)?;
+            let take = (chunk.len() as u64).min(budget) as usize;
+            out.write_all(&chunk[..take])?;
+            if take < chunk.len() {
+                return Ok(false);
+            }
+            budget -= take as u64;
+            if n == 0 {
+                return Ok(true);
+            }
+        }
+    }
+    let length: u64 = header(head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let want = length.min(budget);
+    let copied = std::io::copy(&mut reader.take(want), out)?;
+    Ok(copied == length)
+}
+
+/// The body's length when known up front (0 without a body).
+fn body_length(head: &[String]) -> Option<u64> {
+    if header(head, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        return None;
+    }
+    Some(
+        header(head, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+fn proxy_one(
+    down: TcpStream,
+    upstream: u16,
+    fault: Fault,
+    counts: &Mutex<FaultCounts>,
+) -> std::io::Result<()> {
+    down.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(down.try_clone()?);
+    let mut down_w = down;
+    let head = read_head(&mut reader)?;
+    counts.lock().unwrap().requests += 1;
+    let answer = |w: &mut TcpStream, status: &str, extra: &str| {
+        let body = r#"{"errors":[{"code":"UNAVAILABLE","message":"injected fault"}]}"#;
+        write!(
+            w,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let has_body = body_length(&head) != Some(0);
+    match fault {
+        Fault::Unavailable => {
+            copy_body(&head, &mut reader, &mut std::io::sink(), None)?;
+            counts.lock().unwrap().unavailable += 1;
+            return answer(&mut down_w, "503 Service Unavailable", "");
+        }
+        Fault::TooMany => {
+            copy_body(&head, &mut reader, &mut std::io::sink(), None)?;
+            counts.lock().unwrap().too_many += 1;
+            return answer(&mut down_w, "429 Too Many Requests", "Retry-After: 1\r\n");
+        }
+        Fault::Drop => {
+            copy_body(&head, &mut reader, &mut std::io::sink(), None)?;
+            counts.lock().unwrap().dropped += 1;
+            return down_w.shutdown(std::net::Shutdown::Both);
+        }
+        Fault::CutBody if !has_body => {
+            counts.lock().unwrap().dropped += 1;
+            return down_w.shutdown(std::net::Shutdown::Both);
+        }
+        _ => {}
+    }
+    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    up.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut out = String::new();
+    out.push_str(&head[0]);
+    out.push_str("\r\n");
+    for line in &head[1..] {
+        let name = line.split(':').next().unwrap_or("").trim();
+        if name.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    up.write_all(out.as_bytes())?;
+    if let Fault::CutBody = fault {
+        // Half of a known length; a streamed body is cut after 32 KiB (or
+        // dropped whole when shorter).
+        let limit = body_length(&head).map(|n| n / 2).unwrap_or(32 * 1024);
+        copy_body(&head, &mut reader, &mut up, Some(limit))?;
+        counts.lock().unwrap().cut_bodies += 1;
+        let _ = up.shutdown(std::net::Shutdown::Both);
+        return down_w.shutdown(std::net::Shutdown::Both);
+    }
+    copy_body(&head, &mut reader, &mut up, None)?;
+    up.flush()?;
+    let mut response = Vec::new();
+    up.read_to_end(&mut response)?;
+    if let Fault::Slow = fault {
+        counts.lock().unwrap().slowed += 1;
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    down_w.write_all(&response)?;
+    down_w.flush()?;
+    down_w.shutdown(std::net::Shutdown::Both)
 }
