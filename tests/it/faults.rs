@@ -116,3 +116,147 @@ fn publish_survives_faults_seed_3() {
 fn publish_survives_faults_seed_4_chunked() {
     publish_through_faults(4, &["--chunk-size", "256KiB"]);
 }
+
+fn payload(n: usize, seed: u8) -> Vec<u8> {
+    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chunked_uploads_patch_with_inclusive_ranges() {
+    use manifold::layer::spool;
+    use manifold::reference::Registry;
+    use manifold::registry::{BlobBody, ClientOptions, Credentials, RegistryClient};
+    use std::io::Write as _;
+
+    let reg = TestRegistry::start(Auth::None);
+    let opts = ClientOptions {
+        chunk_size: Some(100_000),
+        ..ClientOptions::default()
+    };
+    let client = RegistryClient::new(
+        &Registry::parse(&reg.host()).unwrap(),
+        Credentials::anonymous(),
+        &opts,
+    )
+    .unwrap();
+    // A spool still being written: chunks follow it as it grows.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, spool) = spool::create(dir.path()).unwrap();
+    let data = payload(450_000, 7);
+    let expected = Digest::of(&data);
+    let writing = std::thread::spawn(move || {
+        for chunk in data.chunks(30_000) {
+            writer.write_all(chunk).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        writer.finish()
+    });
+    let outcome = client
+        .upload_blob("chunked/app", BlobBody::Spool(spool), &|_| {})
+        .await
+        .unwrap();
+    writing.join().unwrap();
+    assert_eq!(outcome.digest(), &expected);
+    // 450 000 bytes in 100 000-byte chunks: five PATCHes, then one PUT.
+    assert_eq!(
+        reg.count_requests("PATCH /v2/chunked/app/blobs/uploads/"),
+        5,
+        "{:#?}",
+        reg.request_log()
+    );
+    let back = client
+        .get_blob("chunked/app", &expected, 1 << 20)
+        .await
+        .unwrap();
+    assert_eq!(Digest::of(&back), expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_monolithic_upload_falls_back_to_chunks() {
+    use crate::harness::QuirkServer;
+    use manifold::registry::BlobBody;
+
+    // A registry that refuses one-request bodies with 413 and takes
+    // `Content-Range` PATCHes only, as some proxies in front of registries do.
+    let server = QuirkServer::start(|r| {
+        let header = |name: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        let loc = |s: &str| vec![("Location".to_owned(), s.to_owned())];
+        match (r.method.as_str(), r.target.as_str()) {
+            ("GET", "/v2/") => (200, vec![], b"{}".to_vec()),
+            ("HEAD", _) => (404, vec![], vec![]),
+            ("POST", _) => (202, loc("/v2/a/blobs/uploads/s1"), vec![]),
+            ("PUT", t) if !r.body.is_empty() && t.contains("digest=") => {
+                (413, vec![], b"too large".to_vec())
+            }
+            ("PATCH", _) => match header("content-range") {
+                Some(range) => {
+                    let end = range.split_once('-').unwrap().1;
+                    let mut h = loc("/v2/a/blobs/uploads/s1");
+                    h.push(("Range".to_owned(), format!("0-{end}")));
+                    (202, h, vec![])
+                }
+                None => (416, vec![], vec![]),
+            },
+            ("PUT", _) => (201, vec![], vec![]),
+            _ => (400, vec![], vec![]),
+        }
+    });
+    let client = server.client();
+    let data = payload(5 * 1024 * 1024 + 10, 3);
+    let digest = Digest::of(&data);
+    let outcome = client
+        .upload_blob("a", BlobBody::Bytes(data.into()), &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(outcome.digest(), &digest);
+    let requests = server.requests.lock().unwrap().clone();
+    let ranges: Vec<String> = requests
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| {
+            let range = r
+                .headers
+                .iter()
+                .find(|(k, _)| k == "content-range")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            let length = r
+                .headers
+                .iter()
+                .find(|(k, _)| k == "content-length")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default();
+            assert_eq!(length.parse::<usize>().unwrap(), r.body.len());
+            range
+        })
+        .collect();
+    let mib = 4 * 1024 * 1024;
+    assert_eq!(
+        ranges,
+        [
+            format!("0-{}", mib - 1),
+            format!("{mib}-{}", 5 * 1024 * 1024 + 9)
+        ],
+        "{:#?}",
+        server.request_lines()
+    );
+    let last = requests.last().unwrap();
+    assert!(
+        last.method == "PUT" && last.target.contains(&format!("digest={digest}")),
+        "{:?}",
+        server.request_lines()
+    );
+}

@@ -507,6 +507,8 @@ pub struct QuirkRequest {
     pub target: String,
     pub authorization: Option<String>,
     pub body: Vec<u8>,
+    /// Every header, names lower-cased.
+    pub headers: Vec<(String, String)>,
 }
 
 /// A tiny HTTP server scripting a behaviour that distribution does not show
@@ -604,12 +606,14 @@ fn serve_quirk(
     let mut length = 0usize;
     let mut chunked = false;
     let mut authorization = None;
+    let mut headers = Vec::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
             break;
         }
         if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
             if k.trim().eq_ignore_ascii_case("content-length") {
                 length = v.trim().parse().unwrap_or(0);
             }
@@ -647,6 +651,7 @@ fn serve_quirk(
         target,
         authorization,
         body,
+        headers,
     };
     let (status, headers, body) = handler(&request);
     requests.lock().unwrap().push(request);
