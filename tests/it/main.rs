@@ -1,6 +1,7 @@
 //! One integration binary (as uv's client tests): modules by theme, each
 //! against real tools on loopback only.
 
+mod bad_input;
 mod faults;
 mod harness;
 mod publish;
