@@ -168,11 +168,14 @@ impl RegistryClient {
         creds: Credentials,
         opts: &ClientOptions,
     ) -> Result<RegistryClient, RegistryError> {
-        let plain_http = registry.is_loopback()
-            || opts.insecure_hosts.iter().any(|h| {
-                h.eq_ignore_ascii_case(registry.host())
-                    || h.eq_ignore_ascii_case(registry.api_host())
-            });
+        let insecure = opts.insecure_hosts.iter().any(|h| {
+            h.eq_ignore_ascii_case(registry.host()) || h.eq_ignore_ascii_case(registry.api_host())
+        });
+        // Plain HTTP is allowed for loopback and `--insecure-registry` hosts
+        // (for the registry and its token realm), but used only when the
+        // host does not speak TLS: see `speaks_tls`.
+        let plain_http = registry.is_loopback() || insecure;
+        let use_tls = !plain_http || speaks_tls(registry.api_host());
         let mut builder = reqwest::Client::builder()
             .user_agent(opts.user_agent.clone())
             // Redirects are followed by hand (see `send`), so that
@@ -203,13 +206,17 @@ impl RegistryClient {
                 builder = builder.add_root_certificate(cert);
             }
         }
+        if insecure {
+            // `--insecure-registry`: TLS without verification, as Docker.
+            builder = builder.danger_accept_invalid_certs(true);
+        }
         let http = builder
             .build()
             .map_err(|e| config_err("the TLS backend could not start".to_owned(), e))?;
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 registry: registry.clone(),
-                base: registry.api_base_with(plain_http),
+                base: registry.api_base_with(!use_tls),
                 plain_http,
                 http,
                 creds,
@@ -268,11 +275,8 @@ impl RegistryClient {
             match delay {
                 Some(d) => tokio::time::sleep(d).await,
                 None => {
-                    break result.map_err(|source| RegistryError::Transport {
-                        method: "GET".into(),
-                        url: RedactedUrl::new(&url),
-                        attempts: retry.attempts(),
-                        source,
+                    break result.map_err(|source| {
+                        RegistryError::transport("GET", &url, retry.attempts(), source)
                     })?
                 }
             }
@@ -449,12 +453,12 @@ impl RegistryClient {
                             continue;
                         }
                     }
-                    return Err(RegistryError::Transport {
-                        method: req.method.to_string(),
-                        url: RedactedUrl::new(&req.url),
-                        attempts: retry.attempts(),
-                        source: e,
-                    });
+                    return Err(RegistryError::transport(
+                        req.method.as_str(),
+                        &req.url,
+                        retry.attempts(),
+                        e,
+                    ));
                 }
             }
         }
@@ -684,6 +688,62 @@ impl RegistryClient {
         }
         Ok(tags)
     }
+}
+
+/// How long the TLS probe waits to connect, and then for an answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Whether a host where plain HTTP is allowed (loopback, or named with
+/// `--insecure-registry`) speaks TLS on its port, decided the way Docker
+/// decides between https and http for such hosts, but probing the plain
+/// side: one `GET /v2/` in clear text. A TLS server answers with a TLS
+/// alert record, or (Go's, so distribution's) with a 400 "client sent an
+/// HTTP request to an HTTPS server". Anything else, including no answer,
+/// means plain HTTP: a failing host then fails on the real request, with
+/// retries and a proper error. Blocking, but bounded by [`PROBE_TIMEOUT`]
+/// and done once per client.
+fn speaks_tls(api_host: &str) -> bool {
+    use std::io::{Read as _, Write as _};
+    use std::net::ToSocketAddrs as _;
+    let with_port = if api_host.starts_with('[') {
+        if api_host.contains("]:") {
+            api_host.to_owned()
+        } else {
+            format!("{api_host}:443")
+        }
+    } else if api_host.contains(':') {
+        api_host.to_owned()
+    } else {
+        format!("{api_host}:443")
+    };
+    let Some(addr) = with_port.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
+        return false;
+    };
+    let Ok(mut conn) = std::net::TcpStream::connect_timeout(&addr, PROBE_TIMEOUT) else {
+        return false;
+    };
+    let _ = conn.set_read_timeout(Some(PROBE_TIMEOUT));
+    let _ = conn.set_write_timeout(Some(PROBE_TIMEOUT));
+    let request = format!("GET /v2/ HTTP/1.0\r\nHost: {api_host}\r\nConnection: close\r\n\r\n");
+    if conn.write_all(request.as_bytes()).is_err() {
+        return false;
+    }
+    let mut head = [0u8; 512];
+    let mut got = 0;
+    while got < head.len() {
+        match conn.read(&mut head[got..]) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => got += n,
+        }
+    }
+    let head = &head[..got];
+    // 0x15: a TLS alert record; 0x16: a handshake record.
+    if matches!(head.first(), Some(0x15) | Some(0x16)) {
+        return true;
+    }
+    String::from_utf8_lossy(head)
+        .to_ascii_lowercase()
+        .contains("http request to an https server")
 }
 
 fn challenges_of(resp: &Response) -> Vec<auth::Challenge> {

@@ -124,6 +124,15 @@ pub enum RegistryError {
         #[source]
         source: reqwest::Error,
     },
+    /// The registry's TLS certificate was refused (never retried).
+    #[error("`{method} {url}`: the registry's TLS certificate is not trusted\nhint: pass its CA with `--ca-file ca.pem`, or, for a test registry, `--insecure-registry {host}`")]
+    Certificate {
+        method: String,
+        url: RedactedUrl,
+        host: String,
+        #[source]
+        source: reqwest::Error,
+    },
     /// The answer was not what the protocol promises.
     #[error("`{method} {url}`: {reason}")]
     Protocol {
@@ -174,6 +183,31 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// A request that got no answer: [`RegistryError::Certificate`] when TLS
+    /// verification refused the registry, else
+    /// [`RegistryError::Transport`].
+    pub fn transport(
+        method: &str,
+        url: &Url,
+        attempts: u32,
+        source: reqwest::Error,
+    ) -> RegistryError {
+        if super::retry::is_certificate_error(&source) {
+            return RegistryError::Certificate {
+                method: method.to_owned(),
+                url: RedactedUrl::new(url),
+                host: url[url::Position::BeforeHost..url::Position::AfterPort].to_owned(),
+                source,
+            };
+        }
+        RegistryError::Transport {
+            method: method.to_owned(),
+            url: RedactedUrl::new(url),
+            attempts,
+            source,
+        }
+    }
+
     /// The HTTP status, when the registry answered.
     pub fn status(&self) -> Option<StatusCode> {
         match self {

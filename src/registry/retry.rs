@@ -20,8 +20,27 @@ pub fn is_transient_status(status: StatusCode) -> bool {
         || status.is_server_error()
 }
 
-/// Connect errors, timeouts, resets and connections closed mid-answer.
+/// Whether TLS verification refused the peer's certificate (rustls says
+/// "invalid peer certificate"; rustls is not a direct dependency, so the
+/// chain's messages are read).
+pub fn is_certificate_error(err: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if text.contains("invalid peer certificate") || text.contains("certificate verify failed") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Connect errors, timeouts, resets and connections closed mid-answer; not
+/// a refused certificate, which no retry changes.
 pub fn is_transient_error(err: &reqwest::Error) -> bool {
+    if is_certificate_error(err) {
+        return false;
+    }
     if err.is_timeout() || err.is_connect() {
         return true;
     }

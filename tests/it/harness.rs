@@ -66,6 +66,9 @@ pub struct TestRegistry {
     log: PathBuf,
     pub auth: Auth,
     issuer: Option<TokenIssuer>,
+    /// The test CA (PEM) that signed the registry's certificate, when it
+    /// serves TLS.
+    ca: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -77,11 +80,21 @@ fn free_port() -> u16 {
 
 impl TestRegistry {
     pub fn start(auth: Auth) -> TestRegistry {
+        TestRegistry::start_with(auth, false)
+    }
+
+    /// A registry serving HTTPS only, with a certificate for `127.0.0.1`,
+    /// `::1` and `localhost` signed by a fresh test CA ([`Self::ca_file`]).
+    pub fn start_tls(auth: Auth) -> TestRegistry {
+        TestRegistry::start_with(auth, true)
+    }
+
+    fn start_with(auth: Auth, tls: bool) -> TestRegistry {
         // A port picked now may be taken before the registry binds it: try
         // again with another.
         let mut last_log = String::new();
         for _ in 0..3 {
-            match TestRegistry::try_start(auth.clone()) {
+            match TestRegistry::try_start(auth.clone(), tls) {
                 Ok(r) => return r,
                 Err(log) => last_log = log,
             }
@@ -89,10 +102,21 @@ impl TestRegistry {
         panic!("docker-registry did not start:\n{last_log}");
     }
 
-    fn try_start(auth: Auth) -> Result<TestRegistry, String> {
+    fn try_start(auth: Auth, tls: bool) -> Result<TestRegistry, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut issuer = None;
+        let (ca, tls_yaml) = if tls {
+            let (ca, cert, key) = make_tls_files(dir.path());
+            let yaml = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+            (Some(ca), yaml)
+        } else {
+            (None, String::new())
+        };
         let auth_yaml = match &auth {
             Auth::None => String::new(),
             Auth::Basic { user, pass } => {
@@ -123,7 +147,7 @@ impl TestRegistry {
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
              \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: manifold-test-secret\n{auth_yaml}",
+             http:\n  addr: 127.0.0.1:{port}\n  secret: manifold-test-secret\n{tls_yaml}{auth_yaml}",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("config.yml");
@@ -146,6 +170,7 @@ impl TestRegistry {
             log,
             auth,
             issuer,
+            ca,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
@@ -167,6 +192,11 @@ impl TestRegistry {
 
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// The CA file that verifies a TLS registry's certificate.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca.as_deref()
     }
 
     /// `127.0.0.1:PORT/<name>`.
@@ -211,6 +241,14 @@ impl TestRegistry {
         self.issuer
             .as_ref()
             .map(|i| i.requests.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    /// Every token the issuer handed out (token auth only).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.issuer
+            .as_ref()
+            .map(|i| i.issued.lock().unwrap().clone())
             .unwrap_or_default()
     }
 
@@ -263,6 +301,42 @@ impl Drop for TestRegistry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A test CA and a server certificate it signs, for loopback names:
+/// `(ca.pem, server.pem, server-key.pem)` in `dir`.
+fn make_tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "manifold test CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA cert");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let mut params = rcgen::CertificateParams::new(vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ])
+    .expect("server params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "127.0.0.1");
+    let cert = params.signed_by(&key, &ca).expect("server cert");
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server-key.pem"),
+    );
+    std::fs::write(&ca_path, ca.pem()).expect("write CA");
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    (ca_path, cert_path, key_path)
 }
 
 /// The status of `GET path` on the loopback port, if anything answers.
@@ -326,6 +400,7 @@ struct TokenIssuer {
     cert_path: PathBuf,
     denied: Arc<Mutex<HashSet<String>>>,
     requests: Arc<Mutex<Vec<Vec<String>>>>,
+    issued: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -354,16 +429,22 @@ impl TokenIssuer {
         let port = listener.local_addr().expect("addr").port();
         let denied = Arc::new(Mutex::new(HashSet::new()));
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let issued = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         {
-            let (denied, requests, stop) = (denied.clone(), requests.clone(), stop.clone());
+            let (denied, requests, issued, stop) = (
+                denied.clone(),
+                requests.clone(),
+                issued.clone(),
+                stop.clone(),
+            );
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     if let Ok(conn) = conn {
-                        let _ = serve_token(conn, &keys, &denied, &requests);
+                        let _ = serve_token(conn, &keys, &denied, &requests, &issued);
                     }
                 }
             });
@@ -373,6 +454,7 @@ impl TokenIssuer {
             cert_path,
             denied,
             requests,
+            issued,
             stop,
         }
     }
@@ -411,6 +493,7 @@ fn serve_token(
     keys: &IssuerKeys,
     denied: &Mutex<HashSet<String>>,
     requests: &Mutex<Vec<Vec<String>>>,
+    issued: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     // Read the head (a GET has no body).
@@ -484,6 +567,7 @@ fn serve_token(
     header.typ = Some("JWT".into());
     header.x5c = Some(vec![keys.cert_der_b64.clone()]);
     let token = jsonwebtoken::encode(&header, &claims, &keys.encoding).expect("sign token");
+    issued.lock().unwrap().push(token.clone());
     let body = serde_json::json!({"token": token, "expires_in": 300}).to_string();
     respond(&mut conn, "200 OK", &body)
 }

@@ -6,3 +6,4 @@ mod faults;
 mod harness;
 mod publish;
 mod registry_client;
+mod tls;
