@@ -93,7 +93,9 @@ pub(super) struct AuthState {
 
 pub(super) struct Inner {
     pub(super) registry: Registry,
-    pub(super) base: Url,
+    /// `http` or `https` plus the host; switched to `https` once when a
+    /// plain-HTTP host answers the ping as a TLS server.
+    pub(super) base: std::sync::RwLock<Url>,
     pub(super) plain_http: bool,
     pub(super) http: reqwest::Client,
     pub(super) creds: Credentials,
@@ -115,7 +117,7 @@ impl std::fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistryClient")
             .field("registry", &self.inner.registry.host())
-            .field("base", &self.inner.base.as_str())
+            .field("base", &self.base().as_str())
             .field("credentials", &self.inner.creds.source())
             .finish_non_exhaustive()
     }
@@ -172,10 +174,10 @@ impl RegistryClient {
             h.eq_ignore_ascii_case(registry.host()) || h.eq_ignore_ascii_case(registry.api_host())
         });
         // Plain HTTP is allowed for loopback and `--insecure-registry` hosts
-        // (for the registry and its token realm), but used only when the
-        // host does not speak TLS: see `speaks_tls`.
+        // (for the registry and its token realm) and tried first there; a
+        // host that turns out to speak TLS is switched to https by the
+        // ping (see `learn_scheme`).
         let plain_http = registry.is_loopback() || insecure;
-        let use_tls = !plain_http || speaks_tls(registry.api_host());
         let mut builder = reqwest::Client::builder()
             .user_agent(opts.user_agent.clone())
             // Redirects are followed by hand (see `send`), so that
@@ -216,7 +218,7 @@ impl RegistryClient {
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 registry: registry.clone(),
-                base: registry.api_base_with(!use_tls),
+                base: std::sync::RwLock::new(registry.api_base_with(plain_http)),
                 plain_http,
                 http,
                 creds,
@@ -237,12 +239,34 @@ impl RegistryClient {
         &self.inner.registry
     }
 
+    /// The base URL (`http(s)://host[:port]/`).
+    pub(super) fn base(&self) -> Url {
+        match self.inner.base.read() {
+            Ok(b) => b.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// `<base>/v2/<rest>`.
     pub(super) fn url(&self, rest: &str) -> Url {
-        self.inner
-            .base
+        self.base()
             .join(&format!("v2/{rest}"))
             .expect("a path joins onto an http(s) base")
+    }
+
+    /// `url` on https when it was made for the plain-HTTP base before the
+    /// ping found the host speaking TLS.
+    pub(super) fn rebase(&self, url: &Url) -> Url {
+        let base = self.base();
+        let mut url = url.clone();
+        if url.scheme() == "http"
+            && base.scheme() == "https"
+            && url.host_str() == base.host_str()
+            && url.port_or_known_default() == base.port_or_known_default()
+        {
+            let _ = url.set_scheme("https");
+        }
+        url
     }
 
     /// The scopes for working in `repo`.
@@ -258,27 +282,45 @@ impl RegistryClient {
     }
 
     async fn learn_scheme(&self, state: &mut AuthState) -> Result<(), RegistryError> {
-        let url = self.url("");
-        let req = Req::new(Method::GET, url.clone(), Vec::new());
-        // The ping is sent without auth, so it cannot go through `send`;
-        // it retries the same way.
-        let mut retry = RetryState::new(self.inner.policy);
-        let resp = loop {
-            let (delay, result) = match self.send_raw(&req, None).await {
-                Ok(resp) if is_transient_status(resp.status()) => {
-                    (retry.next_delay(retry_after(resp.headers())), Ok(resp))
+        let mut url = self.url("");
+        let first = self.ping_once(&url).await;
+        // A host where plain HTTP is allowed is tried on http first; one
+        // that answers as a TLS server is switched to https, once.
+        let plain = url.scheme() == "http" && self.inner.plain_http;
+        let first = match first {
+            Ok(r) if plain && r.status() == StatusCode::BAD_REQUEST => {
+                let body = auth::read_limited(r, ERROR_BODY_LIMIT)
+                    .await
+                    .unwrap_or_default();
+                if !is_tls_answer(&body) {
+                    let errors = parse_oci_errors(&body);
+                    let hint = hint_for(
+                        self.inner.registry.host(),
+                        StatusCode::BAD_REQUEST,
+                        &errors,
+                        self.inner.creds.source(),
+                    );
+                    return Err(RegistryError::Status {
+                        method: "GET".into(),
+                        url: RedactedUrl::new(&url),
+                        status: StatusCode::BAD_REQUEST,
+                        errors,
+                        hint,
+                        retry_after: None,
+                    });
                 }
-                Ok(resp) => (None, Ok(resp)),
-                Err(e) if is_transient_error(&e) => (retry.next_delay(None), Err(e)),
-                Err(e) => (None, Err(e)),
-            };
-            match delay {
-                Some(d) => tokio::time::sleep(d).await,
-                None => {
-                    break result.map_err(|source| {
-                        RegistryError::transport("GET", &url, retry.attempts(), source)
-                    })?
-                }
+                None
+            }
+            Err(e) if plain && speaks_tls_error(&e) => None,
+            other => Some(other),
+        };
+        let resp = match first {
+            Some(result) => result?,
+            None => {
+                let https = self.rebase_to_https();
+                tracing::debug!(registry = %self.inner.registry, base = %https, "the registry speaks TLS");
+                url = self.url("");
+                self.ping_once(&url).await?
             }
         };
         let status = resp.status();
@@ -299,6 +341,45 @@ impl RegistryClient {
         Ok(())
     }
 
+    /// `GET /v2/` without auth, retried like `send` (the ping cannot go
+    /// through `send`, which would ask for auth first).
+    async fn ping_once(&self, url: &Url) -> Result<Response, RegistryError> {
+        let req = Req::new(Method::GET, url.clone(), Vec::new());
+        let mut retry = RetryState::new(self.inner.policy);
+        loop {
+            let (delay, result) = match self.send_raw(&req, None).await {
+                Ok(resp) if is_transient_status(resp.status()) => {
+                    (retry.next_delay(retry_after(resp.headers())), Ok(resp))
+                }
+                Ok(resp) => (None, Ok(resp)),
+                Err(e) if is_transient_error(&e) => (retry.next_delay(None), Err(e)),
+                Err(e) => (None, Err(e)),
+            };
+            match delay {
+                Some(d) => tokio::time::sleep(d).await,
+                None => {
+                    return result.map_err(|source| {
+                        RegistryError::transport("GET", url, retry.attempts(), source)
+                    })
+                }
+            }
+        }
+    }
+
+    /// Switches the base to https; returns it.
+    fn rebase_to_https(&self) -> Url {
+        let mut guard = match self.inner.base.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        // The port that answered stays: `http://host/` becomes
+        // `https://host:80/`.
+        let port = guard.port_or_known_default();
+        let _ = guard.set_scheme("https");
+        let _ = guard.set_port(port);
+        guard.clone()
+    }
+
     /// The `Authorization` value for a request to `url`, if any. Nothing
     /// goes to another origin.
     pub(super) async fn authorization(
@@ -307,7 +388,7 @@ impl RegistryClient {
         scopes: &[String],
         min_valid: Duration,
     ) -> Result<Option<HeaderValue>, RegistryError> {
-        if url.origin() != self.inner.base.origin() {
+        if url.origin() != self.base().origin() {
             return Ok(None);
         }
         let mut state = self.inner.auth.lock().await;
@@ -410,13 +491,14 @@ impl RegistryClient {
             let authorization = self
                 .authorization(&req.url, &req.scopes, Duration::ZERO)
                 .await?;
+            req.url = self.rebase(&req.url);
             let authed = authorization.is_some();
             match self.send_raw(&req, authorization).await {
                 Ok(resp) => {
                     let status = resp.status();
                     if status == StatusCode::UNAUTHORIZED
                         && !refreshed
-                        && req.url.origin() == self.inner.base.origin()
+                        && req.url.origin() == self.base().origin()
                     {
                         refreshed = true;
                         self.forget_auth(&resp, &req.scopes).await;
@@ -690,60 +772,28 @@ impl RegistryClient {
     }
 }
 
-/// How long the TLS probe waits to connect, and then for an answer.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
-/// Whether a host where plain HTTP is allowed (loopback, or named with
-/// `--insecure-registry`) speaks TLS on its port, decided the way Docker
-/// decides between https and http for such hosts, but probing the plain
-/// side: one `GET /v2/` in clear text. A TLS server answers with a TLS
-/// alert record, or (Go's, so distribution's) with a 400 "client sent an
-/// HTTP request to an HTTPS server". Anything else, including no answer,
-/// means plain HTTP: a failing host then fails on the real request, with
-/// retries and a proper error. Blocking, but bounded by [`PROBE_TIMEOUT`]
-/// and done once per client.
-fn speaks_tls(api_host: &str) -> bool {
-    use std::io::{Read as _, Write as _};
-    use std::net::ToSocketAddrs as _;
-    let with_port = if api_host.starts_with('[') {
-        if api_host.contains("]:") {
-            api_host.to_owned()
-        } else {
-            format!("{api_host}:443")
-        }
-    } else if api_host.contains(':') {
-        api_host.to_owned()
-    } else {
-        format!("{api_host}:443")
-    };
-    let Some(addr) = with_port.to_socket_addrs().ok().and_then(|mut a| a.next()) else {
-        return false;
-    };
-    let Ok(mut conn) = std::net::TcpStream::connect_timeout(&addr, PROBE_TIMEOUT) else {
-        return false;
-    };
-    let _ = conn.set_read_timeout(Some(PROBE_TIMEOUT));
-    let _ = conn.set_write_timeout(Some(PROBE_TIMEOUT));
-    let request = format!("GET /v2/ HTTP/1.0\r\nHost: {api_host}\r\nConnection: close\r\n\r\n");
-    if conn.write_all(request.as_bytes()).is_err() {
-        return false;
-    }
-    let mut head = [0u8; 512];
-    let mut got = 0;
-    while got < head.len() {
-        match conn.read(&mut head[got..]) {
-            Ok(0) | Err(_) => break,
-            Ok(n) => got += n,
-        }
-    }
-    let head = &head[..got];
-    // 0x15: a TLS alert record; 0x16: a handshake record.
-    if matches!(head.first(), Some(0x15) | Some(0x16)) {
-        return true;
-    }
-    String::from_utf8_lossy(head)
+/// Go's (so distribution's) answer to plain HTTP on a TLS port.
+fn is_tls_answer(body: &[u8]) -> bool {
+    String::from_utf8_lossy(body)
         .to_ascii_lowercase()
         .contains("http request to an https server")
+}
+
+/// Whether a plain-HTTP request failed because TLS bytes came back (hyper
+/// cannot parse them as HTTP).
+fn speaks_tls_error(e: &RegistryError) -> bool {
+    let RegistryError::Transport { source, .. } = e else {
+        return false;
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if text.contains("invalid HTTP version") || text.contains("HTTP/0.9") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
 }
 
 fn challenges_of(resp: &Response) -> Vec<auth::Challenge> {

@@ -231,6 +231,7 @@ impl RegistryClient {
             .get("oci-chunk-min-length")
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.trim().parse::<u64>().ok());
+        let url = self.rebase(&url);
         let session = location(&resp, &url).ok_or_else(|| missing_location("POST", &url))?;
         Ok((session, min))
     }
@@ -419,6 +420,7 @@ impl RegistryClient {
         sent: &mut u64,
     ) -> Result<Response, RegistryError> {
         let authorization = self.authorization(url, scopes, TOKEN_MARGIN).await?;
+        let url = &self.rebase(url);
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
         let spool = match &body {
             BodySource::Spool(s) => Some(s.clone()),
