@@ -3,6 +3,14 @@
 //! automatic redirects), then [`RegistryClient::send`] adding auth, a jobs cap
 //! and retries, then the distribution API operations.
 //!
+//! http or https: hosts where plain HTTP is allowed (loopback, and those
+//! named with `--insecure-registry`) are pinged over http first, as before;
+//! when the ping is answered by a TLS server (Go's 400 "client sent an HTTP
+//! request to an HTTPS server", or bytes that are not HTTP) the client moves
+//! to https for good, with full verification unless the host is insecure
+//! (then, as Docker, TLS without verification). Every other host is https
+//! only. A refused certificate is never retried and says how to fix it.
+//!
 //! Redirects are followed by hand, for GET and HEAD only, and
 //! `Authorization` is attached only to URLs on the registry's own origin, so
 //! credentials never follow a blob to object storage. Blob uploads live in
@@ -939,6 +947,44 @@ mod tests {
             .unwrap();
             assert_eq!(c.url("").scheme(), scheme, "{host}");
         }
+    }
+
+    #[test]
+    fn urls_made_before_the_switch_to_tls_are_rebased() {
+        let c = RegistryClient::new(
+            &Registry::parse("127.0.0.1:5000").unwrap(),
+            Credentials::anonymous(),
+            &ClientOptions::default(),
+        )
+        .unwrap();
+        let stale = c.url("a/blobs/uploads/");
+        assert_eq!(c.rebase(&stale), stale, "no switch yet");
+        c.rebase_to_https();
+        assert_eq!(c.url("").as_str(), "https://127.0.0.1:5000/v2/");
+        assert_eq!(
+            c.rebase(&stale).as_str(),
+            "https://127.0.0.1:5000/v2/a/blobs/uploads/"
+        );
+        let elsewhere = Url::parse("http://127.0.0.1:6000/v2/").unwrap();
+        assert_eq!(c.rebase(&elsewhere), elsewhere, "another origin");
+
+        // Without a port, the port that answered stays.
+        let c = RegistryClient::new(
+            &Registry::parse("localhost").unwrap(),
+            Credentials::anonymous(),
+            &ClientOptions::default(),
+        )
+        .unwrap();
+        c.rebase_to_https();
+        assert_eq!(c.url("").as_str(), "https://localhost:80/v2/");
+    }
+
+    #[test]
+    fn go_tls_answers_are_recognised() {
+        assert!(is_tls_answer(
+            b"Client sent an HTTP request to an HTTPS server.\n"
+        ));
+        assert!(!is_tls_answer(br#"{"errors":[{"code":"UNSUPPORTED"}]}"#));
     }
 
     #[test]

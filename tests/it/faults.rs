@@ -14,7 +14,7 @@ use crate::publish::{testdata, Run};
 
 /// `skopeo copy --all` straight from the registry (not through the proxy),
 /// which checks every digest on the way.
-fn skopeo_copy_all(reference: &str, dir: &Path) {
+fn skopeo_copy_all(reference: &str, dir: &Path, creds: Option<(String, String)>) {
     let out = Command::new("skopeo")
         .args([
             "--insecure-policy",
@@ -22,6 +22,7 @@ fn skopeo_copy_all(reference: &str, dir: &Path) {
             "--all",
             "--src-tls-verify=false",
         ])
+        .args(creds.map(|(u, p)| format!("--src-creds={u}:{p}")))
         .arg(format!("docker://{reference}"))
         .arg(format!("oci:{}:copied", dir.display()))
         .output()
@@ -33,8 +34,8 @@ fn skopeo_copy_all(reference: &str, dir: &Path) {
     );
 }
 
-fn publish_through_faults(seed: u64, extra: &[&str]) {
-    let registry = TestRegistry::start(Auth::None);
+fn publish_through_faults(seed: u64, auth: Auth, extra: &[&str]) {
+    let registry = TestRegistry::start(auth.clone());
     let proxy = FaultProxy::start(registry.port(), seed, FaultRates::failing(0.15));
     let repo = format!("{}/acme/faulty", proxy.host());
     let amd64 = testdata("stream-amd64");
@@ -51,14 +52,25 @@ fn publish_through_faults(seed: u64, extra: &[&str]) {
         "20",
     ];
     args.extend_from_slice(extra);
+    if auth.creds().is_some() {
+        args.extend(["--username", "tester", "--password-stdin"]);
+    }
     args.push(amd64.to_str().unwrap());
     args.push(arm64.to_str().unwrap());
-    let out = Run::new(&args).env("RUST_LOG", "manifold=debug").output();
+    let out = Run::new(&args)
+        .env("RUST_LOG", "manifold=debug")
+        .stdin(b"s3cret-pass\n")
+        .output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let counts = proxy.counts();
     eprintln!(
-        "seed {seed}{}: {} requests, {} failures injected and survived \
+        "seed {seed} ({}){}: {} requests, {} failures injected and survived \
          (503: {}, 429: {}, dropped: {}, cut bodies: {}), {} slowed",
+        match auth {
+            Auth::None => "anonymous",
+            Auth::Basic { .. } => "basic auth",
+            Auth::Token { .. } => "token auth",
+        },
         if extra.is_empty() {
             String::new()
         } else {
@@ -94,27 +106,27 @@ fn publish_through_faults(seed: u64, extra: &[&str]) {
     let index: ImageIndex = serde_json::from_slice(&raw).unwrap();
     assert_eq!(index.manifests.len(), 2);
     let dir = tempfile::tempdir().unwrap();
-    skopeo_copy_all(&format!("{direct}:1.0.0"), dir.path());
+    skopeo_copy_all(&format!("{direct}:1.0.0"), dir.path(), auth.creds());
 }
 
 #[test]
 fn publish_survives_faults_seed_1() {
-    publish_through_faults(1, &[]);
+    publish_through_faults(1, Auth::None, &[]);
 }
 
 #[test]
-fn publish_survives_faults_seed_2() {
-    publish_through_faults(2, &[]);
+fn publish_survives_faults_seed_2_basic_auth() {
+    publish_through_faults(2, Auth::basic(), &[]);
 }
 
 #[test]
-fn publish_survives_faults_seed_3() {
-    publish_through_faults(3, &[]);
+fn publish_survives_faults_seed_3_token_auth() {
+    publish_through_faults(3, Auth::token(), &[]);
 }
 
 #[test]
 fn publish_survives_faults_seed_4_chunked() {
-    publish_through_faults(4, &["--chunk-size", "256KiB"]);
+    publish_through_faults(4, Auth::None, &["--chunk-size", "256KiB"]);
 }
 
 fn payload(n: usize, seed: u8) -> Vec<u8> {
