@@ -320,6 +320,30 @@ mod tests {
         String::from_utf8(out.stdout).unwrap().trim().to_owned()
     }
 
+    /// A server that reads the request and closes without answering (a
+    /// load balancer dropping an idle connection): the HEAD's EOF is
+    /// transient.
+    #[tokio::test]
+    async fn a_connection_closed_before_the_answer_is_transient() {
+        use std::io::Read as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            drop(conn);
+        });
+        let err = reqwest::Client::new()
+            .head(format!("http://127.0.0.1:{port}/v2/a/blobs/x"))
+            .send()
+            .await
+            .unwrap_err();
+        server.join().unwrap();
+        assert!(is_transient_error(&err), "{err:?}");
+        assert!(!is_certificate_error(&err));
+    }
+
     #[tokio::test]
     async fn connection_refused_is_transient() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

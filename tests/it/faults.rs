@@ -272,3 +272,105 @@ async fn a_refused_monolithic_upload_falls_back_to_chunks() {
         server.request_lines()
     );
 }
+
+/// `--max-retries` and `--retry-timeout` bound a registry that never
+/// recovers: the count, then the time.
+#[test]
+fn retries_are_bounded_by_count_and_time() {
+    use crate::harness::QuirkServer;
+
+    let server = QuirkServer::start(|_| (503, vec![], b"down".to_vec()));
+    let repo = format!("{}/acme/down", server.host());
+    let valid = testdata("bad").join("valid.tar");
+    let valid = valid.to_str().unwrap();
+    let out = Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "x",
+        "--max-retries",
+        "2",
+        "--retry-base-ms",
+        "10",
+        valid,
+    ])
+    .output();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("503"), "{stderr}");
+    assert_eq!(
+        server.request_lines(),
+        ["GET /v2/", "GET /v2/", "GET /v2/"],
+        "one try and two retries"
+    );
+
+    let server = QuirkServer::start(|_| (503, vec![], b"down".to_vec()));
+    let repo = format!("{}/acme/down", server.host());
+    let started = std::time::Instant::now();
+    let out = Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "x",
+        "--max-retries",
+        "1000",
+        "--retry-timeout",
+        "2",
+        "--retry-base-ms",
+        "100",
+        valid,
+    ])
+    .output();
+    let took = started.elapsed();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        took < std::time::Duration::from_secs(8),
+        "the time bound held: {took:?}"
+    );
+    let tries = server.request_lines().len();
+    assert!((3..1000).contains(&tries), "{tries} tries in {took:?}");
+}
+
+/// A whole-upload retry waits as long as the registry's `Retry-After`.
+#[tokio::test]
+async fn an_upload_retry_waits_for_retry_after() {
+    use crate::harness::QuirkServer;
+    use manifold::registry::BlobBody;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    let data = payload(1000, 5);
+    let digest = Digest::of(&data);
+    let puts = Arc::new(AtomicUsize::new(0));
+    let p = puts.clone();
+    let server = QuirkServer::start(move |r| match r.method.as_str() {
+        "GET" => (200, vec![], vec![]),
+        "HEAD" => (404, vec![], vec![]),
+        "POST" => (
+            202,
+            vec![("Location".into(), "/v2/a/blobs/uploads/s".into())],
+            vec![],
+        ),
+        // The first PUT with the body is turned away for 2 s.
+        "PUT" if p.fetch_add(1, Ordering::SeqCst) == 0 => {
+            (429, vec![("Retry-After".into(), "2".into())], vec![])
+        }
+        "PUT" => (201, vec![], vec![]),
+        _ => (400, vec![], vec![]),
+    });
+    let started = std::time::Instant::now();
+    let outcome = server
+        .client()
+        .upload_blob("a", BlobBody::Bytes(data.into()), &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(outcome.digest(), &digest);
+    assert_eq!(puts.load(Ordering::SeqCst), 2);
+    assert!(
+        started.elapsed() >= std::time::Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+}
