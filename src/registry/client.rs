@@ -420,16 +420,31 @@ impl RegistryClient {
                 let token = match state.tokens.get(scopes, min_valid) {
                     Some(t) => t,
                     None => {
-                        let (token, lifetime) = fetch_token(
-                            &self.inner.http,
-                            self.inner.registry.host(),
-                            &realm,
-                            service.as_deref(),
-                            scopes,
-                            &self.inner.creds,
-                            self.inner.plain_http,
-                        )
-                        .await?;
+                        // The token service fails like any server: retried
+                        // on the same terms as registry requests.
+                        let mut retry = RetryState::new(self.inner.policy);
+                        let (token, lifetime) = loop {
+                            let result = fetch_token(
+                                &self.inner.http,
+                                self.inner.registry.host(),
+                                &realm,
+                                service.as_deref(),
+                                scopes,
+                                &self.inner.creds,
+                                self.inner.plain_http,
+                            )
+                            .await;
+                            match result {
+                                Err(e) if e.is_transient() => match retry.next_delay(None) {
+                                    Some(delay) => {
+                                        tracing::debug!(error = %e, ?delay, "retrying the token request");
+                                        tokio::time::sleep(delay).await;
+                                    }
+                                    None => return Err(e),
+                                },
+                                other => break other?,
+                            }
+                        };
                         state.tokens.insert(scopes, token.clone(), lifetime);
                         token
                     }

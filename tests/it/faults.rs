@@ -374,3 +374,52 @@ async fn an_upload_retry_waits_for_retry_after() {
         started.elapsed()
     );
 }
+
+/// The token service is retried like the registry: a 503 and a dropped
+/// answer from the realm, then a token.
+#[tokio::test]
+async fn token_requests_are_retried() {
+    use crate::harness::QuirkServer;
+    use manifold::registry::{Credentials, Secret};
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let host = Arc::new(Mutex::new(String::new()));
+    let tokens = Arc::new(AtomicUsize::new(0));
+    let (h, t) = (host.clone(), tokens.clone());
+    let server = QuirkServer::start(move |r| {
+        let realm = format!("http://{}/token", h.lock().unwrap());
+        if r.target.starts_with("/token") {
+            return match t.fetch_add(1, Ordering::SeqCst) {
+                0 => (503, vec![], b"busy".to_vec()),
+                1 => (429, vec![], b"slow down".to_vec()),
+                _ => (200, vec![], br#"{"token":"tok-123456789"}"#.to_vec()),
+            };
+        }
+        match r.authorization.as_deref() {
+            Some("Bearer tok-123456789") => (200, vec![], vec![]),
+            _ => (
+                401,
+                vec![(
+                    "WWW-Authenticate".into(),
+                    format!(r#"Bearer realm="{realm}",service="quirk""#),
+                )],
+                vec![],
+            ),
+        }
+    });
+    *host.lock().unwrap() = server.host();
+    let client = server.client_with(Credentials::basic(
+        "u",
+        Secret::new("p"),
+        "test credentials",
+    ));
+    let d = Digest::of(b"x");
+    assert!(client.blob_exists("q", &d).await.unwrap());
+    assert_eq!(
+        tokens.load(Ordering::SeqCst),
+        3,
+        "{:?}",
+        server.request_lines()
+    );
+}
