@@ -104,6 +104,11 @@ pub(super) struct Inner {
     /// `http` or `https` plus the host; switched to `https` once when a
     /// plain-HTTP host answers the ping as a TLS server.
     pub(super) base: std::sync::RwLock<Url>,
+    /// The base before any switch: URLs made from it are rebased.
+    pub(super) initial_base: Url,
+    /// Named with `--insecure-registry`: TLS without verification, and
+    /// plain HTTP when TLS fails.
+    pub(super) insecure: bool,
     pub(super) plain_http: bool,
     pub(super) http: reqwest::Client,
     pub(super) creds: Credentials,
@@ -182,10 +187,11 @@ impl RegistryClient {
             h.eq_ignore_ascii_case(registry.host()) || h.eq_ignore_ascii_case(registry.api_host())
         });
         // Plain HTTP is allowed for loopback and `--insecure-registry` hosts
-        // (for the registry and its token realm) and tried first there; a
-        // host that turns out to speak TLS is switched to https by the
-        // ping (see `learn_scheme`).
+        // (for the registry and its token realm). Loopback hosts start on
+        // http, other insecure ones on https; the ping moves either to the
+        // other scheme when it answers that way (see `learn_scheme`).
         let plain_http = registry.is_loopback() || insecure;
+        let start_plain = registry.is_loopback();
         let mut builder = reqwest::Client::builder()
             .user_agent(opts.user_agent.clone())
             // Redirects are followed by hand (see `send`), so that
@@ -226,8 +232,10 @@ impl RegistryClient {
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 registry: registry.clone(),
-                base: std::sync::RwLock::new(registry.api_base_with(plain_http)),
+                base: std::sync::RwLock::new(registry.api_base_with(start_plain)),
+                initial_base: registry.api_base_with(start_plain),
                 plain_http,
+                insecure,
                 http,
                 creds,
                 auth: Mutex::new(AuthState::default()),
@@ -262,17 +270,15 @@ impl RegistryClient {
             .expect("a path joins onto an http(s) base")
     }
 
-    /// `url` on https when it was made for the plain-HTTP base before the
-    /// ping found the host speaking TLS.
+    /// `url` moved onto the current base when it was made from the initial
+    /// one, before the ping switched schemes (see `learn_scheme`).
     pub(super) fn rebase(&self, url: &Url) -> Url {
         let base = self.base();
+        let initial = &self.inner.initial_base;
         let mut url = url.clone();
-        if url.scheme() == "http"
-            && base.scheme() == "https"
-            && url.host_str() == base.host_str()
-            && url.port_or_known_default() == base.port_or_known_default()
-        {
-            let _ = url.set_scheme("https");
+        if base.origin() != initial.origin() && url.origin() == initial.origin() {
+            let _ = url.set_scheme(base.scheme());
+            let _ = url.set_port(base.port());
         }
         url
     }
@@ -291,9 +297,28 @@ impl RegistryClient {
 
     async fn learn_scheme(&self, state: &mut AuthState) -> Result<(), RegistryError> {
         let mut url = self.url("");
-        let first = self.ping_once(&url).await;
-        // A host where plain HTTP is allowed is tried on http first; one
-        // that answers as a TLS server is switched to https, once.
+        // An insecure host is tried once on https (no verification), then,
+        // as Docker does, on plain HTTP.
+        let https_first = url.scheme() == "https"
+            && self.inner.insecure
+            && self.base() == self.inner.initial_base;
+        let first = if https_first {
+            let req = Req::new(Method::GET, url.clone(), Vec::new());
+            match self.send_raw(&req, None).await {
+                Ok(r) if !is_transient_status(r.status()) => Ok(r),
+                Ok(_) => self.ping_once(&url).await,
+                Err(e) => {
+                    let http = self.switch_base("http");
+                    tracing::debug!(registry = %self.inner.registry, error = %e, base = %http, "https failed; trying plain HTTP");
+                    url = self.url("");
+                    self.ping_once(&url).await
+                }
+            }
+        } else {
+            self.ping_once(&url).await
+        };
+        // A loopback host is tried on http first; one that answers as a
+        // TLS server is switched to https, once.
         let plain = url.scheme() == "http" && self.inner.plain_http;
         let first = match first {
             Ok(r) if plain && r.status() == StatusCode::BAD_REQUEST => {
@@ -325,7 +350,7 @@ impl RegistryClient {
         let resp = match first {
             Some(result) => result?,
             None => {
-                let https = self.rebase_to_https();
+                let https = self.switch_base("https");
                 tracing::debug!(registry = %self.inner.registry, base = %https, "the registry speaks TLS");
                 url = self.url("");
                 self.ping_once(&url).await?
@@ -374,16 +399,20 @@ impl RegistryClient {
         }
     }
 
-    /// Switches the base to https; returns it.
-    fn rebase_to_https(&self) -> Url {
+    /// Switches the base to `scheme`; returns it. To https, the port that
+    /// answered stays (`http://host/` becomes `https://host:80/`); to http,
+    /// a port left out stays left out (443 becomes 80, as Docker).
+    fn switch_base(&self, scheme: &str) -> Url {
         let mut guard = match self.inner.base.write() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        // The port that answered stays: `http://host/` becomes
-        // `https://host:80/`.
-        let port = guard.port_or_known_default();
-        let _ = guard.set_scheme("https");
+        let port = if scheme == "https" {
+            guard.port_or_known_default()
+        } else {
+            guard.port()
+        };
+        let _ = guard.set_scheme(scheme);
         let _ = guard.set_port(port);
         guard.clone()
     }
@@ -948,9 +977,11 @@ mod tests {
             insecure_hosts: vec!["reg.lan:5000".into()],
             ..ClientOptions::default()
         };
+        // Insecure hosts other than loopback start on https (unverified);
+        // the ping may move them to http.
         for (host, scheme) in [
             ("127.0.0.1:5000", "http"),
-            ("reg.lan:5000", "http"),
+            ("reg.lan:5000", "https"),
             ("reg.lan", "https"),
             ("ghcr.io", "https"),
         ] {
@@ -974,7 +1005,7 @@ mod tests {
         .unwrap();
         let stale = c.url("a/blobs/uploads/");
         assert_eq!(c.rebase(&stale), stale, "no switch yet");
-        c.rebase_to_https();
+        c.switch_base("https");
         assert_eq!(c.url("").as_str(), "https://127.0.0.1:5000/v2/");
         assert_eq!(
             c.rebase(&stale).as_str(),
@@ -990,7 +1021,7 @@ mod tests {
             &ClientOptions::default(),
         )
         .unwrap();
-        c.rebase_to_https();
+        c.switch_base("https");
         assert_eq!(c.url("").as_str(), "https://localhost:80/v2/");
     }
 

@@ -142,3 +142,48 @@ fn trace_logs_hold_no_bearer_tokens() {
         .collect();
     assert_no_secrets(&text, &[tokens, signatures].concat());
 }
+
+/// An insecure host that is not loopback by name (`0.0.0.0` reaches the
+/// loopback registry on Linux, but is not a loopback address) starts on
+/// https without verification and falls back to plain HTTP, as Docker.
+#[test]
+fn an_insecure_host_tries_https_then_plain_http() {
+    for tls in [true, false] {
+        let registry = if tls {
+            TestRegistry::start_tls(Auth::None)
+        } else {
+            TestRegistry::start(Auth::None)
+        };
+        let host = format!("0.0.0.0:{}", registry.port());
+        let repo = format!("{host}/acme/insecure");
+        let out = Run::new(&[
+            "publish",
+            "--repo",
+            &repo,
+            "--tag",
+            "x",
+            "--insecure-registry",
+            &host,
+            "-v",
+            &valid(),
+        ])
+        .env("RUST_LOG", "manifold=debug")
+        .output();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "tls {tls}: {stderr}");
+        assert_eq!(
+            stderr.contains("trying plain HTTP"),
+            !tls,
+            "tls {tls}: {stderr}"
+        );
+        registry.skopeo_inspect_raw(&format!("{}:x", registry.repo("acme/insecure")));
+        // Without the flag, a host that is not loopback is https only and
+        // verified.
+        if tls {
+            let out = Run::new(&["publish", "--repo", &repo, "--tag", "y", &valid()]).output();
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{stderr}");
+            assert!(stderr.contains("not trusted"), "{stderr}");
+        }
+    }
+}
