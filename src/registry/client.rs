@@ -79,7 +79,7 @@ impl Default for ClientOptions {
         ClientOptions {
             insecure_hosts: Vec::new(),
             ca_files: Vec::new(),
-            max_retries: 4,
+            max_retries: 5,
             user_agent: concat!("manifold/", env!("CARGO_PKG_VERSION")).to_owned(),
             // Peers push 3–6 blobs at once; Docker Hub and Quay rate-limit.
             jobs: 4,
