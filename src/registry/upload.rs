@@ -10,12 +10,14 @@
 //! with 413 or 416. Chunk sizes are clamped per host: ghcr.io takes at most
 //! 4 MiB per `PATCH`, ECR at least 5 MiB (but the last), and a registry's
 //! `OCI-Chunk-Min-Length` raises the size. One chunk at a time is held in
-//! memory, never the blob.
+//! memory, never the blob, so a chunk the registry took only part of (its
+//! `Range` on a 202 or 416 says so) is finished from where it stands.
 //!
 //! A failed upload is retried as a unit, with a new session, by reading the
 //! spool again from the start: a streamed body cannot be replayed request by
-//! request, and distribution's session state (`_state`) makes resuming at the
-//! registry's offset fragile. The wait honours `Retry-After`. Progress is
+//! request, and after a cut request distribution's session state (`_state`,
+//! which carries the offset) no longer matches what it stored, so that
+//! session cannot be resumed. The wait honours `Retry-After`. Progress is
 //! reported as bytes sent; a failed try takes its bytes back with a negative
 //! count.
 
@@ -294,8 +296,10 @@ impl RegistryClient {
     }
 
     /// One chunk at `offset`: `Content-Range` inclusive and without `bytes=`,
-    /// as the distribution spec wants; the registry's `Range` must end where
-    /// the chunk does. Returns the next `Location`.
+    /// as the distribution spec wants. When the registry reports (`Range`
+    /// on a 202 or a 416) that it holds only part of the chunk, the rest is
+    /// sent from there, a few times at most: the chunk is still in memory.
+    /// Returns the next `Location`.
     async fn patch_chunk(
         &self,
         repo: &str,
@@ -303,31 +307,58 @@ impl RegistryClient {
         offset: u64,
         bytes: Bytes,
     ) -> Result<Url, RegistryError> {
+        const MAX_RESUMES: u32 = 3;
         let end = offset + bytes.len() as u64 - 1;
-        let mut req = Req::new(Method::PATCH, session.clone(), Self::push_scopes(repo))
-            .header(CONTENT_TYPE, "application/octet-stream")
-            .header(CONTENT_RANGE, &format!("{offset}-{end}"));
-        req.retry = false;
-        req.body = Some(bytes);
-        let resp = self.send(req).await?;
-        if !resp.status().is_success() {
-            return Err(self.status_error(&Method::PATCH, session, resp).await);
-        }
-        let range_end = resp
-            .headers()
-            .get(RANGE)
-            .and_then(|v| v.to_str().ok())
-            .and_then(parse_range_end);
-        if let Some(got) = range_end {
-            if got != end {
-                return Err(RegistryError::Protocol {
-                    method: "PATCH".into(),
-                    url: RedactedUrl::new(session),
-                    reason: format!("the registry holds bytes up to {got}, expected {end}"),
-                });
+        let mut session = session.clone();
+        let mut start = offset;
+        let mut resumes = 0;
+        loop {
+            // `start - offset` is within the chunk: checked below.
+            let piece = bytes.slice((start - offset) as usize..);
+            let mut req = Req::new(Method::PATCH, session.clone(), Self::push_scopes(repo))
+                .header(CONTENT_TYPE, "application/octet-stream")
+                .header(CONTENT_RANGE, &format!("{start}-{end}"));
+            req.retry = false;
+            req.body = Some(piece);
+            let resp = self.send(req).await?;
+            let status = resp.status();
+            let held = resp
+                .headers()
+                .get(RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_range_end);
+            let ok = status.is_success();
+            if !ok && status != StatusCode::RANGE_NOT_SATISFIABLE {
+                return Err(self.status_error(&Method::PATCH, &session, resp).await);
+            }
+            let next_session = location(&resp, &session).unwrap_or_else(|| session.clone());
+            match held {
+                Some(got) if got == end && ok => return Ok(next_session),
+                None if ok => return Ok(next_session),
+                // The registry holds the bytes up to `got`, inside this
+                // chunk: send the rest.
+                Some(got) if got + 1 >= offset && got < end && resumes < MAX_RESUMES => {
+                    tracing::debug!(
+                        start,
+                        got,
+                        end,
+                        status = status.as_u16(),
+                        "resuming the chunk where the registry stands"
+                    );
+                    resumes += 1;
+                    start = got + 1;
+                    session = next_session;
+                }
+                _ if !ok => return Err(self.status_error(&Method::PATCH, &session, resp).await),
+                got => {
+                    return Err(RegistryError::Protocol {
+                        method: "PATCH".into(),
+                        url: RedactedUrl::new(&session),
+                        reason: format!("the registry holds bytes up to {got:?}, expected {end}"),
+                    })
+                }
             }
         }
-        Ok(location(&resp, session).unwrap_or_else(|| session.clone()))
     }
 
     /// One `PATCH` of `bytes` into a session; the session's next `Location`.

@@ -423,3 +423,110 @@ async fn token_requests_are_retried() {
         server.request_lines()
     );
 }
+
+/// A registry that takes only part of a chunk (202 with a shorter `Range`)
+/// or reports where it stands with a 416: the chunk resumes from there.
+#[tokio::test]
+async fn a_chunk_resumes_where_the_registry_stands() {
+    use crate::harness::QuirkServer;
+    use manifold::reference::Registry;
+    use manifold::registry::{BlobBody, ClientOptions, Credentials, RegistryClient};
+    use std::sync::{Arc, Mutex};
+
+    let data = payload(300_000, 11);
+    let digest = Digest::of(&data);
+    // (bytes held, whether the partial answer and the 416 were given)
+    let state = Arc::new(Mutex::new((0u64, false, false)));
+    let st = state.clone();
+    let expected = data.clone();
+    let server = QuirkServer::start(move |r| {
+        let loc = vec![("Location".to_owned(), "/v2/a/blobs/uploads/s".to_owned())];
+        match r.method.as_str() {
+            "GET" => (200, vec![], vec![]),
+            "HEAD" => (404, vec![], vec![]),
+            "POST" => (202, loc, vec![]),
+            "PATCH" => {
+                let range = r
+                    .headers
+                    .iter()
+                    .find(|(k, _)| k == "content-range")
+                    .map(|(_, v)| v.clone())
+                    .unwrap_or_default();
+                let (start, end) = range.split_once('-').unwrap();
+                let (start, end): (u64, u64) = (start.parse().unwrap(), end.parse().unwrap());
+                let mut s = st.lock().unwrap();
+                let range_of = |held: u64| {
+                    let mut h = loc.clone();
+                    h.push(("Range".to_owned(), format!("0-{}", held - 1)));
+                    h
+                };
+                if start != s.0 || r.body.len() as u64 != end - start + 1 {
+                    return (416, range_of(s.0), vec![]);
+                }
+                assert_eq!(r.body, expected[start as usize..=end as usize]);
+                if start == 100_000 && !s.1 {
+                    // Takes 40 bytes of the second chunk.
+                    s.1 = true;
+                    s.0 += 40;
+                    return (202, range_of(s.0), vec![]);
+                }
+                if start == 200_000 && !s.2 {
+                    // Claims 10 bytes more than it was sent.
+                    s.2 = true;
+                    s.0 += 10;
+                    return (416, range_of(s.0), vec![]);
+                }
+                s.0 = end + 1;
+                (202, range_of(s.0), vec![])
+            }
+            "PUT" => (201, vec![], vec![]),
+            _ => (400, vec![], vec![]),
+        }
+    });
+    // The 416's claim is a lie here (those 10 bytes were never sent), so
+    // the server takes the rest from 200 010 on; the client cannot tell.
+    let opts = ClientOptions {
+        chunk_size: Some(100_000),
+        max_retries: 0,
+        ..ClientOptions::default()
+    };
+    let client = RegistryClient::new(
+        &Registry::parse(&server.host()).unwrap(),
+        Credentials::anonymous(),
+        &opts,
+    )
+    .unwrap();
+    client
+        .upload_blob("a", BlobBody::Bytes(data.into()), &|_| {})
+        .await
+        .unwrap();
+    let ranges: Vec<String> = server
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.method == "PATCH")
+        .map(|r| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == "content-range")
+                .map(|(_, v)| v.clone())
+                .unwrap()
+        })
+        .collect();
+    assert_eq!(
+        ranges,
+        [
+            "0-99999",
+            "100000-199999",
+            "100040-199999",
+            "200000-299999",
+            "200010-299999"
+        ]
+    );
+    let last = server.request_lines().last().cloned().unwrap();
+    assert!(
+        last.starts_with("PUT") && last.contains(&digest.to_string()),
+        "{last}"
+    );
+}
