@@ -279,7 +279,8 @@ def run_publish(script, state, env_extra, timeout):
     """Runs `script` in a private mount namespace; returns (rc, wall s, peak RSS KiB, stderr tail)."""
     for d in ("tmp", "cache", "xdg-cache", "podman"):
         os.makedirs(os.path.join(state, d), exist_ok=True)
-    env = dict(os.environ)
+    # Not a CI run: no GitHub context for manifold's automatic tags.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_") and k != "CI"}
     env.update({"STATE": state, "TMPDIR": os.path.join(state, "tmp"),
                 "XDG_CACHE_HOME": os.path.join(state, "xdg-cache")})
     runroot = tempfile.mkdtemp(prefix="mfb-", dir="/tmp")

@@ -4,7 +4,7 @@
 #
 # Runs as root on Debian 12 or later. Installs with apt-get whatever is
 # missing: docker-registry, skopeo, podman, time (GNU), gzip, python3,
-# util-linux (unshare), curl. Builds target/release/manifold with
+# util-linux (unshare). Builds target/release/manifold with
 # `cargo build --release` when it is missing (or always with --build). Builds
 # the fixture (about 665 MB of layers) once into bench/.cache/fixture.
 # Network: 127.0.0.1 only, apart from apt-get and cargo.
@@ -27,7 +27,7 @@ random_mb=16
 build=0
 extra=()
 
-usage() { sed -n '2,17p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -51,7 +51,7 @@ fi
 # command -> Debian package
 need=()
 for pair in docker-registry:docker-registry skopeo:skopeo podman:podman /usr/bin/time:time \
-            gzip:gzip python3:python3 unshare:util-linux curl:curl; do
+            gzip:gzip python3:python3 unshare:util-linux; do
     cmd="${pair%%:*}" pkg="${pair#*:}"
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
