@@ -136,7 +136,10 @@ impl Layout {
 
     /// Copies a finished spool into the layout; returns false if the blob was
     /// already there.
-    pub async fn write_blob_spool(&self, spool: &Spool) -> Result<(Digest, u64, bool), LayoutError> {
+    pub async fn write_blob_spool(
+        &self,
+        spool: &Spool,
+    ) -> Result<(Digest, u64, bool), LayoutError> {
         let (digest, size) = spool
             .done()
             .await
@@ -186,7 +189,11 @@ impl Layout {
     /// Points each of `tags` at `manifest` in `index.json` (replacing earlier
     /// entries of the same names). With no tags, the manifest gets an untagged
     /// entry unless one already cites it, so the layout still lists it.
-    pub async fn set_tags(&self, manifest: &RawManifest, tags: &[String]) -> Result<(), LayoutError> {
+    pub async fn set_tags(
+        &self,
+        manifest: &RawManifest,
+        tags: &[String],
+    ) -> Result<(), LayoutError> {
         let _guard = self.index_lock.lock().await;
         let mut index = self.read_index()?;
         let ref_name = |d: &Descriptor| d.annotations.get(oci::ANNOTATION_REF_NAME).cloned();
@@ -194,10 +201,8 @@ impl Layout {
             Some(name) => !tags.contains(&name),
             None => d.digest != manifest.digest || !tags.is_empty(),
         });
-        if tags.is_empty() {
-            if !index.manifests.iter().any(|d| d.digest == manifest.digest) {
-                index.manifests.push(manifest.descriptor());
-            }
+        if tags.is_empty() && !index.manifests.iter().any(|d| d.digest == manifest.digest) {
+            index.manifests.push(manifest.descriptor());
         }
         for tag in tags {
             let mut d = manifest.descriptor();
@@ -263,12 +268,21 @@ mod tests {
         let (digest, _) = w.finish();
         let (d, size, written) = layout.write_blob_spool(&s).await.unwrap();
         assert_eq!((d.clone(), size, written), (digest.clone(), 11, true));
-        assert_eq!(fs::read(root.join("blobs/sha256").join(d.hex())).unwrap(), b"layer bytes");
-        assert!(!layout.write_blob_spool(&s).await.unwrap().2, "second write skipped");
+        assert_eq!(
+            fs::read(root.join("blobs/sha256").join(d.hex())).unwrap(),
+            b"layer bytes"
+        );
+        assert!(
+            !layout.write_blob_spool(&s).await.unwrap().2,
+            "second write skipped"
+        );
 
         let index = RawManifest::canonical(&empty_index(), oci::MEDIA_TYPE_INDEX);
         layout.put_manifest(&index).await.unwrap();
-        layout.set_tags(&index, &["1.0".into(), "latest".into()]).await.unwrap();
+        layout
+            .set_tags(&index, &["1.0".into(), "latest".into()])
+            .await
+            .unwrap();
         layout.set_tags(&index, &["latest".into()]).await.unwrap();
         let listed = layout.read_index().unwrap();
         let names: Vec<_> = listed
@@ -276,7 +290,11 @@ mod tests {
             .iter()
             .map(|d| d.annotations[oci::ANNOTATION_REF_NAME].as_str())
             .collect();
-        assert_eq!(names, ["1.0", "latest"], "retagging replaces, never duplicates");
+        assert_eq!(
+            names,
+            ["1.0", "latest"],
+            "retagging replaces, never duplicates"
+        );
 
         // Reopening keeps what is there.
         let again = Layout::open_or_create(&root).unwrap();
@@ -289,6 +307,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join("oci-layout"), "nonsense").unwrap();
         let err = Layout::open_or_create(dir.path()).unwrap_err();
-        assert!(err.to_string().contains("is not an OCI image layout"), "{err}");
+        assert!(
+            err.to_string().contains("is not an OCI image layout"),
+            "{err}"
+        );
     }
 }

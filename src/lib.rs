@@ -14,14 +14,16 @@
 //!
 //! Each module may use the ones declared before it, never one after it.
 
+pub mod cli;
 pub mod digest;
-pub mod oci;
-pub mod layer;
-pub mod progress;
 pub mod env;
-pub mod tags;
 pub mod input;
+pub mod layer;
 pub mod layout;
 pub mod manifest;
+pub mod oci;
+pub mod progress;
 pub mod publish;
-pub mod cli;
+pub mod reference;
+pub mod registry;
+pub mod tags;

@@ -77,7 +77,10 @@ mod tests {
         assert_ne!(amd.digest, arm.digest);
         let platforms = ["linux/arm64", "linux/amd64"].map(|p| p.parse::<Platform>().unwrap());
         let index = image_index(
-            &[(arm.clone(), platforms[0].clone()), (amd.clone(), platforms[1].clone())],
+            &[
+                (arm.clone(), platforms[0].clone()),
+                (amd.clone(), platforms[1].clone()),
+            ],
             BTreeMap::new(),
         );
         let parsed: ImageIndex = serde_json::from_slice(&index.bytes).unwrap();

@@ -34,7 +34,13 @@ pub trait Reporter: Send + Sync {
     /// failed try gives its bytes back.
     fn on_upload_progress(&self, _destination: &str, _bytes: i64) {}
     /// A blob is in place at `destination`.
-    fn on_blob_done(&self, _destination: &str, _digest: &Digest, _size: u64, _outcome: BlobOutcome) {
+    fn on_blob_done(
+        &self,
+        _destination: &str,
+        _digest: &Digest,
+        _size: u64,
+        _outcome: BlobOutcome,
+    ) {
     }
     /// A manifest or index is in place at `destination` under its digest.
     fn on_manifest_pushed(&self, _destination: &str, _what: &str, _digest: &Digest) {}

@@ -244,11 +244,23 @@ mod tests {
     #[test]
     fn publish_takes_inputs_repos_and_tags() {
         let cli = Cli::try_parse_from([
-            "manifold", "publish", "--repo", "oci:out", "--repo", "localhost:5000/a",
-            "-t", "x", "--tag", "y", "linux/arm64=./a", "./b",
+            "manifold",
+            "publish",
+            "--repo",
+            "oci:out",
+            "--repo",
+            "localhost:5000/a",
+            "-t",
+            "x",
+            "--tag",
+            "y",
+            "linux/arm64=./a",
+            "./b",
         ])
         .unwrap();
-        let Command::Publish(p) = cli.command else { panic!("not publish") };
+        let Command::Publish(p) = cli.command else {
+            panic!("not publish")
+        };
         assert_eq!(p.inputs, ["linux/arm64=./a", "./b"]);
         assert_eq!(p.repos, ["oci:out", "localhost:5000/a"]);
         assert_eq!(p.tags.tags, ["x", "y"]);
@@ -259,8 +271,24 @@ mod tests {
     fn usage_errors_are_caught_by_the_parser() {
         for args in [
             &["manifold", "publish", "--repo", "r"][..], // no input
-            &["manifold", "publish", "--repo", "r", "--username", "u", "./a"], // no --password-stdin
-            &["manifold", "publish", "--repo", "r", "--compression", "lz4", "./a"],
+            &[
+                "manifold",
+                "publish",
+                "--repo",
+                "r",
+                "--username",
+                "u",
+                "./a",
+            ], // no --password-stdin
+            &[
+                "manifold",
+                "publish",
+                "--repo",
+                "r",
+                "--compression",
+                "lz4",
+                "./a",
+            ],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

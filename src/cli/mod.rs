@@ -22,7 +22,10 @@ use crate::reference::{Registry, Repository};
 use crate::registry::{self, ClientOptions, RegistryClient};
 use crate::tags::{self, GitInfo, SystemGit, TagOptions, TagPlan};
 
-use args::{AnnotationLevel, Cli, Command, CompressionArg, LatestArg, PublishArgs, RegistryArgs, Switch, TagArgs, TagsArgs};
+use args::{
+    AnnotationLevel, Cli, Command, CompressionArg, LatestArg, PublishArgs, RegistryArgs, Switch,
+    TagArgs, TagsArgs,
+};
 
 /// A usage error: the command line or an input was refused (exit 2).
 #[derive(Debug, thiserror::Error)]
@@ -39,9 +42,38 @@ pub async fn run(cli: Cli) -> Result<()> {
     } else {
         Arc::new(progress::Lines::new())
     };
-    match cli.command {
-        Command::Publish(args) => run_publish(args, &env, reporter).await,
-        Command::Tags(args) => run_tags(args, &env).await,
+    let work = async {
+        match cli.command {
+            Command::Publish(args) => run_publish(args, &env, reporter).await,
+            Command::Tags(args) => run_tags(args, &env).await,
+        }
+    };
+    tokio::select! {
+        result = work => result,
+        signal = interrupted() => {
+            // Dropping `work` aborts uploads and fails the readers; the
+            // stream scripts are killed here because a reader blocked on a
+            // silent script would not notice.
+            crate::input::command::kill_all_running();
+            Err(Interrupted(signal).into())
+        }
+    }
+}
+
+/// The run was stopped by a signal (exit 130 for SIGINT, 143 for SIGTERM).
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted by {0}: stopped before finishing; tags are moved only after every blob and manifest is in place")]
+pub struct Interrupted(&'static str);
+
+async fn interrupted() -> &'static str {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => "SIGINT",
+        _ = term.recv() => "SIGTERM",
     }
 }
 
@@ -89,8 +121,11 @@ pub fn render_error(error: &anyhow::Error) -> String {
     out
 }
 
-/// 2 for usage errors and refused input, else 1.
+/// 2 for usage errors and refused input, 130/143 when interrupted, else 1.
 pub fn exit_code(error: &anyhow::Error) -> u8 {
+    if let Some(Interrupted(signal)) = error.downcast_ref::<Interrupted>() {
+        return if *signal == "SIGTERM" { 143 } else { 130 };
+    }
     let usage = error.chain().any(|cause| {
         cause.is::<UsageError>()
             || cause.is::<publish::DuplicatePlatform>()
@@ -167,12 +202,14 @@ enum Target {
 fn parse_target(text: &str, reporter: &dyn Reporter) -> Result<Target> {
     if let Some(dir) = text.strip_prefix("oci:") {
         if dir.is_empty() {
-            bail!(UsageError("`--repo oci:` needs a directory, as in `oci:./out`".into()));
+            bail!(UsageError(
+                "`--repo oci:` needs a directory, as in `oci:./out`".into()
+            ));
         }
         return Ok(Target::Layout(PathBuf::from(dir)));
     }
-    let (repository, lowered) = Repository::parse_lenient(text)
-        .map_err(|e| UsageError(format!("`--repo {text}`: {e}")))?;
+    let (repository, lowered) =
+        Repository::parse_lenient(text).map_err(|e| UsageError(format!("`--repo {text}`: {e}")))?;
     if lowered {
         reporter.on_notice(&format!(
             "notice: repository names are lower-case; publishing to `{repository}`"
@@ -182,7 +219,10 @@ fn parse_target(text: &str, reporter: &dyn Reporter) -> Result<Target> {
 }
 
 fn default_repos(env: &Env, reporter: &dyn Reporter) -> Result<Vec<String>> {
-    match (env.get(env::GITHUB_ACTIONS), env.get(env::GITHUB_REPOSITORY)) {
+    match (
+        env.get(env::GITHUB_ACTIONS),
+        env.get(env::GITHUB_REPOSITORY),
+    ) {
         (Some("true"), Some(repo)) => {
             let default = format!("ghcr.io/{}", repo.to_lowercase());
             reporter.on_notice(&format!("no --repo given: publishing to `{default}`"));
@@ -267,9 +307,7 @@ async fn destinations(
     targets
         .into_iter()
         .map(|t| match t {
-            Target::Layout(dir) => Ok(Destination::Layout(Arc::new(
-                Layout::open_or_create(&dir)?,
-            ))),
+            Target::Layout(dir) => Ok(Destination::Layout(Arc::new(Layout::open_or_create(&dir)?))),
             Target::Registry(repository) => Ok(Destination::Registry {
                 client: clients[&repository.registry.to_string()].clone(),
                 repository,
@@ -284,7 +322,9 @@ fn compression(args: &PublishArgs) -> Result<Compression> {
         (CompressionArg::Gzip, None) => Compression::Gzip {
             level: Compression::DEFAULT_GZIP_LEVEL,
         },
-        (CompressionArg::Gzip, Some(l)) if (1..=9).contains(&l) => Compression::Gzip { level: l as u32 },
+        (CompressionArg::Gzip, Some(l)) if (1..=9).contains(&l) => {
+            Compression::Gzip { level: l as u32 }
+        }
         (CompressionArg::Zstd, None) => Compression::Zstd {
             level: Compression::DEFAULT_ZSTD_LEVEL,
         },
@@ -368,7 +408,11 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
     };
     let report = publish::publish(request, reporter).await?;
 
-    let metadata = Metadata::new(&report, plan.version.as_ref().map(|v| v.text.clone()), tally.totals());
+    let metadata = Metadata::new(
+        &report,
+        plan.version.as_ref().map(|v| v.text.clone()),
+        tally.totals(),
+    );
     let mut stdout = std::io::stdout().lock();
     for reference in &metadata.references {
         writeln!(stdout, "{reference}")?;
@@ -410,7 +454,8 @@ async fn run_tags(args: TagsArgs, env: &Env) -> Result<()> {
     let (tags, withheld) = match &args.repo {
         Some(repo) if args.tags.tag_guard == Switch::On => {
             let quiet = progress::Quiet;
-            let destinations = destinations(std::slice::from_ref(repo), &args.registry, env, &quiet).await?;
+            let destinations =
+                destinations(std::slice::from_ref(repo), &args.registry, env, &quiet).await?;
             let existing = destinations[0].list_tags().await?;
             let outcome = tags::apply_guard(&plan, &existing);
             (outcome.kept, outcome.withheld)

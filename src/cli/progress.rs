@@ -60,7 +60,9 @@ fn short_member(member: &str) -> String {
 
 impl Reporter for Bars {
     fn on_layer_started(&self, input: &str, member: &str, size: u64) -> usize {
-        let bar = self.multi.insert_before(&self.upload, ProgressBar::new(size));
+        let bar = self
+            .multi
+            .insert_before(&self.upload, ProgressBar::new(size));
         bar.set_style(
             ProgressStyle::with_template(
                 "{prefix:.bold} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
@@ -101,7 +103,9 @@ impl Reporter for Bars {
             .ok();
     }
     fn on_tag(&self, destination: &str, tag: &str) {
-        self.multi.println(format!("{destination}: tagged {tag}")).ok();
+        self.multi
+            .println(format!("{destination}: tagged {tag}"))
+            .ok();
     }
     fn on_notice(&self, message: &str) {
         self.multi.println(message).ok();
@@ -138,7 +142,11 @@ impl Reporter for Lines {
     }
     fn on_layer_done(&self, id: usize, skipped: bool) {
         if let Some((input, member)) = self.layers.lock().expect("progress lock").get(id) {
-            let what = if skipped { "already published" } else { "compressed" };
+            let what = if skipped {
+                "already published"
+            } else {
+                "compressed"
+            };
             eprintln!("{input}: layer {member} {what}");
         }
     }
@@ -148,7 +156,10 @@ impl Reporter for Lines {
             BlobOutcome::AlreadyPresent => "already present",
             BlobOutcome::Mounted => "mounted",
         };
-        eprintln!("{destination}: blob {} ({size} bytes) {what}", digest.short());
+        eprintln!(
+            "{destination}: blob {} ({size} bytes) {what}",
+            digest.short()
+        );
     }
     fn on_manifest_pushed(&self, destination: &str, what: &str, digest: &Digest) {
         eprintln!("{destination}: pushed {what} {digest}");

@@ -97,6 +97,7 @@ impl StreamCommand {
                     }
                 }
             })?;
+        running_groups().push(child.id() as libc::pid_t);
         let stdout = child.stdout.take();
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let stderr_done = child.stderr.take().map(|stderr| {
@@ -166,7 +167,9 @@ impl StreamCommand {
         // Closing stdout first: a process still writing gets EPIPE instead
         // of blocking forever.
         self.stdout = None;
-        let status = self.child.wait().map_err(|source| InputError::Spawn {
+        let status = self.child.wait();
+        forget_group(self.child.id() as libc::pid_t);
+        let status = status.map_err(|source| InputError::Spawn {
             input: self.name.clone(),
             source,
         });
@@ -228,8 +231,32 @@ impl Drop for StreamCommand {
             kill_group(self.child.id() as libc::pid_t);
             self.stdout = None;
             let _ = self.child.wait();
+            forget_group(self.child.id() as libc::pid_t);
             self.stop_watchdog();
         }
+    }
+}
+
+/// Process groups of stream scripts still running, so that an interrupted
+/// run can stop them even while a reader thread is blocked on their output.
+static RUNNING: Mutex<Vec<libc::pid_t>> = Mutex::new(Vec::new());
+
+fn running_groups() -> std::sync::MutexGuard<'static, Vec<libc::pid_t>> {
+    RUNNING
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn forget_group(pgid: libc::pid_t) {
+    running_groups().retain(|p| *p != pgid);
+}
+
+/// Kills every stream script this process started that is still running
+/// (on Ctrl-C or SIGTERM): nothing is left orphaned.
+pub fn kill_all_running() {
+    let groups: Vec<libc::pid_t> = running_groups().drain(..).collect();
+    for pgid in groups {
+        kill_group(pgid);
     }
 }
 

@@ -10,14 +10,16 @@
 //! is carried for `publish` to reconcile with the image config.
 
 pub mod command;
-pub mod nix2container;
 pub mod detect;
 pub mod docker_archive;
+pub mod nix2container;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::oci::Platform;
@@ -183,6 +185,17 @@ fn stderr_tail(lines: &[String]) -> String {
 }
 
 /// What an input is, when the user says so.
+impl InputError {
+    /// Whether the command line itself was wrong (exit 2) rather than an
+    /// input's content (exit 1).
+    pub fn is_usage_error(&self) -> bool {
+        matches!(
+            self,
+            InputError::BadSpec { .. } | InputError::Unsupported { .. }
+        )
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InputKind {
     /// An executable writing a docker-archive on stdout (`streamLayeredImage`).
@@ -322,6 +335,8 @@ pub enum OpenedInput {
 pub struct ArchiveSource {
     name: String,
     source: Source,
+    /// Set by the caller to abandon the read (the publish was cancelled).
+    cancel: Option<Arc<AtomicBool>>,
 }
 
 enum Source {
@@ -335,6 +350,7 @@ impl ArchiveSource {
         ArchiveSource {
             name: name.into(),
             source: Source::File(reader),
+            cancel: None,
         }
     }
 
@@ -343,7 +359,14 @@ impl ArchiveSource {
         ArchiveSource {
             name: command.name().to_owned(),
             source: Source::Command(Box::new(command)),
+            cancel: None,
         }
+    }
+
+    /// Makes reads fail once `flag` is set, so an abandoned publish stops
+    /// reading at once (a stream's process is killed when this is dropped).
+    pub fn cancel_on(&mut self, flag: Arc<AtomicBool>) {
+        self.cancel = Some(flag);
     }
 
     /// The input's name, for messages.
@@ -380,9 +403,22 @@ impl ArchiveSource {
         on_event: &mut dyn FnMut(ReadEvent),
     ) -> Result<ArchiveImage, InputError> {
         let name = self.name.clone();
-        let result = read_docker_archive(&name, self.reader(), opts, on_event);
+        let cancel = self.cancel.clone();
+        let result = match &cancel {
+            Some(flag) => {
+                let mut reader = Cancellable {
+                    inner: self.reader(),
+                    flag: flag.clone(),
+                };
+                read_docker_archive(&name, &mut reader, opts, on_event)
+            }
+            None => read_docker_archive(&name, self.reader(), opts, on_event),
+        };
+        let cancelled = cancel.is_some_and(|f| f.load(Ordering::Relaxed));
         match (result, &mut self.source) {
             (Ok(image), _) => self.finish().map(|()| image),
+            // Cancelled: dropping `self` kills the stream's process.
+            (Err(e), _) if cancelled => Err(e),
             (Err(e), Source::Command(c)) => {
                 // Let the process run to its end so its own failure, if any,
                 // is what gets reported.
@@ -394,6 +430,22 @@ impl ArchiveSource {
             }
             (Err(e), Source::File(_)) => Err(e),
         }
+    }
+}
+
+/// Fails reads once its flag is set.
+struct Cancellable<'a> {
+    inner: &'a mut (dyn Read + Send),
+    flag: Arc<AtomicBool>,
+}
+
+impl Read for Cancellable<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.flag.load(Ordering::Relaxed) {
+            // Not `Interrupted`: readers retry on that.
+            return Err(io::Error::other("publish cancelled"));
+        }
+        self.inner.read(buf)
     }
 }
 

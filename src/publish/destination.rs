@@ -90,20 +90,32 @@ impl Destination {
     }
 
     /// Puts a manifest or index under its digest, unless it is there already.
-    pub async fn push_manifest(&self, manifest: &RawManifest, what: &str, reporter: &dyn Reporter) -> Result<()> {
+    pub async fn push_manifest(
+        &self,
+        manifest: &RawManifest,
+        what: &str,
+        reporter: &dyn Reporter,
+    ) -> Result<()> {
         match self {
             Destination::Registry { client, repository } => {
                 let reference = manifest.digest.to_string();
                 let present = client
                     .head_manifest(&repository.path, &reference)
                     .await
-                    .with_context(|| format!("cannot check for {what} `{}` in `{repository}`", manifest.digest))?
+                    .with_context(|| {
+                        format!(
+                            "cannot check for {what} `{}` in `{repository}`",
+                            manifest.digest
+                        )
+                    })?
                     .is_some();
                 if !present {
                     client
                         .put_manifest(&repository.path, &reference, manifest)
                         .await
-                        .with_context(|| format!("cannot push {what} `{}` to `{repository}`", manifest.digest))?;
+                        .with_context(|| {
+                            format!("cannot push {what} `{}` to `{repository}`", manifest.digest)
+                        })?;
                 }
             }
             Destination::Layout(layout) => {
@@ -129,8 +141,13 @@ impl Destination {
     /// Points every tag at `index` (phase 2). A registry tag that already
     /// points there is left alone (ECR's immutable tags refuse even an identical
     /// PUT). Returns the tags that moved or were confirmed.
-    pub async fn set_tags(&self, index: &RawManifest, tags: &[String], reporter: &dyn Reporter) -> Result<Vec<String>> {
-        let name = self.to_string();
+    pub async fn set_tags(
+        &self,
+        index: &RawManifest,
+        tags: &[String],
+        reporter: &dyn Reporter,
+    ) -> Result<Vec<String>> {
+        let name = &self.to_string();
         match self {
             Destination::Registry { client, repository } => {
                 let puts = tags.iter().map(|tag| async move {
@@ -144,7 +161,7 @@ impl Destination {
                             .await
                             .with_context(|| format!("cannot tag `{repository}:{tag}`"))?;
                     }
-                    reporter.on_tag(&name, tag);
+                    reporter.on_tag(name, tag);
                     anyhow::Ok(tag.clone())
                 });
                 futures::future::try_join_all(puts).await
@@ -152,7 +169,7 @@ impl Destination {
             Destination::Layout(layout) => {
                 layout.set_tags(index, tags).await?;
                 for tag in tags {
-                    reporter.on_tag(&name, tag);
+                    reporter.on_tag(name, tag);
                 }
                 Ok(tags.to_vec())
             }
@@ -163,7 +180,9 @@ impl Destination {
 fn from_upload(outcome: UploadOutcome) -> (Digest, u64, BlobOutcome) {
     match outcome {
         UploadOutcome::Uploaded { digest, size } => (digest, size, BlobOutcome::Uploaded),
-        UploadOutcome::AlreadyPresent { digest, size } => (digest, size, BlobOutcome::AlreadyPresent),
+        UploadOutcome::AlreadyPresent { digest, size } => {
+            (digest, size, BlobOutcome::AlreadyPresent)
+        }
     }
 }
 

@@ -8,7 +8,6 @@
 //! Then the config and the image manifest (by digest) follow.
 
 use std::collections::{BTreeMap, HashMap};
-use std::io::{self, Read};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -18,8 +17,9 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::digest::Digest;
-use crate::input::docker_archive::{self, ArchiveImage, LayerBlob, ReadEvent, ReadOptions};
-use crate::input::{self, InputSpec};
+use crate::input::{
+    self, ArchiveImage, InputSpec, KnownLayers, LayerBlob, OpenedInput, ReadEvent, ReadOptions,
+};
 use crate::layer::Compression;
 use crate::manifest;
 use crate::oci::{ConfigSummary, Descriptor, Platform, RawManifest};
@@ -35,7 +35,7 @@ pub struct ImageOptions {
     /// Annotations for the per-architecture manifest (`--annotation-level`).
     pub manifest_annotations: BTreeMap<String, String>,
     /// The known-layer map: diff_id → a blob every destination already has.
-    pub known: Arc<dyn Fn(&Digest) -> Option<Descriptor> + Send + Sync>,
+    pub known: KnownLayers,
 }
 
 /// A per-architecture image in place at every destination.
@@ -78,6 +78,7 @@ pub async fn publish_image(
     // Uploads start as layers start; a failed upload stops the run early.
     let mut uploads: JoinSet<Result<Digest>> = JoinSet::new();
     let mut started: HashMap<String, usize> = HashMap::new();
+    let mut read_so_far: HashMap<String, u64> = HashMap::new();
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -91,8 +92,11 @@ pub async fn publish_image(
                     }
                 }
                 Some(ReadEvent::LayerProgress { member, bytes }) => {
+                    // `bytes` counts from the member's start; the reporter wants increments.
                     if let Some(id) = started.get(&member) {
-                        reporter.on_layer_read(*id, bytes);
+                        let seen = read_so_far.entry(member).or_insert(0);
+                        reporter.on_layer_read(*id, bytes.saturating_sub(*seen));
+                        *seen = bytes;
                     }
                 }
                 Some(ReadEvent::LayerFinished { member, .. }) => {
@@ -128,7 +132,8 @@ pub async fn publish_image(
             if !started.contains_key(&layer.member) {
                 started.insert(layer.member.clone(), usize::MAX);
                 for destination in destinations.iter() {
-                    let (destination, spool, reporter) = (destination.clone(), spool.clone(), reporter.clone());
+                    let (destination, spool, reporter) =
+                        (destination.clone(), spool.clone(), reporter.clone());
                     uploads.spawn(async move { destination.push_spool(spool, &*reporter).await });
                 }
             }
@@ -141,7 +146,9 @@ pub async fn publish_image(
     let platform = platform_of(&spec, &image.summary, &*reporter)?;
     let config = manifest::config_descriptor(&image.config);
     for destination in destinations.iter() {
-        destination.push_bytes(image.config.clone(), &*reporter).await?;
+        destination
+            .push_bytes(image.config.clone(), &*reporter)
+            .await?;
     }
     let layers: Vec<(Digest, Descriptor)> = image
         .layers
@@ -161,9 +168,10 @@ pub async fn publish_image(
         layers.iter().map(|(_, d)| d.clone()).collect(),
         options.manifest_annotations.clone(),
     );
+    let what = format!("the {platform} manifest");
     let pushes = destinations
         .iter()
-        .map(|d| d.push_manifest(&image_manifest, &format!("the {platform} manifest"), &*reporter));
+        .map(|d| d.push_manifest(&image_manifest, &what, &*reporter));
     futures::future::try_join_all(pushes).await?;
 
     Ok(PublishedImage {
@@ -186,28 +194,36 @@ fn read_input(
     cancel: Arc<AtomicBool>,
     events: mpsc::UnboundedSender<ReadEvent>,
 ) -> Result<ArchiveImage> {
-    let mut opened = input::open(spec)?;
-    let image = {
-        let mut reader = Cancellable {
-            inner: opened.reader(),
-            cancel,
-        };
-        docker_archive::read_docker_archive(&spec.text, &mut reader, options, &mut |event| {
-            // The receiver is gone only when the publish is being torn down.
-            let _ = events.send(event);
-        })?
-    };
-    opened.finish()?;
-    Ok(image)
+    match input::open(spec)? {
+        OpenedInput::DockerArchive(mut source) => {
+            source.cancel_on(cancel);
+            Ok(source.read(options, &mut |event| {
+                // The receiver is gone only when the publish is being torn down.
+                let _ = events.send(event);
+            })?)
+        }
+        OpenedInput::Nix2Container { .. } => bail!(crate::input::InputError::Unsupported {
+            input: spec.text.clone(),
+            kind: "nix2container",
+        }),
+    }
 }
 
 /// The platform for the index entry: the user's (prefix of the input), else
 /// the config's. A docker-archive config is never rewritten (its digest is
 /// fixed), so a correction goes only into the index.
-fn platform_of(spec: &InputSpec, config: &ConfigSummary, reporter: &dyn Reporter) -> Result<Platform> {
+fn platform_of(
+    spec: &InputSpec,
+    config: &ConfigSummary,
+    reporter: &dyn Reporter,
+) -> Result<Platform> {
     let from_config = (!config.architecture.is_empty()).then(|| Platform {
         architecture: config.architecture.clone(),
-        os: if config.os.is_empty() { "linux".to_owned() } else { config.os.clone() },
+        os: if config.os.is_empty() {
+            "linux".to_owned()
+        } else {
+            config.os.clone()
+        },
         variant: config.variant.clone().filter(|v| !v.is_empty()),
     });
     match (&spec.platform, from_config) {
@@ -227,22 +243,6 @@ fn platform_of(spec: &InputSpec, config: &ConfigSummary, reporter: &dyn Reporter
             spec.text,
             spec.text
         ),
-    }
-}
-
-/// Fails reads once `cancel` is set, so an abandoned reader stops promptly.
-struct Cancellable<'a> {
-    inner: &'a mut dyn Read,
-    cancel: Arc<AtomicBool>,
-}
-
-impl Read for Cancellable<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.cancel.load(Ordering::Relaxed) {
-            // Not `Interrupted`: readers retry on that.
-            return Err(io::Error::other("publish cancelled"));
-        }
-        self.inner.read(buf)
     }
 }
 

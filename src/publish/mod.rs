@@ -27,6 +27,10 @@ pub use image::{ImageOptions, PublishedImage};
 /// returns the tags to push and the withheld ones with a reason.
 pub type TagGuard = Arc<dyn Fn(&[String]) -> (Vec<String>, Vec<(String, String)>) + Send + Sync>;
 
+/// Completes the index annotations once every image config has been read.
+pub type AnnotationFiller =
+    Arc<dyn Fn(&mut BTreeMap<String, String>, &[PublishedImage]) + Send + Sync>;
+
 /// The tags to push, and the never-backwards guard (None: push them all).
 #[derive(Clone, Default)]
 pub struct TagSet {
@@ -42,8 +46,7 @@ pub struct Request {
     pub index_annotations: BTreeMap<String, String>,
     /// Fills annotations the caller could not know before the configs were
     /// read (labels of every per-architecture config).
-    pub complete_annotations:
-        Option<Arc<dyn Fn(&mut BTreeMap<String, String>, &[PublishedImage]) + Send + Sync>>,
+    pub complete_annotations: Option<AnnotationFiller>,
     pub tags: TagSet,
     /// References whose layers may be reused (`--cache-from`), besides the tags.
     pub cache_from: Vec<String>,
@@ -74,9 +77,12 @@ impl Report {
 /// Publishes `request`; see the module doc for the order of steps.
 pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Report> {
     let destinations = Arc::new(request.destinations);
-    check_distinct_platforms(request.inputs.iter().filter_map(|i| {
-        i.platform.as_ref().map(|p| (p.clone(), i.text.clone()))
-    }))?;
+    check_distinct_platforms(
+        request
+            .inputs
+            .iter()
+            .filter_map(|i| i.platform.as_ref().map(|p| (p.clone(), i.text.clone()))),
+    )?;
 
     // The guard reads each repository's tags before uploading, so that a
     // registry that won't list them fails the run before any upload.
@@ -100,7 +106,12 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     }
 
     let images = futures::future::try_join_all(request.inputs.into_iter().map(|spec| {
-        image::publish_image(spec, destinations.clone(), image_options.clone(), reporter.clone())
+        image::publish_image(
+            spec,
+            destinations.clone(),
+            image_options.clone(),
+            reporter.clone(),
+        )
     }))
     .await?;
     check_distinct_platforms(images.iter().map(|i| (i.platform.clone(), i.input.clone())))?;
@@ -137,7 +148,12 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
         let tags = destination
             .set_tags(&index, &tags, &*reporter)
             .await
-            .with_context(|| format!("tagging `{destination}` failed after its index `{}` was pushed", index.digest))?;
+            .with_context(|| {
+                format!(
+                    "tagging `{destination}` failed after its index `{}` was pushed",
+                    index.digest
+                )
+            })?;
         reports.push(DestinationReport {
             destination: destination.to_string(),
             tags,

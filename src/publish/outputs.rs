@@ -117,10 +117,18 @@ impl Metadata {
         let _ = writeln!(
             out,
             "\n**Tags** {}",
-            if tags.is_empty() { "none (by digest only)".to_owned() } else { tags.join(" ") }
+            if tags.is_empty() {
+                "none (by digest only)".to_owned()
+            } else {
+                tags.join(" ")
+            }
         );
         for w in &self.withheld {
-            let _ = writeln!(out, "- `{}` withheld at `{}`: {}", w.tag, w.destination, w.reason);
+            let _ = writeln!(
+                out,
+                "- `{}` withheld at `{}`: {}",
+                w.tag, w.destination, w.reason
+            );
         }
         let _ = writeln!(
             out,

@@ -1,1 +1,7 @@
+//! One integration binary (as uv's client tests): modules by theme, each
+//! against real tools on loopback only.
 
+mod harness;
+mod interrupt;
+mod publish;
+mod registry_client;

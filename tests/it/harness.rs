@@ -1,0 +1,662 @@
+//! A real registry per test: CNCF distribution (`/usr/bin/docker-registry`)
+//! on a free loopback port, with no auth, htpasswd Basic auth, or token auth
+//! backed by a small token issuer that lives here (registries.md §8).
+//!
+//! The registry's access log goes to a file so tests can count requests.
+//! Everything is removed when the `TestRegistry` is dropped.
+
+#![allow(dead_code)]
+
+use std::collections::HashSet;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use manifold::reference::Registry;
+use manifold::registry::{ClientOptions, Credentials, RegistryClient, Secret};
+
+const REGISTRY_BIN: &str = "/usr/bin/docker-registry";
+const SERVICE: &str = "test-registry";
+const ISSUER: &str = "test-issuer";
+
+/// How the registry authenticates.
+#[derive(Clone, Debug)]
+pub enum Auth {
+    None,
+    Basic { user: String, pass: String },
+    Token { user: String, pass: String },
+}
+
+impl Auth {
+    pub fn basic() -> Auth {
+        Auth::Basic {
+            user: "tester".into(),
+            pass: "s3cret-pass".into(),
+        }
+    }
+
+    pub fn token() -> Auth {
+        Auth::Token {
+            user: "tester".into(),
+            pass: "s3cret-pass".into(),
+        }
+    }
+
+    /// `(user, pass)` when the registry wants credentials.
+    pub fn creds(&self) -> Option<(String, String)> {
+        match self {
+            Auth::None => None,
+            Auth::Basic { user, pass } | Auth::Token { user, pass } => {
+                Some((user.clone(), pass.clone()))
+            }
+        }
+    }
+}
+
+/// A running registry; killed on drop.
+pub struct TestRegistry {
+    child: Child,
+    port: u16,
+    dir: tempfile::TempDir,
+    log: PathBuf,
+    pub auth: Auth,
+    issuer: Option<TokenIssuer>,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}
+
+impl TestRegistry {
+    pub fn start(auth: Auth) -> TestRegistry {
+        // A port picked now may be taken before the registry binds it: try
+        // again with another.
+        let mut last_log = String::new();
+        for _ in 0..3 {
+            match TestRegistry::try_start(auth.clone()) {
+                Ok(r) => return r,
+                Err(log) => last_log = log,
+            }
+        }
+        panic!("docker-registry did not start:\n{last_log}");
+    }
+
+    fn try_start(auth: Auth) -> Result<TestRegistry, String> {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let port = free_port();
+        let mut issuer = None;
+        let auth_yaml = match &auth {
+            Auth::None => String::new(),
+            Auth::Basic { user, pass } => {
+                let out = Command::new("htpasswd")
+                    .args(["-Bbn", user, pass])
+                    .output()
+                    .expect("htpasswd (apache2-utils) runs");
+                assert!(out.status.success(), "htpasswd failed");
+                let file = dir.path().join("htpasswd");
+                std::fs::write(&file, &out.stdout).expect("write htpasswd");
+                format!(
+                    "auth:\n  htpasswd:\n    realm: test-realm\n    path: {}\n",
+                    file.display()
+                )
+            }
+            Auth::Token { user, pass } => {
+                let i = TokenIssuer::start(user, pass, dir.path());
+                let yaml = format!(
+                    "auth:\n  token:\n    realm: http://127.0.0.1:{}/token\n    service: {SERVICE}\n    issuer: {ISSUER}\n    rootcertbundle: {}\n",
+                    i.port,
+                    i.cert_path.display()
+                );
+                issuer = Some(i);
+                yaml
+            }
+        };
+        let config = format!(
+            "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\n\
+             storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
+             \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
+             http:\n  addr: 127.0.0.1:{port}\n  secret: manifold-test-secret\n{auth_yaml}",
+            dir.path().join("data").display()
+        );
+        let config_path = dir.path().join("config.yml");
+        std::fs::write(&config_path, config).expect("write config");
+        let log = dir.path().join("registry.log");
+        let out = std::fs::File::create(&log).expect("log file");
+        let err = out.try_clone().expect("log file");
+        let child = Command::new(REGISTRY_BIN)
+            .arg("serve")
+            .arg(&config_path)
+            .stdin(Stdio::null())
+            .stdout(out)
+            .stderr(err)
+            .spawn()
+            .expect("docker-registry starts");
+        let mut reg = TestRegistry {
+            child,
+            port,
+            dir,
+            log,
+            auth,
+            issuer,
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = reg.child.try_wait() {
+                return Err(std::fs::read_to_string(&reg.log).unwrap_or_default());
+            }
+            if http_status(port, "/v2/").is_some() {
+                return Ok(reg);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Err(std::fs::read_to_string(&reg.log).unwrap_or_default())
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `127.0.0.1:PORT/<name>`.
+    pub fn repo(&self, name: &str) -> String {
+        format!("{}/{name}", self.host())
+    }
+
+    pub fn registry(&self) -> Registry {
+        Registry::parse(&self.host()).expect("a valid host")
+    }
+
+    /// The credentials the registry accepts, as the client takes them.
+    pub fn credentials(&self) -> Credentials {
+        match self.auth.creds() {
+            None => Credentials::anonymous(),
+            Some((u, p)) => Credentials::basic(u, Secret::new(p), "test credentials"),
+        }
+    }
+
+    /// A client with the right credentials.
+    pub fn client(&self) -> RegistryClient {
+        self.client_with(self.credentials())
+    }
+
+    pub fn client_with(&self, creds: Credentials) -> RegistryClient {
+        let opts = ClientOptions {
+            max_retries: 2,
+            ..ClientOptions::default()
+        };
+        RegistryClient::new(&self.registry(), creds, &opts).expect("client")
+    }
+
+    /// Makes the token issuer refuse every action on `repo` (token auth only).
+    pub fn deny_repository(&self, repo: &str) {
+        if let Some(i) = &self.issuer {
+            i.denied.lock().unwrap().insert(repo.to_owned());
+        }
+    }
+
+    /// The scopes each token request asked for (token auth only).
+    pub fn token_requests(&self) -> Vec<Vec<String>> {
+        self.issuer
+            .as_ref()
+            .map(|i| i.requests.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    /// Every request the registry logged, as `METHOD /path?query STATUS`.
+    pub fn request_log(&self) -> Vec<String> {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| {
+                // Combined log format: `… "METHOD /path HTTP/1.1" STATUS …`.
+                let start = line.find('"')?;
+                let rest = &line[start + 1..];
+                let end = rest.find('"')?;
+                let mut request = rest[..end].split(' ');
+                let method = request.next()?;
+                let path = request.next()?;
+                if !path.starts_with("/v2/") {
+                    return None;
+                }
+                let status = rest[end + 1..].split_whitespace().next()?;
+                Some(format!("{method} {path} {status}"))
+            })
+            .collect()
+    }
+
+    /// Requests whose `METHOD /path` contains `needle` (e.g. `PATCH /v2/a/`).
+    pub fn count_requests(&self, needle: &str) -> usize {
+        self.request_log()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+
+    /// Requests on blob upload sessions (POST, PATCH, PUT, DELETE).
+    pub fn blob_upload_requests(&self) -> usize {
+        self.count_requests("/blobs/uploads/")
+    }
+
+    /// `skopeo inspect --raw` of `reference` (`host/repo:tag` or `@digest`).
+    pub fn skopeo_inspect_raw(&self, reference: &str) -> Vec<u8> {
+        skopeo_inspect_raw(reference, self.auth.creds())
+    }
+
+    pub fn skopeo_copy_to_oci(&self, reference: &str, dir: &Path) {
+        skopeo_copy_to_oci(reference, dir, self.auth.creds())
+    }
+}
+
+impl Drop for TestRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The status of `GET path` on the loopback port, if anything answers.
+fn http_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n").ok()?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).ok()?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+// Credentials on skopeo's command line are fine here only: test passwords.
+fn skopeo_creds(flag: &str, creds: &Option<(String, String)>) -> Vec<String> {
+    match creds {
+        Some((u, p)) => vec![format!("{flag}={u}:{p}")],
+        None => Vec::new(),
+    }
+}
+
+pub fn skopeo_inspect_raw(reference: &str, creds: Option<(String, String)>) -> Vec<u8> {
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+        ])
+        .args(skopeo_creds("--creds", &creds))
+        .arg(format!("docker://{reference}"))
+        .output()
+        .expect("skopeo runs");
+    assert!(
+        out.status.success(),
+        "skopeo inspect {reference} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+pub fn skopeo_copy_to_oci(reference: &str, dir: &Path, creds: Option<(String, String)>) {
+    let out = Command::new("skopeo")
+        .args(["--insecure-policy", "copy", "--src-tls-verify=false"])
+        .args(skopeo_creds("--src-creds", &creds))
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}", dir.display()))
+        .output()
+        .expect("skopeo runs");
+    assert!(
+        out.status.success(),
+        "skopeo copy {reference} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A token issuer per registries.md §8: ES256 JWTs with `x5c`, Basic
+/// credentials checked, only the scopes asked for (minus denied
+/// repositories) granted.
+struct TokenIssuer {
+    port: u16,
+    cert_path: PathBuf,
+    denied: Arc<Mutex<HashSet<String>>>,
+    requests: Arc<Mutex<Vec<Vec<String>>>>,
+    stop: Arc<AtomicBool>,
+}
+
+struct IssuerKeys {
+    encoding: jsonwebtoken::EncodingKey,
+    cert_der_b64: String,
+    user: String,
+    pass: String,
+}
+
+impl TokenIssuer {
+    fn start(user: &str, pass: &str, dir: &Path) -> TokenIssuer {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).expect("P-256 key");
+        let params = rcgen::CertificateParams::new(vec![ISSUER.to_owned()]).expect("cert params");
+        let cert = params.self_signed(&key).expect("self-signed cert");
+        let cert_path = dir.join("cert.pem");
+        std::fs::write(&cert_path, cert.pem()).expect("write cert");
+        let keys = Arc::new(IssuerKeys {
+            encoding: jsonwebtoken::EncodingKey::from_ec_pem(key.serialize_pem().as_bytes())
+                .expect("EC key"),
+            cert_der_b64: base64::engine::general_purpose::STANDARD.encode(cert.der()),
+            user: user.to_owned(),
+            pass: pass.to_owned(),
+        });
+        let listener = TcpListener::bind("127.0.0.1:0").expect("issuer port");
+        let port = listener.local_addr().expect("addr").port();
+        let denied = Arc::new(Mutex::new(HashSet::new()));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        {
+            let (denied, requests, stop) = (denied.clone(), requests.clone(), stop.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(conn) = conn {
+                        let _ = serve_token(conn, &keys, &denied, &requests);
+                    }
+                }
+            });
+        }
+        TokenIssuer {
+            port,
+            cert_path,
+            denied,
+            requests,
+            stop,
+        }
+    }
+}
+
+impl Drop for TokenIssuer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the accept loop so the thread sees `stop`.
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+#[derive(serde::Serialize)]
+struct Access {
+    #[serde(rename = "type")]
+    kind: String,
+    name: String,
+    actions: Vec<String>,
+}
+
+#[derive(serde::Serialize)]
+struct Claims {
+    iss: String,
+    sub: String,
+    aud: String,
+    exp: u64,
+    nbf: u64,
+    iat: u64,
+    jti: String,
+    access: Vec<Access>,
+}
+
+fn serve_token(
+    mut conn: TcpStream,
+    keys: &IssuerKeys,
+    denied: &Mutex<HashSet<String>>,
+    requests: &Mutex<Vec<Vec<String>>>,
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    // Read the head (a GET has no body).
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = conn.read(&mut buf)?;
+        if n == 0 {
+            return Ok(());
+        }
+        head.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&head).to_string();
+    let mut lines = head.split("\r\n");
+    let target = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .unwrap_or("/")
+        .to_owned();
+    let authorization = lines
+        .filter_map(|l| l.split_once(':'))
+        .find(|(k, _)| k.trim().eq_ignore_ascii_case("authorization"))
+        .map(|(_, v)| v.trim().to_owned());
+    let url = url::Url::parse(&format!("http://issuer{target}")).expect("request target");
+    let scopes: Vec<String> = url
+        .query_pairs()
+        .filter(|(k, _)| k == "scope")
+        .flat_map(|(_, v)| v.split(' ').map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    requests.lock().unwrap().push(scopes.clone());
+
+    let expected = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{}:{}", keys.user, keys.pass))
+    );
+    if authorization.as_deref() != Some(expected.as_str()) {
+        let body = r#"{"errors":[{"code":"UNAUTHORIZED","message":"authentication required"}]}"#;
+        return respond(&mut conn, "401 Unauthorized", body);
+    }
+    let denied = denied.lock().unwrap().clone();
+    let access: Vec<Access> = scopes
+        .iter()
+        .filter_map(|s| {
+            let mut parts = s.splitn(3, ':');
+            let (kind, name, actions) = (parts.next()?, parts.next()?, parts.next()?);
+            if denied.contains(name) {
+                return None;
+            }
+            Some(Access {
+                kind: kind.to_owned(),
+                name: name.to_owned(),
+                actions: actions.split(',').map(str::to_owned).collect(),
+            })
+        })
+        .collect();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs();
+    let claims = Claims {
+        iss: ISSUER.into(),
+        sub: keys.user.clone(),
+        aud: SERVICE.into(),
+        exp: now + 300,
+        nbf: now - 10,
+        iat: now,
+        jti: format!("{now}-{}", rand::random::<u64>()),
+        access,
+    };
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.typ = Some("JWT".into());
+    header.x5c = Some(vec![keys.cert_der_b64.clone()]);
+    let token = jsonwebtoken::encode(&header, &claims, &keys.encoding).expect("sign token");
+    let body = serde_json::json!({"token": token, "expires_in": 300}).to_string();
+    respond(&mut conn, "200 OK", &body)
+}
+
+fn respond(conn: &mut TcpStream, status: &str, body: &str) -> std::io::Result<()> {
+    write!(
+        conn,
+        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )?;
+    conn.flush()
+}
+
+/// What a quirk server answers: status, headers, body.
+pub type QuirkAnswer = (u16, Vec<(String, String)>, Vec<u8>);
+
+/// One request to a quirk server.
+#[derive(Clone, Debug)]
+pub struct QuirkRequest {
+    pub method: String,
+    pub target: String,
+    pub authorization: Option<String>,
+    pub body: Vec<u8>,
+}
+
+/// A tiny HTTP server scripting a behaviour that distribution does not show
+/// (another registry's quirk). Never a stand-in for the real registry.
+pub struct QuirkServer {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    pub requests: Arc<Mutex<Vec<QuirkRequest>>>,
+}
+
+impl QuirkServer {
+    /// Serves `handler(request)` until dropped.
+    pub fn start(
+        handler: impl Fn(&QuirkRequest) -> QuirkAnswer + Send + Sync + 'static,
+    ) -> QuirkServer {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("quirk port");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let requests = Arc::new(Mutex::new(Vec::new()));
+        {
+            let (stop, requests) = (stop.clone(), requests.clone());
+            let handler = Arc::new(handler);
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    if let Ok(mut conn) = conn {
+                        // A thread per connection, so concurrency is visible.
+                        let (handler, requests) = (handler.clone(), requests.clone());
+                        std::thread::spawn(move || {
+                            let _ = serve_quirk(&mut conn, &*handler, &requests);
+                        });
+                    }
+                }
+            });
+        }
+        QuirkServer {
+            port,
+            stop,
+            requests,
+        }
+    }
+
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// `METHOD target` of each request so far.
+    pub fn request_lines(&self) -> Vec<String> {
+        self.requests
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|r| format!("{} {}", r.method, r.target))
+            .collect()
+    }
+
+    pub fn client(&self) -> RegistryClient {
+        self.client_with(Credentials::anonymous())
+    }
+
+    pub fn client_with(&self, creds: Credentials) -> RegistryClient {
+        self.client_with_options(
+            creds,
+            &ClientOptions {
+                max_retries: 2,
+                ..ClientOptions::default()
+            },
+        )
+    }
+
+    pub fn client_with_options(&self, creds: Credentials, opts: &ClientOptions) -> RegistryClient {
+        RegistryClient::new(&Registry::parse(&self.host()).expect("host"), creds, opts)
+            .expect("client")
+    }
+}
+
+impl Drop for QuirkServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+fn serve_quirk(
+    conn: &mut TcpStream,
+    handler: &dyn Fn(&QuirkRequest) -> QuirkAnswer,
+    requests: &Mutex<Vec<QuirkRequest>>,
+) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(conn.try_clone()?);
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    let mut length = 0usize;
+    let mut chunked = false;
+    let mut authorization = None;
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line == "\r\n" {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            if k.trim().eq_ignore_ascii_case("content-length") {
+                length = v.trim().parse().unwrap_or(0);
+            }
+            if k.trim().eq_ignore_ascii_case("authorization") {
+                authorization = Some(v.trim().to_owned());
+            }
+            if k.trim().eq_ignore_ascii_case("transfer-encoding") && v.contains("chunked") {
+                chunked = true;
+            }
+        }
+    }
+    // The body is read (and dropped) before answering, as registries do.
+    let mut body = Vec::new();
+    if chunked {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
+            let mut chunk = vec![0u8; n + 2];
+            reader.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk[..n]);
+            if n == 0 {
+                break;
+            }
+        }
+    } else {
+        body = vec![0u8; length];
+        reader.read_exact(&mut body)?;
+    }
+    let mut parts = request_line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_owned();
+    let target = parts.next().unwrap_or("").to_owned();
+    let request = QuirkRequest {
+        method: method.clone(),
+        target,
+        authorization,
+        body,
+    };
+    let (status, headers, body) = handler(&request);
+    requests.lock().unwrap().push(request);
+    let mut head = format!(
+        "HTTP/1.1 {status} X\r\nContent-Length: {}\r\nConnection: close\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        head.push_str(&format!("{k}: {v}\r\n"));
+    }
+    head.push_str("\r\n");
+    conn.write_all(head.as_bytes())?;
+    if method != "HEAD" {
+        conn.write_all(&body)?;
+    }
+    conn.flush()
+}

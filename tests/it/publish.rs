@@ -1,0 +1,408 @@
+//! `manifold publish` end to end, as a user runs it: the real binary against
+//! a real registry, checked with skopeo and by reading back what was pushed.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use manifold::digest::Digest;
+use manifold::oci::{ImageIndex, ImageManifest};
+
+use crate::harness::{Auth, TestRegistry};
+
+/// The repository's testdata directory.
+pub fn testdata(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
+}
+
+/// Runs the manifold binary with a clean environment: no CI variables, a
+/// private HOME (so no credentials of the machine's are found), and a fixed
+/// `SOURCE_DATE_EPOCH` so digests are reproducible.
+pub struct Run {
+    cmd: Command,
+    stdin: Option<Vec<u8>>,
+    _home: tempfile::TempDir,
+}
+
+impl Run {
+    pub fn new(args: &[&str]) -> Run {
+        let home = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_manifold"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", home.path())
+            .env("XDG_CACHE_HOME", home.path().join("cache"))
+            .env("SOURCE_DATE_EPOCH", "1700000000")
+            .current_dir(home.path());
+        Run {
+            cmd,
+            stdin: None,
+            _home: home,
+        }
+    }
+
+    pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Run {
+        self.cmd.env(key, value);
+        self
+    }
+
+    pub fn stdin(mut self, bytes: &[u8]) -> Run {
+        self.stdin = Some(bytes.to_vec());
+        self
+    }
+
+    pub fn output(mut self) -> Output {
+        self.cmd
+            .stdin(if self.stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = self.cmd.spawn().expect("manifold starts");
+        if let Some(bytes) = self.stdin.take() {
+            child.stdin.take().unwrap().write_all(&bytes).unwrap();
+        }
+        child.wait_with_output().unwrap()
+    }
+
+    /// Runs and asserts success; returns stdout.
+    pub fn success(self) -> String {
+        let out = self.output();
+        assert!(
+            out.status.success(),
+            "manifold failed ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+fn skopeo_copy_all(reference: &str, dir: &Path, creds: Option<(String, String)>) {
+    let mut cmd = Command::new("skopeo");
+    cmd.args([
+        "--insecure-policy",
+        "copy",
+        "--all",
+        "--src-tls-verify=false",
+    ]);
+    if let Some((u, p)) = creds {
+        cmd.arg(format!("--src-creds={u}:{p}"));
+    }
+    let out = cmd
+        .arg(reference)
+        .arg(format!("oci:{}:copied", dir.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy --all {reference} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The config digest and diff_ids of a plain docker-archive, read with a
+/// real tar reader.
+fn archive_facts(path: &Path) -> (Digest, Vec<Digest>) {
+    let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
+    let mut files = BTreeMap::new();
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        let name = entry.path().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".json") {
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+            files.insert(name, bytes);
+        }
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
+    let config_name = manifest[0]["Config"].as_str().unwrap();
+    let config = &files[config_name];
+    let parsed: serde_json::Value = serde_json::from_slice(config).unwrap();
+    let diff_ids = parsed["rootfs"]["diff_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_str().unwrap().parse().unwrap())
+        .collect();
+    (Digest::of(config), diff_ids)
+}
+
+fn publish_and_verify(auth: Auth) {
+    let registry = TestRegistry::start(auth.clone());
+    let repo = registry.repo("acme/fd");
+    let mut args = vec![
+        "publish", "--repo", &repo, "--tag", "1.0.0", "--tag", "edge",
+    ];
+    if auth.creds().is_some() {
+        args.extend(["--username", "tester", "--password-stdin"]);
+    }
+    let amd64 = testdata("stream-amd64");
+    let arm64 = testdata("fd-arm64.tar.zst");
+    args.push(amd64.to_str().unwrap());
+    args.push(arm64.to_str().unwrap());
+    let run = Run::new(&args).stdin(b"s3cret-pass\n");
+    let out = run.output();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "publish failed:\n{stderr}");
+    assert!(
+        !stderr.contains("s3cret-pass"),
+        "the password leaked:\n{stderr}"
+    );
+
+    // stdout: exactly one line, `<repo>@<index digest>`.
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 1, "{stdout}");
+    let (printed_repo, digest) = lines[0].split_once('@').unwrap();
+    assert_eq!(printed_repo, repo);
+    let digest: Digest = digest.parse().unwrap();
+
+    // Both tags name the index, byte for byte.
+    for tag in ["1.0.0", "edge"] {
+        let raw = registry.skopeo_inspect_raw(&format!("{repo}:{tag}"));
+        assert_eq!(Digest::of(&raw), digest, "tag {tag}");
+    }
+    let raw = registry.skopeo_inspect_raw(&format!("{repo}@{digest}"));
+    let index: ImageIndex = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(index.media_type, manifold::oci::MEDIA_TYPE_INDEX);
+    let platforms: Vec<String> = index
+        .manifests
+        .iter()
+        .map(|m| m.platform.as_ref().unwrap().to_string())
+        .collect();
+    assert_eq!(platforms, ["linux/amd64", "linux/arm64"], "input order");
+
+    // The pushed configs are the inputs' configs, byte for byte, and their
+    // layers are the inputs' layers.
+    for (entry, archive) in index.manifests.iter().zip(["fd-amd64.tar", "fd-amd64.tar"]) {
+        let raw = registry.skopeo_inspect_raw(&format!("{repo}@{}", entry.digest));
+        let manifest: ImageManifest = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(manifest.media_type, manifold::oci::MEDIA_TYPE_MANIFEST);
+        if entry.platform.as_ref().unwrap().architecture == "amd64" {
+            let (config, diff_ids) = archive_facts(&testdata(archive));
+            assert_eq!(manifest.config.digest, config);
+            assert_eq!(manifest.layers.len(), diff_ids.len());
+        }
+        for layer in &manifest.layers {
+            assert_eq!(layer.media_type, manifold::oci::MEDIA_TYPE_LAYER_GZIP);
+        }
+    }
+
+    // skopeo pulls everything back and checks every digest on the way.
+    let dir = tempfile::tempdir().unwrap();
+    skopeo_copy_all(&format!("docker://{repo}:1.0.0"), dir.path(), auth.creds());
+}
+
+#[test]
+fn publishes_a_stream_and_an_archive_anonymously() {
+    publish_and_verify(Auth::None);
+}
+
+#[test]
+fn publishes_with_basic_auth_from_stdin() {
+    publish_and_verify(Auth::basic());
+}
+
+#[test]
+fn publishes_with_bearer_tokens() {
+    publish_and_verify(Auth::token());
+}
+
+#[test]
+fn credentials_come_from_the_docker_config() {
+    let registry = TestRegistry::start(Auth::basic());
+    let repo = registry.repo("acme/cfg");
+    let config_dir = tempfile::tempdir().unwrap();
+    let auth = base64_encode("tester:s3cret-pass");
+    std::fs::write(
+        config_dir.path().join("config.json"),
+        format!(
+            r#"{{"auths":{{"{}":{{"auth":"{auth}"}}}}}}"#,
+            registry.host()
+        ),
+    )
+    .unwrap();
+    let amd64 = testdata("fd-amd64.tar.gz");
+    Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "x",
+        amd64.to_str().unwrap(),
+    ])
+    .env("DOCKER_CONFIG", config_dir.path())
+    .success();
+    registry.skopeo_inspect_raw(&format!("{repo}:x"));
+}
+
+fn base64_encode(s: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(s)
+}
+
+#[test]
+fn a_re_run_uploads_no_layer_and_gives_the_same_digest() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/rerun");
+    let amd64 = testdata("stream-amd64");
+    let arm64 = testdata("stream-arm64");
+    let args = [
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "1.0.0",
+        amd64.to_str().unwrap(),
+        arm64.to_str().unwrap(),
+    ];
+    let first = Run::new(&args).success();
+    let uploads_after_first = registry.blob_upload_requests();
+    assert!(uploads_after_first > 0);
+    // A fresh runner: new HOME, so no local cache; the registry remembers.
+    let second = Run::new(&args).success();
+    assert_eq!(first, second, "same inputs, same index digest");
+    assert_eq!(
+        registry.blob_upload_requests(),
+        uploads_after_first,
+        "the re-run started no upload:\n{:#?}",
+        registry.request_log()
+    );
+}
+
+#[test]
+fn an_oci_layout_gets_the_same_index_as_a_registry() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/both");
+    let out = tempfile::tempdir().unwrap();
+    let layout = format!("oci:{}", out.path().join("layout").display());
+    let amd64 = testdata("fd-amd64.tar");
+    let arm64 = testdata("fd-arm64.tar.zst");
+    let stdout = Run::new(&[
+        "publish",
+        "--repo",
+        &layout,
+        "--repo",
+        &repo,
+        "--tag",
+        "latest",
+        amd64.to_str().unwrap(),
+        arm64.to_str().unwrap(),
+    ])
+    .success();
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 2, "{stdout}");
+    let digests: Vec<&str> = lines
+        .iter()
+        .map(|l| l.rsplit_once('@').unwrap().1)
+        .collect();
+    assert_eq!(digests[0], digests[1]);
+    assert!(lines[0].starts_with("oci:"));
+    // skopeo reads the layout (and checks every digest while copying).
+    let copy = tempfile::tempdir().unwrap();
+    skopeo_copy_all(
+        &format!("oci:{}:latest", out.path().join("layout").display()),
+        copy.path(),
+        None,
+    );
+}
+
+#[test]
+fn a_failing_stream_moves_no_tag() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/broken");
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("stream-broken");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nhead -c 20000 '{}'\necho 'build exploded' >&2\nexit 3\n",
+            testdata("fd-amd64.tar").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let arm64 = testdata("stream-arm64");
+    let out = Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "1.0.0",
+        &format!("stream:{}", script.display()),
+        arm64.to_str().unwrap(),
+    ])
+    .output();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("stream-broken"),
+        "names the input:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("build exploded") || stderr.contains("exit"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+    assert_eq!(
+        registry.count_requests("PUT /v2/acme/broken/manifests/1.0.0"),
+        0,
+        "no tag was touched:\n{:#?}",
+        registry.request_log()
+    );
+}
+
+#[test]
+fn two_inputs_of_one_platform_are_a_usage_error() {
+    let out = tempfile::tempdir().unwrap();
+    let layout = format!("oci:{}", out.path().display());
+    let a = testdata("fd-amd64.tar");
+    let b = testdata("fd-amd64.tar.gz");
+    let run = Run::new(&[
+        "publish",
+        "--repo",
+        &layout,
+        "--tag",
+        "x",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+    ]);
+    let output = run.output();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("linux/amd64"), "{stderr}");
+}
+
+#[test]
+fn a_platform_prefix_overrides_the_config() {
+    let out = tempfile::tempdir().unwrap();
+    let layout = out.path().join("l");
+    let a = testdata("fd-amd64.tar");
+    Run::new(&[
+        "publish",
+        "--repo",
+        &format!("oci:{}", layout.display()),
+        "--tag",
+        "x",
+        &format!("linux/arm/v7=archive:{}", a.display()),
+    ])
+    .success();
+    let index: ImageIndex =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digest = &index.manifests[0].digest;
+    let inner: ImageIndex = serde_json::from_slice(
+        &std::fs::read(layout.join("blobs/sha256").join(digest.hex())).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        inner.manifests[0].platform.as_ref().unwrap().to_string(),
+        "linux/arm/v7"
+    );
+}
