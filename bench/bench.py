@@ -23,8 +23,8 @@ fixture's layer files are read from memory by every tool alike.
 
 Measured per scenario: wall time, peak RSS of the largest process of the
 pipeline (GNU time's %M, through wait4), and what was pushed, read from the
-registry's log: every completed blob upload (PUT .../blobs/uploads/...?digest=
-answered 201) counts the size of that blob, even when the registry already had
+registry's log: every completed blob upload (PUT .../blobs/uploads/...?digest=,
+or a monolithic POST with ?digest=, answered 201) counts the size of that blob, even when the registry already had
 it; manifests PUT are counted apart. A publish is "ok" when the tags it should
 have moved resolve to an index with an amd64 and an arm64 manifest of 4 layers.
 """
@@ -159,7 +159,8 @@ class Registry:
                 if not m:
                     continue
                 method, uri, status = m.group(1), m.group(2), m.group(3)
-                if method == "PUT" and "/blobs/uploads/" in uri and status == "201":
+                # PUT closes a session; a POST with ?digest= is a monolithic upload.
+                if method in ("PUT", "POST") and "/blobs/uploads/" in uri and "digest=" in uri and status == "201":
                     d = re.search(r"digest=sha256(?:%3A|:)([0-9a-f]{64})", uri)
                     if d:
                         blobs += 1
