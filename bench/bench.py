@@ -364,6 +364,8 @@ def summarize(results, tools):
                 "runs": len(rs),
                 "ok": len(good),
                 "median_s": median([r["wall_s"] for r in good]),
+                "min_s": min([r["wall_s"] for r in good], default=None),
+                "max_s": max([r["wall_s"] for r in good], default=None),
                 "median_mb_pushed": median([r["pushed"]["bytes"] / 1e6 for r in good]),
                 "median_blob_uploads": median([r["pushed"]["blob_uploads"] for r in good]),
                 "median_peak_rss_mb": median([r["peak_rss_kib"] / 1024 if r["peak_rss_kib"] else None for r in good]),
@@ -384,11 +386,13 @@ def print_tables(summary, tools, runs):
     for scen, _, _ in SCENARIOS:
         print()
         print("scenario: %s  (median of %d runs)" % (scen, runs))
-        print("  %-17s %9s %9s %10s %8s %10s %5s" % ("tool", "median s", "vs skopeo", "MB pushed", "uploads", "peak RSS", "ok"))
+        print("  %-17s %9s %11s %9s %10s %8s %10s %5s" % (
+            "tool", "median s", "min-max s", "vs skopeo", "MB pushed", "uploads", "peak RSS", "ok"))
         for tool in tools:
             r = summary[scen][tool]
-            print("  %-17s %9s %9s %10s %8s %10s %5s" % (
-                LABELS[tool], fmt(r["median_s"], ".1f"),
+            spread = "-" if r["min_s"] is None else "%.1f-%.1f" % (r["min_s"], r["max_s"])
+            print("  %-17s %9s %11s %9s %10s %8s %10s %5s" % (
+                LABELS[tool], fmt(r["median_s"], ".1f"), spread,
                 "-" if r["ratio_vs_skopeo"] is None else "%.2fx" % r["ratio_vs_skopeo"],
                 fmt(r["median_mb_pushed"], ".1f"), fmt(r["median_blob_uploads"], ".0f"),
                 "-" if r["median_peak_rss_mb"] is None else "%.0f MB" % r["median_peak_rss_mb"],

@@ -11,7 +11,8 @@ Two sub-commands (Python 3 standard library only):
 * `layers/<sha256>.tar`: layer tarballs. Each architecture gets three layers of
   real software taken from this machine (distinct slices of
   /usr/lib/x86_64-linux-gnu, /usr/bin + /usr/libexec, /usr/share: shared
-  libraries, executables, data), about `--layer-mb` MB each, so they compress
+  libraries, executables, data; the rest of /usr when one runs short), about
+  `--layer-mb` MB each, so they compress
   like real images do (gzip ratio around 0.4 to 0.5), plus a top layer holding
   `--random-mb` MB of random bytes (an application's incompressible blob).
   amd64 and arm64 take different files, so no layer is shared between them.
@@ -52,10 +53,12 @@ COPY_BUF = 1 << 20
 MAX_FILE = 24 << 20
 
 SOURCES = [
-    # (layer name, roots): amd64 takes the first slice of each, arm64 the next.
-    ("libs", ["/usr/lib/x86_64-linux-gnu", "/usr/lib"]),
-    ("bin", ["/usr/bin", "/usr/sbin", "/usr/libexec"]),
-    ("share", ["/usr/share"]),
+    # (layer name, roots): amd64 takes the first slice of each, arm64 the
+    # next. No file goes in two layers; a small system (minimal Debian) runs
+    # out of /usr/bin, so each list ends in all of /usr.
+    ("libs", ["/usr/lib/x86_64-linux-gnu", "/usr/lib", "/usr"]),
+    ("bin", ["/usr/bin", "/usr/sbin", "/usr/libexec", "/usr"]),
+    ("share", ["/usr/share", "/usr"]),
 ]
 ARCHES = ("amd64", "arm64")
 
@@ -64,9 +67,9 @@ def log(msg):
     print(msg, file=sys.stderr, flush=True)
 
 
-def walk_files(roots):
-    """(path, lstat) of regular files and symlinks under roots, sorted, each once."""
-    seen = set()
+def walk_files(roots, seen):
+    """(path, lstat) of regular files and symlinks under roots, sorted, each
+    once: `seen` holds the (device, inode) pairs already taken."""
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
             dirnames.sort()
@@ -89,10 +92,10 @@ def walk_files(roots):
                     yield path, st
 
 
-def slices(roots, target, count):
+def slices(roots, target, count, seen):
     """`count` consecutive slices of about `target` bytes of files under roots."""
     out, cur, size = [], [], 0
-    for path, st in walk_files(roots):
+    for path, st in walk_files(roots, seen):
         cur.append(path)
         if stat.S_ISREG(st.st_mode):
             size += st.st_size
@@ -104,7 +107,8 @@ def slices(roots, target, count):
     if cur:
         out.append(cur)
     if len(out) < count:
-        raise SystemExit("not enough files under %s for %d slices of %d bytes" % (roots, count, target))
+        raise SystemExit("error: not enough files under %s for %d slices of %d bytes\n"
+                         "hint: use a smaller `--layer-mb`" % (roots, count, target))
     return out
 
 
@@ -242,7 +246,7 @@ def write_scripts(out_dir, images):
 
 
 def build(out_dir, layer_mb, random_mb):
-    params = {"version": 2, "layer_mb": layer_mb, "random_mb": random_mb}
+    params = {"version": 3, "layer_mb": layer_mb, "random_mb": random_mb}
     meta_path = os.path.join(out_dir, "images.json")
     try:
         with open(meta_path) as f:
@@ -258,8 +262,9 @@ def build(out_dir, layer_mb, random_mb):
         os.unlink(os.path.join(layers_dir, name))
     target = layer_mb * 1_000_000
     per_arch = {a: [] for a in ARCHES}
+    seen = set()
     for kind, roots in SOURCES:
-        cuts = slices(roots, target, len(ARCHES))
+        cuts = slices(roots, target, len(ARCHES), seen)
         for arch, paths in zip(ARCHES, cuts):
             sha, size, path = files_layer(layers_dir, "%s-%s" % (kind, arch), paths)
             log("layer %s-%s: %d files, %.1f MB" % (kind, arch, len(paths), size / 1e6))
