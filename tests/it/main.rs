@@ -3,8 +3,6 @@
 
 mod bad_input;
 mod faults;
-mod bad_input;
-mod faults;
 mod harness;
 mod interrupt;
 mod nix2container;
