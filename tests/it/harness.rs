@@ -252,6 +252,11 @@ impl TestRegistry {
             .unwrap_or_default()
     }
 
+    /// The registry's access log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
+    }
+
     /// Every request the registry logged, as `METHOD /path?query STATUS`.
     pub fn request_log(&self) -> Vec<String> {
         let text = std::fs::read_to_string(&self.log).unwrap_or_default();
