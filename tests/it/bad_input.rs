@@ -101,7 +101,11 @@ fn cases() -> Vec<Case> {
         case(&["n2c-malformed.json"], 1, &["not a nix2container image"]),
         // publish does not read nix2container yet: refused as such, by name.
         case(&["n2c-wrong-types.json"], 1, &["key `version`"]),
-        case(&["n2c-missing-store-path.json"], 1, &["cannot read", "-missing"]),
+        case(
+            &["n2c-missing-store-path.json"],
+            1,
+            &["cannot read", "-missing"],
+        ),
         case(
             &["not-a-layout"],
             1,

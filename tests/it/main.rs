@@ -2,6 +2,7 @@
 //! against real tools on loopback only.
 
 mod bad_input;
+mod concurrency;
 mod faults;
 mod harness;
 mod interrupt;
