@@ -72,7 +72,7 @@ pub async fn publish_image(
     let _stop_reader_on_drop = CancelOnDrop(cancel.clone());
 
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let reader = {
+    let mut reader = {
         let spec = spec.clone();
         let read_options = ReadOptions {
             compression: options.compression,
@@ -120,15 +120,14 @@ pub async fn publish_image(
                 }
             },
             Some(done) = uploads.join_next(), if !uploads.is_empty() => {
-                // An upload that fails because the reader failed is reported
-                // through the reader's error below, which says more.
-                if let Err(e) = flatten(done) {
-                    if !reader.is_finished() {
-                        return Err(e);
+                if let Err(upload_error) = flatten(done) {
+                    // When the reader fails, its spools fail their uploads
+                    // too, and the reader's error says more: give it a moment.
+                    let waited = tokio::time::timeout(std::time::Duration::from_secs(1), &mut reader).await;
+                    if let Ok(Ok(Err(read_error))) = waited {
+                        return Err(read_error);
                     }
-                    let image = reader.await.context("the input reader panicked")??;
-                    drop(image);
-                    return Err(e);
+                    return Err(upload_error);
                 }
             }
         }
