@@ -168,11 +168,12 @@ pub async fn publish_image(
 
     let platform = platform_of(&spec, &image.summary, &*reporter)?;
     let config = manifest::config_descriptor(&image.config);
-    for destination in destinations.iter() {
-        destination
-            .push_bytes(image.config.clone(), &*reporter)
-            .await?;
-    }
+    futures::future::try_join_all(
+        destinations
+            .iter()
+            .map(|d| d.push_bytes(image.config.clone(), &*reporter)),
+    )
+    .await?;
     let layers: Vec<(Digest, Descriptor)> = image
         .layers
         .iter()
