@@ -99,7 +99,6 @@ fn cases() -> Vec<Case> {
             &["without execute permission", "chmod +x"],
         ),
         case(&["n2c-malformed.json"], 1, &["not a nix2container image"]),
-        // publish does not read nix2container yet: refused as such, by name.
         case(&["n2c-wrong-types.json"], 1, &["key `version`"]),
         case(
             &["n2c-missing-store-path.json"],
