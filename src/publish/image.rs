@@ -80,8 +80,9 @@ pub async fn publish_image(
             known: options.known.clone(),
         };
         let timeout = options.stream_timeout;
+        let reporter = reporter.clone();
         tokio::task::spawn_blocking(move || {
-            read_input(&spec, &read_options, timeout, cancel, events_tx)
+            read_input(&spec, &read_options, timeout, cancel, events_tx, reporter)
         })
     };
 
@@ -219,10 +220,16 @@ fn read_input(
     timeout: Option<std::time::Duration>,
     cancel: Arc<AtomicBool>,
     events: mpsc::UnboundedSender<ReadEvent>,
+    reporter: Arc<dyn Reporter>,
 ) -> Result<ArchiveImage> {
+    // A stream script's stderr is the user's build log: shown like our own
+    // notices (above the progress bars), prefixed with the input.
+    let name = spec.text.clone();
     let stream = input::StreamOptions {
         timeout,
-        ..Default::default()
+        on_stderr: Some(Box::new(move |line: &str| {
+            reporter.on_notice(&format!("{name}: {line}"))
+        })),
     };
     match input::open_with(spec, stream)? {
         OpenedInput::DockerArchive(mut source) => {
