@@ -155,6 +155,13 @@ fn publish_and_verify(auth: Auth) {
         !stderr.contains("s3cret-pass"),
         "the password leaked:\n{stderr}"
     );
+    // The stream script's own stderr is passed on, prefixed with the input.
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.starts_with(amd64.to_str().unwrap()) && l.contains("Creating layer")),
+        "{stderr}"
+    );
 
     // stdout: exactly one line, `<repo>@<index digest>`.
     let stdout = String::from_utf8(out.stdout).unwrap();
