@@ -61,8 +61,23 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct PublishArgs {
     /// Images to publish, one per platform: `[PLATFORM=][KIND:]PATH`
-    #[arg(value_name = "INPUT", required = true)]
+    #[arg(value_name = "INPUT", required_unless_present = "config")]
     pub inputs: Vec<String>,
+
+    /// Publish several images from a TOML file, one `[[image]]` table each
+    /// (`repo`, `inputs`, optional `tags`, `annotations`, `platforms`)
+    ///
+    /// Paths in the file are relative to it; the other flags apply to every
+    /// image. Layers shared between images are uploaded once per registry and
+    /// mounted into the other repositories.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["inputs", "repos"])]
+    pub config: Option<PathBuf>,
+
+    /// Also tag each per-architecture manifest `<tag>-<arch><variant>`
+    /// (`1.0-amd64`, `1.0-armv7`), for registries whose clean-up deletes
+    /// untagged manifests (ghcr.io)
+    #[arg(long)]
+    pub arch_tags: bool,
 
     /// Destination: a registry repository (`ghcr.io/acme/fd`) or `oci:DIR`
     ///
