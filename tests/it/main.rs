@@ -6,4 +6,5 @@ mod interrupt;
 mod nix2container;
 mod publish;
 mod registry_client;
+mod split;
 mod tags;
