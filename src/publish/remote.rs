@@ -12,7 +12,9 @@
 //!
 //! Limits: the registry client has no streaming blob GET yet, so a layer
 //! copied across registries is fetched into memory, capped at
-//! [`MAX_COPY_IN_MEMORY`]; layout blobs go through a spool file. The index
+//! [`MAX_COPY_IN_MEMORY`] and one blob at a time in the whole process (a
+//! streamed GET → PUT needs `RegistryClient` support); layout blobs go
+//! through a spool file. The index
 //! manifold builds is OCI, so a Docker v2s2 manifest (or manifest list) is
 //! refused rather than mixed into it.
 //!
@@ -48,6 +50,10 @@ pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
 
 /// A blob copied across registries is held in memory up to this size.
 pub const MAX_COPY_IN_MEMORY: u64 = 512 << 20;
+
+/// One in-memory cross-registry copy at a time, so memory stays bounded by
+/// [`MAX_COPY_IN_MEMORY`] however many blobs and images are in flight.
+static IN_MEMORY_COPIES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// Annotation marking an index child as an attestation, not an image.
 const REFERENCE_TYPE: &str = "vnd.docker.reference.type";
@@ -512,6 +518,7 @@ async fn copy_blob(
     // Repositories known to hold the blob, for mounts.
     let mut holders: Vec<Repository> = Vec::new();
     let mut spooled: Option<spool::Spool> = None;
+    let mut permit = None;
     if let ImageSource::Registry { repository, .. } = source {
         holders.push(repository.clone());
     }
@@ -550,6 +557,15 @@ async fn copy_blob(
         }
         // Bytes are needed: fetch once, push to each destination that lacks them.
         if bytes.is_none() && spooled.is_none() {
+            if let ImageSource::Registry { .. } = source {
+                // Held until the last destination has the bytes.
+                permit = Some(
+                    IN_MEMORY_COPIES
+                        .acquire()
+                        .await
+                        .context("the blob copies were stopped")?,
+                );
+            }
             match source.fetch(&descriptor).await? {
                 Fetched::Bytes(b) => bytes = Some(b),
                 Fetched::Spool(s) => spooled = Some(s),
@@ -574,6 +590,7 @@ async fn copy_blob(
             holders.push(repository.clone());
         }
     }
+    drop(permit);
     Ok(())
 }
 
