@@ -372,3 +372,80 @@ fn an_oci_layout_is_an_input() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_docker_v2s2_image_is_refused_rather_than_mixed_into_an_oci_index() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/v2s2");
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--dest-tls-verify=false",
+            "--format",
+            "v2s2",
+        ])
+        .arg(format!(
+            "docker-archive:{}",
+            testdata("fd-amd64.tar").display()
+        ))
+        .arg(format!("docker://{repo}:old"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Run::new(&[
+        "publish",
+        "--repo",
+        &registry.repo("acme/mixed"),
+        "--tag",
+        "1",
+        &format!("docker://{repo}:old"),
+    ])
+    .output();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("application/vnd.docker.distribution.manifest.v2+json document, which manifold cannot put into an OCI index"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("hint: convert it first"), "{stderr}");
+    assert_eq!(registry.count_requests("PUT /v2/acme/mixed/"), 0);
+}
+
+#[test]
+fn assembly_mounts_with_bearer_tokens() {
+    let registry = TestRegistry::start(Auth::token());
+    let repo = registry.repo("acme/tok");
+    let with_creds = |args: &[&str]| {
+        let mut all = vec!["publish", "--username", "tester", "--password-stdin"];
+        all.extend_from_slice(args);
+        Run::new(&all).stdin(b"s3cret-pass\n").success()
+    };
+    let amd64 = testdata("fd-amd64.tar");
+    let first = with_creds(&["--no-tags", "--repo", &repo, amd64.to_str().unwrap()]);
+    let other = registry.repo("acme/tok-final");
+    let patches_before = registry.count_requests("PATCH ");
+    with_creds(&[
+        "--repo",
+        &other,
+        "--tag",
+        "1",
+        &format!("docker://{}", first.trim()),
+    ]);
+    assert_eq!(registry.count_requests("PATCH "), patches_before);
+    let (_, index) = index_at(&registry, &format!("{other}:1"));
+    assert_eq!(platforms(&index), ["linux/amd64"]);
+    // The token for the mount carried pull on the source repository.
+    assert!(
+        registry
+            .token_requests()
+            .iter()
+            .any(|scopes| scopes.contains(&"repository:acme/tok:pull".to_owned())),
+        "{:?}",
+        registry.token_requests()
+    );
+}
