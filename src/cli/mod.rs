@@ -530,6 +530,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
     };
 
     let mut stdout = std::io::stdout().lock();
+    let mut all = Vec::new();
     for report in &reports {
         let metadata = Metadata::new(
             report,
@@ -543,14 +544,52 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
         for reference in &metadata.references {
             writeln!(stdout, "{reference}")?;
         }
-        // A batch prints every image; CI outputs (one `digest`, one
-        // `image`) describe a single publish only.
-        if !batch {
-            stdout.flush()?;
-            write_ci_outputs(&metadata, args.metadata_file.as_ref(), env)?;
-        }
+        all.push(metadata);
     }
     stdout.flush()?;
+    if args.dry_run {
+        return Ok(());
+    }
+    match all.as_slice() {
+        [single] if !batch => write_ci_outputs(single, args.metadata_file.as_ref(), env),
+        _ => write_batch_outputs(&all, args.metadata_file.as_ref(), env),
+    }
+}
+
+/// A batch's outputs: `images` (every `<repo>@<digest>`, one a line) for
+/// GitHub Actions, each image's summary, and a JSON array for
+/// `--metadata-file`; `digest` and `image` describe a single publish only.
+fn write_batch_outputs(all: &[Metadata], metadata_file: Option<&PathBuf>, env: &Env) -> Result<()> {
+    let append = |path: &str, text: &str| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open `{path}`"))?;
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("cannot write `{path}`"))
+    };
+    if let Some(path) = env.get(env::GITHUB_OUTPUT) {
+        let mut text = String::from("images<<MANIFOLD_EOF_IMAGES\n");
+        for m in all {
+            for reference in &m.references {
+                text.push_str(reference);
+                text.push('\n');
+            }
+        }
+        text.push_str("MANIFOLD_EOF_IMAGES\n");
+        append(path, &text)?;
+    }
+    if let Some(path) = env.get(env::GITHUB_STEP_SUMMARY) {
+        for m in all {
+            append(path, &m.step_summary())?;
+        }
+    }
+    if let Some(path) = metadata_file {
+        let json = serde_json::to_vec_pretty(all)?;
+        std::fs::write(path, json)
+            .with_context(|| format!("cannot write the metadata file `{}`", path.display()))?;
+    }
     Ok(())
 }
 

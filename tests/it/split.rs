@@ -113,6 +113,23 @@ fn runners_push_by_digest_and_the_final_job_assembles_with_no_upload() {
     // Runner 2.
     let second = push_by_digest(&repo, &arm64);
 
+    // A dry run of the final job reads, and writes nothing.
+    let puts_before = registry.count_requests("PUT ");
+    let plan = Run::new(&[
+        "publish",
+        "--dry-run",
+        "--repo",
+        &repo,
+        "--tag",
+        "1.0.0",
+        &format!("docker://{first}"),
+        &format!("docker://{second}"),
+    ])
+    .success();
+    assert!(plan.starts_with("dry run: nothing was written"), "{plan}");
+    assert!(plan.contains("image linux/arm64 "), "{plan}");
+    assert_eq!(registry.count_requests("PUT "), puts_before);
+
     // The final job: both by digest, into an index, tagged.
     let uploads_before = registry.blob_upload_requests();
     let out = Run::new(&[
@@ -257,18 +274,34 @@ platforms = ["linux/amd64"]
         ),
     )
     .unwrap();
+    let (outputs, metadata) = (dir.path().join("outputs"), dir.path().join("meta.json"));
     let out = Run::new(&[
         "publish",
         "--config",
         config.to_str().unwrap(),
         "--tag",
         "all",
+        "--metadata-file",
+        metadata.to_str().unwrap(),
     ])
+    .env("GITHUB_OUTPUT", &outputs)
     .success();
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(lines[0].starts_with(&format!("{first}@")), "{out}");
     assert!(lines[1].starts_with(&format!("{second}@")), "{out}");
+    let written = std::fs::read_to_string(&outputs).unwrap();
+    assert_eq!(
+        written,
+        format!(
+            "images<<MANIFOLD_EOF_IMAGES\n{}\n{}\nMANIFOLD_EOF_IMAGES\n",
+            lines[0], lines[1]
+        )
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
+    assert_eq!(meta[1]["image"], lines[1]);
+    assert_eq!(meta[0]["tags"], serde_json::json!(["all", "v1"]));
 
     let (_, one) = index_at(&registry, &format!("{first}:v1"));
     let (_, two) = index_at(&registry, &format!("{second}:all"));
