@@ -339,6 +339,11 @@ pub async fn publish_batch(
                     if let Some(found) = outer(diff_id) {
                         return Some(found);
                     }
+                    // Blocking needs a multi-thread runtime (the binary's); on
+                    // another, images share only what the registry shows.
+                    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+                        return None;
+                    }
                     let wait_and_mount = async {
                         for mut rx in before.clone() {
                             // An error means the sender is gone: that image ended.

@@ -482,3 +482,56 @@ fn assembly_mounts_with_bearer_tokens() {
         registry.token_requests()
     );
 }
+
+#[test]
+fn a_layout_written_by_skopeo_is_published_with_the_same_manifests() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/orig");
+    let amd64 = testdata("fd-amd64.tar");
+    let arm64 = testdata("fd-arm64.tar.zst");
+    Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "1",
+        amd64.to_str().unwrap(),
+        arm64.to_str().unwrap(),
+    ])
+    .success();
+    let (_, original) = index_at(&registry, &format!("{repo}:1"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+        ])
+        .arg(format!("docker://{repo}:1"))
+        .arg(format!("oci:{}:pulled", dir.path().display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Into a fresh registry: every blob comes from the layout's files.
+    let target = TestRegistry::start(Auth::None);
+    let copy = target.repo("acme/copy");
+    Run::new(&[
+        "publish",
+        "--repo",
+        &copy,
+        "--tag",
+        "1",
+        &format!("oci:{}:pulled", dir.path().display()),
+    ])
+    .success();
+    let (_, copied) = index_at(&target, &format!("{copy}:1"));
+    assert_eq!(copied.manifests, original.manifests);
+    skopeo_copy_all(&format!("{copy}:1"));
+}
