@@ -270,6 +270,20 @@ impl ImageSource {
     }
 }
 
+/// The blob copies started by one input, by digest.
+#[derive(Default)]
+struct InFlight(std::sync::Mutex<HashMap<Digest, Arc<tokio::sync::OnceCell<()>>>>);
+
+impl InFlight {
+    fn cell(&self, digest: &Digest) -> Arc<tokio::sync::OnceCell<()>> {
+        match self.0.lock() {
+            Ok(mut cells) => cells.entry(digest.clone()).or_default().clone(),
+            // A poisoned map only loses the sharing.
+            Err(_) => Arc::default(),
+        }
+    }
+}
+
 enum Fetched {
     Bytes(Bytes),
     Spool(spool::Spool),
@@ -329,6 +343,7 @@ pub async fn publish_existing(
     reporter: &dyn Reporter,
 ) -> Result<Vec<PublishedImage>> {
     let name = source.named(&top.digest);
+    let in_flight = InFlight::default();
     let media_type = if top.media_type.is_empty() {
         media_type_of(&top.bytes)
     } else {
@@ -349,6 +364,7 @@ pub async fn publish_existing(
             spec.platform.clone(),
             destinations,
             reporter,
+            &in_flight,
         )
         .await?;
         return Ok(vec![image]);
@@ -367,8 +383,9 @@ pub async fn publish_existing(
             source,
         })?;
     let children = select_children(&name, &index, spec.platform.as_ref())?;
-    let mut images = Vec::new();
-    for child in children {
+    // The children copy concurrently; the index keeps the source's order.
+    let in_flight = &in_flight;
+    let copies = children.into_iter().map(|child| async move {
         let raw = source.manifest(&child).await?;
         if raw.media_type != oci::MEDIA_TYPE_MANIFEST {
             return Err(RemoteError::DockerManifest {
@@ -377,9 +394,18 @@ pub async fn publish_existing(
             }
             .into());
         }
-        images.push(copy_image(spec, source, raw, child.platform, destinations, reporter).await?);
-    }
-    Ok(images)
+        copy_image(
+            spec,
+            source,
+            raw,
+            child.platform,
+            destinations,
+            reporter,
+            in_flight,
+        )
+        .await
+    });
+    futures::future::try_join_all(copies).await
 }
 
 /// The index's image children (attestations left out), or only the one of
@@ -438,6 +464,7 @@ async fn copy_image(
     platform: Option<Platform>,
     destinations: &[Destination],
     reporter: &dyn Reporter,
+    in_flight: &InFlight,
 ) -> Result<PublishedImage> {
     let name = source.named(&raw.digest);
     let manifest: ImageManifest =
@@ -472,8 +499,14 @@ async fn copy_image(
     let config_descriptor = manifest.config.clone();
     let blobs = std::iter::once((config_descriptor, Some(config_bytes)))
         .chain(manifest.layers.iter().map(|l| (l.clone(), None)));
-    let copies = blobs
-        .map(|(descriptor, bytes)| copy_blob(source, descriptor, bytes, destinations, reporter));
+    let copies = blobs.map(|(descriptor, bytes)| async move {
+        // A blob two children share (or a config) is copied once; the other
+        // copy waits for it, and tries itself if that one failed.
+        let cell = in_flight.cell(&descriptor.digest);
+        cell.get_or_try_init(|| copy_blob(source, descriptor, bytes, destinations, reporter))
+            .await?;
+        anyhow::Ok(())
+    });
     futures::future::try_join_all(copies)
         .await
         .with_context(|| format!("cannot copy the blobs of `{name}`"))?;
