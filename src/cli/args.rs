@@ -16,6 +16,18 @@ buildLayeredImage/buildImage archives, nix2container image.json files), reads
 each in one pass, compresses and uploads the layers while they stream, pushes
 an OCI image index by digest, and only then moves its tags.";
 
+const TOP_EXAMPLES: &str = "\
+Examples:
+  manifold publish --repo ghcr.io/acme/fd --tag 1.0.0 ./result-amd64 ./result-arm64
+  manifold publish --repo oci:./out --tag latest stream:./result
+  manifold publish --repo ghcr.io/acme/fd --dry-run nix2container:./image.json
+  manifold tags --version v1.2.3 --branch main
+  manifold inspect ghcr.io/acme/fd:latest
+  manifold completions bash > /etc/bash_completion.d/manifold
+
+Environment: RUST_LOG sets the log filter; NO_COLOR turns colours off; in GitHub
+Actions, GITHUB_* variables give the tags, annotations and outputs (see the README).";
+
 const PUBLISH_EXAMPLES: &str = "\
 Examples:
   # two architectures from Nix, to a registry
@@ -43,7 +55,7 @@ streamLayeredImage), `archive:` (a docker-archive, plain, .gz or .zst),
 or a Nix system such as `aarch64-linux`.";
 
 #[derive(Debug, Parser)]
-#[command(name = "manifold", version, about = ABOUT, long_about = LONG_ABOUT)]
+#[command(name = "manifold", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = TOP_EXAMPLES)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -64,6 +76,43 @@ pub enum Command {
     Publish(PublishArgs),
     /// Print the tags that `publish` would push, one per line
     Tags(TagsArgs),
+    /// Show what a reference points at: platforms, digests, sizes, annotations
+    #[command(after_long_help = INSPECT_EXAMPLES)]
+    Inspect(InspectArgs),
+    /// Print a shell completion script
+    Completions(CompletionsArgs),
+}
+
+const INSPECT_EXAMPLES: &str = "\
+Examples:
+  manifold inspect ghcr.io/acme/fd:1.0.0
+  manifold inspect localhost:5000/fd@sha256:… --tag latest --tag 1
+  manifold inspect --json ghcr.io/acme/fd:latest";
+
+#[derive(Debug, Args)]
+pub struct InspectArgs {
+    /// A registry reference: `host/repo:tag` or `host/repo@sha256:…`
+    #[arg(value_name = "REF")]
+    pub reference: String,
+
+    /// Also say whether this tag of the repository points at the same index
+    /// (repeatable)
+    #[arg(long = "tag", short = 't', value_name = "TAG")]
+    pub tags: Vec<String>,
+
+    /// Print JSON instead of text
+    #[arg(long)]
+    pub json: bool,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]
@@ -100,6 +149,11 @@ pub struct PublishArgs {
 
     #[command(flatten)]
     pub registry: RegistryArgs,
+
+    /// Document format: OCI, or Docker v2s2 for old clients (gzip layers
+    /// only; annotations cannot be written there and are dropped with a warning)
+    #[arg(long, value_enum, default_value_t = FormatArg::Oci)]
+    pub format: FormatArg,
 
     /// Layer compression
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
@@ -239,6 +293,12 @@ pub enum CompressionArg {
     Gzip,
     Zstd,
     None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum FormatArg {
+    Oci,
+    Docker,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]

@@ -3,6 +3,7 @@
 //! clap and terminals.
 
 pub mod args;
+pub mod inspect;
 pub mod progress;
 
 use std::collections::{BTreeMap, HashMap};
@@ -23,8 +24,8 @@ use crate::registry::{self, ClientOptions, RegistryClient};
 use crate::tags::{self, GitInfo, SystemGit, TagOptions, TagPlan};
 
 use args::{
-    AnnotationLevel, Cli, Command, CompressionArg, LatestArg, PublishArgs, RegistryArgs, Switch,
-    TagArgs, TagsArgs,
+    AnnotationLevel, Cli, Command, CompressionArg, FormatArg, LatestArg, PublishArgs, RegistryArgs,
+    Switch, TagArgs, TagsArgs,
 };
 
 /// A usage error: the command line or an input was refused (exit 2).
@@ -46,6 +47,16 @@ pub async fn run(cli: Cli) -> Result<()> {
         match cli.command {
             Command::Publish(args) => run_publish(args, &env, reporter).await,
             Command::Tags(args) => run_tags(args, &env).await,
+            Command::Inspect(args) => inspect::run(args, &env).await,
+            Command::Completions(args) => {
+                use clap::CommandFactory;
+                let mut command = Cli::command();
+                // Into a buffer first: clap_complete panics on a closed pipe.
+                let mut script = Vec::new();
+                clap_complete::generate(args.shell, &mut command, "manifold", &mut script);
+                std::io::stdout().lock().write_all(&script)?;
+                Ok(())
+            }
         }
     };
     tokio::select! {
@@ -437,6 +448,30 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
     .await?;
     let sources: publish::remote::SourceClients = Arc::new(clients);
 
+    let format = match args.format {
+        FormatArg::Oci => crate::manifest::Format::Oci,
+        FormatArg::Docker => {
+            if args.compression != CompressionArg::Gzip {
+                bail!(UsageError(
+                    "`--format docker` needs gzip layers: Docker v2s2 manifests cannot cite others"
+                        .into()
+                ));
+            }
+            if !plan.annotations.is_empty() || jobs.iter().any(|j| !j.annotations.is_empty()) {
+                let mut keys: Vec<&str> = plan.annotations.keys().map(String::as_str).collect();
+                for job in &jobs {
+                    keys.extend(job.annotations.keys().map(String::as_str));
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                screen.on_notice(&format!(
+                    "warning: Docker manifest lists carry no annotations; dropping {}",
+                    keys.join(", ")
+                ));
+            }
+            crate::manifest::Format::Docker
+        }
+    };
     let tally = Arc::new(Tally::new(screen.clone()));
     let reporter: Arc<dyn Reporter> = tally.clone();
     let spool_dir = args.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -488,6 +523,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
             inputs: job.inputs,
             destinations: job_destinations,
             image: ImageOptions {
+                format,
                 compression,
                 spool_dir: spool_dir.clone(),
                 manifest_annotations: manifest_annotations.clone(),

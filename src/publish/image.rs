@@ -34,6 +34,8 @@ pub struct ImageOptions {
     pub spool_dir: PathBuf,
     /// Annotations for the per-architecture manifest (`--annotation-level`).
     pub manifest_annotations: BTreeMap<String, String>,
+    /// OCI (default) or Docker media types.
+    pub format: manifest::Format,
     /// The known-layer map: diff_id → a blob every destination already has.
     pub known: KnownLayers,
 }
@@ -181,10 +183,11 @@ pub async fn publish_image(
         })
         .collect();
     let image_manifest = manifest::image_manifest(
+        options.format,
         config,
         layers.iter().map(|(_, d)| d.clone()).collect(),
         options.manifest_annotations.clone(),
-    );
+    )?;
     let what = format!("the {platform} manifest");
     let pushes = destinations
         .iter()

@@ -90,7 +90,11 @@ impl KnownLayers {
                 for reference in &references {
                     match read_reference(client, &repository.path, reference).await {
                         Ok(pairs) => {
-                            for (diff_id, descriptor) in pairs {
+                            for (diff_id, mut descriptor) in pairs {
+                                // A Docker manifest cites the same gzip blob under another name.
+                                if descriptor.media_type == oci::MEDIA_TYPE_DOCKER_LAYER_GZIP {
+                                    descriptor.media_type = oci::MEDIA_TYPE_LAYER_GZIP.to_owned();
+                                }
                                 if descriptor.media_type == compression.media_type() {
                                     candidates.entry(diff_id).or_insert(descriptor);
                                 }

@@ -99,7 +99,12 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     // registry that won't list them fails the run before any upload.
     if request.tags.guard.is_some() {
         for destination in destinations.iter() {
-            destination.list_tags().await?;
+            destination.list_tags().await.with_context(|| {
+                format!(
+                    "the tag guard needs the tag list of `{destination}`\n\
+                     hint: allow listing tags (ECR: `ecr:ListImages`), or pass `--tag-guard off`"
+                )
+            })?;
         }
     }
 
@@ -145,7 +150,7 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
         .iter()
         .map(|i| (i.manifest.clone(), i.platform.clone()))
         .collect();
-    let index = manifest::image_index(&entries, annotations);
+    let index = manifest::image_index(image_options.format, &entries, annotations);
     futures::future::try_join_all(
         destinations
             .iter()

@@ -161,10 +161,11 @@ pub async fn publish_image(
     .await?;
     let config = manifest::config_descriptor(&config_bytes);
     let image_manifest = manifest::image_manifest(
+        options.format,
         config,
         descriptors.clone(),
         options.manifest_annotations.clone(),
-    );
+    )?;
     let what = format!("the {platform} manifest");
     futures::future::try_join_all(
         destinations

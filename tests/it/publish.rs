@@ -487,3 +487,112 @@ fn a_second_repository_on_one_registry_mounts_instead_of_uploading() {
         );
     }
 }
+
+#[test]
+fn the_docker_format_pushes_a_manifest_list_of_v2s2_manifests() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/docker");
+    let amd64 = testdata("fd-amd64.tar");
+    let arm64 = testdata("fd-arm64.tar.zst");
+    let out = Run::new(&[
+        "publish",
+        "--format",
+        "docker",
+        "--repo",
+        &repo,
+        "--version",
+        "1.0.0",
+        amd64.to_str().unwrap(),
+        arm64.to_str().unwrap(),
+    ])
+    .output();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("no annotations"),
+        "the dropped annotations are said: {stderr}"
+    );
+    let raw = registry.skopeo_inspect_raw(&format!("{repo}:1.0.0"));
+    let list: ImageIndex = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(list.media_type, manifold::oci::MEDIA_TYPE_DOCKER_LIST);
+    for entry in &list.manifests {
+        assert_eq!(entry.media_type, manifold::oci::MEDIA_TYPE_DOCKER_MANIFEST);
+        let raw = registry.skopeo_inspect_raw(&format!("{repo}@{}", entry.digest));
+        let m: ImageManifest = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(m.config.media_type, manifold::oci::MEDIA_TYPE_DOCKER_CONFIG);
+        assert!(m
+            .layers
+            .iter()
+            .all(|l| l.media_type == manifold::oci::MEDIA_TYPE_DOCKER_LAYER_GZIP));
+    }
+    let dir = tempfile::tempdir().unwrap();
+    skopeo_copy_all(&format!("docker://{repo}:1.0.0"), dir.path(), None);
+
+    let zstd = Run::new(&[
+        "publish",
+        "--format",
+        "docker",
+        "--compression",
+        "zstd",
+        "--repo",
+        &repo,
+        "--tag",
+        "x",
+        amd64.to_str().unwrap(),
+    ])
+    .output();
+    assert_eq!(zstd.status.code(), Some(2));
+}
+
+#[test]
+fn inspect_shows_platforms_and_which_tags_point_here() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/inspected");
+    let amd64 = testdata("fd-amd64.tar");
+    let arm64 = testdata("fd-arm64.tar.zst");
+    let stdout = Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "a",
+        "--tag",
+        "b",
+        amd64.to_str().unwrap(),
+        arm64.to_str().unwrap(),
+    ])
+    .success();
+    Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "c",
+        amd64.to_str().unwrap(),
+    ])
+    .success();
+    let digest = stdout.trim().rsplit_once('@').unwrap().1.to_owned();
+    let text = Run::new(&["inspect", &format!("{repo}:a"), "--tag", "b", "--tag", "c"]).success();
+    assert!(text.starts_with(&format!("{repo}@{digest}")), "{text}");
+    assert!(
+        text.contains("linux/amd64") && text.contains("linux/arm64"),
+        "{text}"
+    );
+    assert!(text.contains("tag b points here"), "{text}");
+    assert!(text.contains("tag c points elsewhere"), "{text}");
+    let json: serde_json::Value = serde_json::from_str(
+        &Run::new(&["inspect", "--json", &format!("{repo}@{digest}")]).success(),
+    )
+    .unwrap();
+    assert_eq!(json["images"].as_array().unwrap().len(), 2);
+    let missing = Run::new(&["inspect", &format!("{repo}:nope")]).output();
+    assert_eq!(missing.status.code(), Some(1));
+}
+
+#[test]
+fn completions_are_printed_for_every_shell() {
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let script = Run::new(&["completions", shell]).success();
+        assert!(script.contains("publish"), "{shell}");
+    }
+}
