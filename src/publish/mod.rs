@@ -232,10 +232,17 @@ async fn publish_input(
         ),
     };
     if spec.kind == Some(InputKind::Remote) {
-        return remote::publish_remote(spec, destinations, sources, reporter).await;
+        return remote::publish_remote(spec, destinations, options.format, sources, reporter).await;
     }
     if is_layout {
-        return oci_input::publish_layout(spec, destinations, options.spool_dir, reporter).await;
+        return oci_input::publish_layout(
+            spec,
+            destinations,
+            options.spool_dir,
+            options.format,
+            reporter,
+        )
+        .await;
     }
     Ok(vec![
         image::publish_image(spec, destinations, options, reporter).await?,

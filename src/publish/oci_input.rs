@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::Result;
 
 use crate::input::InputSpec;
+use crate::manifest::Format;
 use crate::oci::{self, Descriptor, ImageIndex};
 use crate::progress::Reporter;
 
@@ -140,6 +141,7 @@ pub async fn publish_layout(
     spec: InputSpec,
     destinations: Arc<Vec<Destination>>,
     spool_dir: PathBuf,
+    format: Format,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Vec<PublishedImage>> {
     let (dir, tag) = split_dir_and_tag(&spec.path);
@@ -147,7 +149,7 @@ pub async fn publish_layout(
     let entry = pick_entry(&dir, tag.as_deref())?;
     let source = ImageSource::Layout { dir, spool_dir };
     let top = source.manifest(&entry).await?;
-    remote::publish_existing(&spec, &source, top, &destinations, &*reporter).await
+    remote::publish_existing(&spec, &source, top, &destinations, format, &*reporter).await
 }
 
 #[cfg(test)]

@@ -14,9 +14,9 @@
 //! copied across registries is fetched into memory, capped at
 //! [`MAX_COPY_IN_MEMORY`] and one blob at a time in the whole process (a
 //! streamed GET → PUT needs `RegistryClient` support); layout blobs go
-//! through a spool file. The index
-//! manifold builds is OCI, so a Docker v2s2 manifest (or manifest list) is
-//! refused rather than mixed into it.
+//! through a spool file. Manifests of the other family than the index
+//! (Docker v2s2 in an OCI index, OCI under `--format docker`) are refused
+//! rather than mixed.
 //!
 //! Tags and the index are `publish`'s business; this module returns the
 //! per-architecture images as [`PublishedImage`]s.
@@ -31,6 +31,7 @@ use bytes::Bytes;
 use crate::digest::Digest;
 use crate::input::InputSpec;
 use crate::layer::spool;
+use crate::manifest::Format;
 use crate::oci::{
     self, ConfigSummary, Descriptor, ImageIndex, ImageManifest, Platform, RawManifest,
 };
@@ -74,10 +75,12 @@ pub enum RemoteError {
     #[error("`{reference}` does not exist")]
     NotFound { reference: String },
 
-    #[error("`{reference}` is a {media_type} document, which manifold cannot put into an OCI index\nhint: convert it first, as in `skopeo copy --all --format oci docker://{reference} docker://…`")]
-    DockerManifest {
+    #[error("`{reference}` is a `{media_type}` document, which cannot go into {index}: manifold never mixes the two\nhint: {hint}")]
+    MixedFormats {
         reference: String,
         media_type: String,
+        index: &'static str,
+        hint: &'static str,
     },
 
     #[error("`{reference}` has media type `{media_type}`, neither an image manifest nor an index")]
@@ -289,6 +292,39 @@ enum Fetched {
     Spool(spool::Spool),
 }
 
+/// The image manifest type an index of `format` may list, and the error for
+/// a document of the other family.
+fn wanted_manifest(format: Format) -> &'static str {
+    match format {
+        Format::Oci => oci::MEDIA_TYPE_MANIFEST,
+        Format::Docker => oci::MEDIA_TYPE_DOCKER_MANIFEST,
+    }
+}
+
+fn mixed(reference: String, media_type: String, format: Format) -> RemoteError {
+    let (index, hint) = match format {
+        Format::Oci => (
+            "an OCI index",
+            "convert the source first (`skopeo copy --all --format oci …`), or publish with `--format docker`",
+        ),
+        Format::Docker => (
+            "a Docker manifest list",
+            "publish OCI sources without `--format docker`",
+        ),
+    };
+    RemoteError::MixedFormats {
+        reference,
+        media_type,
+        index,
+        hint,
+    }
+}
+
+/// Whether `media_type` is an image manifest of either family.
+fn is_image_manifest(media_type: &str) -> bool {
+    media_type == oci::MEDIA_TYPE_MANIFEST || media_type == oci::MEDIA_TYPE_DOCKER_MANIFEST
+}
+
 /// The media type a manifest names for itself (empty if none).
 fn media_type_of(bytes: &[u8]) -> String {
     serde_json::from_slice::<serde_json::Value>(bytes)
@@ -302,6 +338,7 @@ fn media_type_of(bytes: &[u8]) -> String {
 pub async fn publish_remote(
     spec: InputSpec,
     destinations: Arc<Vec<Destination>>,
+    format: Format,
     sources: SourceClients,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Vec<PublishedImage>> {
@@ -330,7 +367,7 @@ pub async fn publish_remote(
         client,
         repository: reference.repository.clone(),
     };
-    publish_existing(&spec, &source, top, &destinations, &*reporter).await
+    publish_existing(&spec, &source, top, &destinations, format, &*reporter).await
 }
 
 /// Brings `top` (an image manifest or an index read from `source`) to every
@@ -340,6 +377,7 @@ pub async fn publish_existing(
     source: &ImageSource,
     top: RawManifest,
     destinations: &[Destination],
+    format: Format,
     reporter: &dyn Reporter,
 ) -> Result<Vec<PublishedImage>> {
     let name = source.named(&top.digest);
@@ -349,14 +387,10 @@ pub async fn publish_existing(
     } else {
         top.media_type.clone()
     };
-    if media_type == oci::MEDIA_TYPE_DOCKER_LIST || media_type == oci::MEDIA_TYPE_DOCKER_MANIFEST {
-        return Err(RemoteError::DockerManifest {
-            reference: name,
-            media_type,
+    if is_image_manifest(&media_type) {
+        if media_type != wanted_manifest(format) {
+            return Err(mixed(name, media_type, format).into());
         }
-        .into());
-    }
-    if media_type == oci::MEDIA_TYPE_MANIFEST {
         let image = copy_image(
             spec,
             source,
@@ -369,7 +403,7 @@ pub async fn publish_existing(
         .await?;
         return Ok(vec![image]);
     }
-    if media_type != oci::MEDIA_TYPE_INDEX {
+    if !oci::is_index_media_type(&media_type) {
         return Err(RemoteError::UnknownMediaType {
             reference: name,
             media_type,
@@ -382,17 +416,13 @@ pub async fn publish_existing(
             what: "image index",
             source,
         })?;
-    let children = select_children(&name, &index, spec.platform.as_ref())?;
+    let children = select_children(&name, &index, spec.platform.as_ref(), format)?;
     // The children copy concurrently; the index keeps the source's order.
     let in_flight = &in_flight;
     let copies = children.into_iter().map(|child| async move {
         let raw = source.manifest(&child).await?;
-        if raw.media_type != oci::MEDIA_TYPE_MANIFEST {
-            return Err(RemoteError::DockerManifest {
-                reference: source.named(&child.digest),
-                media_type: raw.media_type,
-            }
-            .into());
+        if raw.media_type != wanted_manifest(format) {
+            return Err(mixed(source.named(&child.digest), raw.media_type, format).into());
         }
         copy_image(
             spec,
@@ -409,11 +439,13 @@ pub async fn publish_existing(
 }
 
 /// The index's image children (attestations left out), or only the one of
-/// `platform` when the user named one. A Docker manifest child is refused.
+/// `platform` when the user named one. A child of the other manifest family
+/// than `format` is refused.
 fn select_children(
     name: &str,
     index: &ImageIndex,
     platform: Option<&Platform>,
+    format: Format,
 ) -> Result<Vec<Descriptor>, RemoteError> {
     let mut children = Vec::new();
     for child in &index.manifests {
@@ -425,11 +457,12 @@ fn select_children(
         {
             continue;
         }
-        if child.media_type == oci::MEDIA_TYPE_DOCKER_MANIFEST {
-            return Err(RemoteError::DockerManifest {
-                reference: format!("{name} (child `{}`)", child.digest),
-                media_type: child.media_type.clone(),
-            });
+        if is_image_manifest(&child.media_type) && child.media_type != wanted_manifest(format) {
+            return Err(mixed(
+                format!("{name} (child `{}`)", child.digest),
+                child.media_type.clone(),
+                format,
+            ));
         }
         if oci::is_index_media_type(&child.media_type) {
             return Err(RemoteError::UnknownMediaType {
@@ -658,7 +691,7 @@ mod tests {
             descriptor(oci::MEDIA_TYPE_MANIFEST, 2, Some("linux/arm/v7")),
             attestation,
         ]);
-        let all = select_children("r", &idx, None).unwrap();
+        let all = select_children("r", &idx, None, Format::Oci).unwrap();
         let platforms: Vec<String> = all
             .iter()
             .map(|c| c.platform.as_ref().unwrap().to_string())
@@ -666,12 +699,12 @@ mod tests {
         assert_eq!(platforms, ["linux/amd64", "linux/arm/v7"]);
 
         let arm: Platform = "linux/arm/v7".parse().unwrap();
-        let one = select_children("r", &idx, Some(&arm)).unwrap();
+        let one = select_children("r", &idx, Some(&arm), Format::Oci).unwrap();
         assert_eq!(one.len(), 1);
         assert_eq!(one[0].digest, Digest::of(&[2]));
 
         let s390x: Platform = "linux/s390x".parse().unwrap();
-        let err = select_children("r", &idx, Some(&s390x)).unwrap_err();
+        let err = select_children("r", &idx, Some(&s390x), Format::Oci).unwrap_err();
         assert_eq!(err.to_string(), "`r` lists no `linux/s390x` image");
     }
 
@@ -681,9 +714,19 @@ mod tests {
             descriptor(oci::MEDIA_TYPE_MANIFEST, 1, Some("linux/amd64")),
             descriptor(oci::MEDIA_TYPE_DOCKER_MANIFEST, 2, Some("linux/arm64")),
         ]);
-        let err = select_children("r", &idx, None).unwrap_err();
-        assert!(matches!(err, RemoteError::DockerManifest { .. }), "{err}");
-        assert!(err.to_string().contains("hint: convert it first"), "{err}");
+        let err = select_children("r", &idx, None, Format::Oci).unwrap_err();
+        assert!(matches!(err, RemoteError::MixedFormats { .. }), "{err}");
+        assert!(
+            err.to_string().contains("cannot go into an OCI index"),
+            "{err}"
+        );
+        // With Docker media types it is the OCI child that does not fit.
+        let err = select_children("r", &idx, None, Format::Docker).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`application/vnd.oci.image.manifest.v1+json` document, which cannot go into a Docker manifest list"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -694,7 +737,7 @@ mod tests {
             Some("unknown/unknown"),
         )]);
         assert!(matches!(
-            select_children("r", &idx, None),
+            select_children("r", &idx, None, Format::Oci),
             Err(RemoteError::EmptyIndex { .. })
         ));
     }

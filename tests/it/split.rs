@@ -442,11 +442,34 @@ fn a_docker_v2s2_image_is_refused_rather_than_mixed_into_an_oci_index() {
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("application/vnd.docker.distribution.manifest.v2+json document, which manifold cannot put into an OCI index"),
+        stderr.contains("is a `application/vnd.docker.distribution.manifest.v2+json` document, which cannot go into an OCI index"),
         "{stderr}"
     );
-    assert!(stderr.contains("hint: convert it first"), "{stderr}");
+    assert!(
+        stderr.contains("or publish with `--format docker`"),
+        "{stderr}"
+    );
     assert_eq!(registry.count_requests("PUT /v2/acme/mixed/"), 0);
+
+    // With Docker media types throughout, it is taken as it is.
+    let docker = registry.repo("acme/docker-list");
+    Run::new(&[
+        "publish",
+        "--format",
+        "docker",
+        "--repo",
+        &docker,
+        "--tag",
+        "1",
+        &format!("docker://{repo}:old"),
+    ])
+    .success();
+    let (_, list) = index_at(&registry, &format!("{docker}:1"));
+    assert_eq!(list.media_type, manifold::oci::MEDIA_TYPE_DOCKER_LIST);
+    let original = registry.skopeo_inspect_raw(&format!("{repo}:old"));
+    assert_eq!(list.manifests[0].digest, Digest::of(&original));
+    assert_eq!(platforms(&list), ["linux/amd64"]);
+    skopeo_copy_all(&format!("{docker}:1"));
 }
 
 #[test]
