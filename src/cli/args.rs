@@ -187,6 +187,10 @@ pub struct PublishArgs {
     /// Directory for the temp files that hold compressed layers [default: $TMPDIR]
     #[arg(long, value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
+
+    /// Kill a stream script that runs longer than this many seconds
+    #[arg(long, value_name = "SECONDS")]
+    pub stream_timeout: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -286,6 +290,24 @@ pub struct RegistryArgs {
     /// Trust this CA certificate (PEM) besides the system's (repeatable)
     #[arg(long = "ca-file", value_name = "PATH")]
     pub ca_files: Vec<PathBuf>,
+
+    /// Retries of a failed request or blob upload (connect errors, resets,
+    /// timeouts, 408, 429, 5xx)
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    pub max_retries: u32,
+
+    /// Start no retry this many seconds after a request's first try
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub retry_timeout: u64,
+
+    /// Upload blobs in PATCHes of this size (e.g. `4MiB`) instead of one
+    /// streamed request [default: monolithic, chunked only when refused]
+    #[arg(long, value_name = "BYTES", value_parser = crate::registry::upload::parse_byte_size)]
+    pub chunk_size: Option<u64>,
+
+    /// The first retry backoff in milliseconds (tests shorten it)
+    #[arg(long, value_name = "MS", default_value_t = 250, hide = true)]
+    pub retry_base_ms: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]

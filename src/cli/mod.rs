@@ -250,6 +250,10 @@ fn client_options(args: &RegistryArgs) -> ClientOptions {
         insecure_hosts: args.insecure_registries.clone(),
         ca_files: args.ca_files.clone(),
         jobs: args.jobs.max(1),
+        max_retries: args.max_retries,
+        retry_timeout: std::time::Duration::from_secs(args.retry_timeout),
+        retry_base: std::time::Duration::from_millis(args.retry_base_ms),
+        chunk_size: args.chunk_size,
         ..ClientOptions::default()
     }
 }
@@ -528,6 +532,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
                 spool_dir: spool_dir.clone(),
                 manifest_annotations: manifest_annotations.clone(),
                 known: Arc::new(|_| None),
+                stream_timeout: args.stream_timeout.map(std::time::Duration::from_secs),
             },
             index_annotations,
             complete_annotations: Some(Arc::new(

@@ -38,6 +38,8 @@ pub struct ImageOptions {
     pub format: manifest::Format,
     /// The known-layer map: diff_id → a blob every destination already has.
     pub known: KnownLayers,
+    /// Kill a stream script running longer than this (`--stream-timeout`).
+    pub stream_timeout: Option<std::time::Duration>,
 }
 
 /// A per-architecture image in place at every destination.
@@ -77,7 +79,10 @@ pub async fn publish_image(
             spool_dir: options.spool_dir.clone(),
             known: options.known.clone(),
         };
-        tokio::task::spawn_blocking(move || read_input(&spec, &read_options, cancel, events_tx))
+        let timeout = options.stream_timeout;
+        tokio::task::spawn_blocking(move || {
+            read_input(&spec, &read_options, timeout, cancel, events_tx)
+        })
     };
 
     // Uploads start as layers start; a failed upload stops the run early.
@@ -211,10 +216,15 @@ fn flatten(joined: Result<Result<Digest>, tokio::task::JoinError>) -> Result<Dig
 fn read_input(
     spec: &InputSpec,
     options: &ReadOptions,
+    timeout: Option<std::time::Duration>,
     cancel: Arc<AtomicBool>,
     events: mpsc::UnboundedSender<ReadEvent>,
 ) -> Result<ArchiveImage> {
-    match input::open(spec)? {
+    let stream = input::StreamOptions {
+        timeout,
+        ..Default::default()
+    };
+    match input::open_with(spec, stream)? {
         OpenedInput::DockerArchive(mut source) => {
             source.cancel_on(cancel);
             Ok(source.read(options, &mut |event| {

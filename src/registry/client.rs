@@ -3,6 +3,14 @@
 //! automatic redirects), then [`RegistryClient::send`] adding auth, a jobs cap
 //! and retries, then the distribution API operations.
 //!
+//! http or https: hosts where plain HTTP is allowed (loopback, and those
+//! named with `--insecure-registry`) are pinged over http first, as before;
+//! when the ping is answered by a TLS server (Go's 400 "client sent an HTTP
+//! request to an HTTPS server", or bytes that are not HTTP) the client moves
+//! to https for good, with full verification unless the host is insecure
+//! (then, as Docker, TLS without verification). Every other host is https
+//! only. A refused certificate is never retried and says how to fix it.
+//!
 //! Redirects are followed by hand, for GET and HEAD only, and
 //! `Authorization` is attached only to URLs on the registry's own origin, so
 //! credentials never follow a blob to object storage. Blob uploads live in
@@ -54,6 +62,16 @@ pub struct ClientOptions {
     /// may take minutes, and a read timeout would fire while the registry
     /// silently takes a long body.
     pub timeout: Duration,
+    /// No retry starts this long after the first try of a request (or of a
+    /// whole blob upload).
+    pub retry_timeout: Duration,
+    /// The first backoff; each retry doubles it (with jitter, capped at
+    /// 15 s). Tests shorten it.
+    pub retry_base: Duration,
+    /// Upload blobs in `PATCH`es of this many bytes instead of one streamed
+    /// body; `None`: monolithic, chunked only as a fallback (see
+    /// `upload.rs`).
+    pub chunk_size: Option<u64>,
 }
 
 impl Default for ClientOptions {
@@ -61,12 +79,15 @@ impl Default for ClientOptions {
         ClientOptions {
             insecure_hosts: Vec::new(),
             ca_files: Vec::new(),
-            max_retries: 4,
+            max_retries: 5,
             user_agent: concat!("manifold/", env!("CARGO_PKG_VERSION")).to_owned(),
             // Peers push 3–6 blobs at once; Docker Hub and Quay rate-limit.
             jobs: 4,
             ssl_cert_file: None,
             timeout: Duration::from_secs(120),
+            retry_timeout: Duration::from_secs(300),
+            retry_base: Duration::from_millis(250),
+            chunk_size: None,
         }
     }
 }
@@ -80,7 +101,14 @@ pub(super) struct AuthState {
 
 pub(super) struct Inner {
     pub(super) registry: Registry,
-    pub(super) base: Url,
+    /// `http` or `https` plus the host; switched to `https` once when a
+    /// plain-HTTP host answers the ping as a TLS server.
+    pub(super) base: std::sync::RwLock<Url>,
+    /// The base before any switch: URLs made from it are rebased.
+    pub(super) initial_base: Url,
+    /// Named with `--insecure-registry`: TLS without verification, and
+    /// plain HTTP when TLS fails.
+    pub(super) insecure: bool,
     pub(super) plain_http: bool,
     pub(super) http: reqwest::Client,
     pub(super) creds: Credentials,
@@ -88,6 +116,7 @@ pub(super) struct Inner {
     pub(super) permits: Semaphore,
     pub(super) policy: RetryPolicy,
     pub(super) timeout: Duration,
+    pub(super) chunk_size: Option<u64>,
 }
 
 /// A client for one registry host; clones share connections, tokens and the
@@ -101,7 +130,7 @@ impl std::fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RegistryClient")
             .field("registry", &self.inner.registry.host())
-            .field("base", &self.inner.base.as_str())
+            .field("base", &self.base().as_str())
             .field("credentials", &self.inner.creds.source())
             .finish_non_exhaustive()
     }
@@ -154,11 +183,15 @@ impl RegistryClient {
         creds: Credentials,
         opts: &ClientOptions,
     ) -> Result<RegistryClient, RegistryError> {
-        let plain_http = registry.is_loopback()
-            || opts.insecure_hosts.iter().any(|h| {
-                h.eq_ignore_ascii_case(registry.host())
-                    || h.eq_ignore_ascii_case(registry.api_host())
-            });
+        let insecure = opts.insecure_hosts.iter().any(|h| {
+            h.eq_ignore_ascii_case(registry.host()) || h.eq_ignore_ascii_case(registry.api_host())
+        });
+        // Plain HTTP is allowed for loopback and `--insecure-registry` hosts
+        // (for the registry and its token realm). Loopback hosts start on
+        // http, other insecure ones on https; the ping moves either to the
+        // other scheme when it answers that way (see `learn_scheme`).
+        let plain_http = registry.is_loopback() || insecure;
+        let start_plain = registry.is_loopback();
         let mut builder = reqwest::Client::builder()
             .user_agent(opts.user_agent.clone())
             // Redirects are followed by hand (see `send`), so that
@@ -189,20 +222,31 @@ impl RegistryClient {
                 builder = builder.add_root_certificate(cert);
             }
         }
+        if insecure {
+            // `--insecure-registry`: TLS without verification, as Docker.
+            builder = builder.danger_accept_invalid_certs(true);
+        }
         let http = builder
             .build()
             .map_err(|e| config_err("the TLS backend could not start".to_owned(), e))?;
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 registry: registry.clone(),
-                base: registry.api_base_with(plain_http),
+                base: std::sync::RwLock::new(registry.api_base_with(start_plain)),
+                initial_base: registry.api_base_with(start_plain),
                 plain_http,
+                insecure,
                 http,
                 creds,
                 auth: Mutex::new(AuthState::default()),
                 permits: Semaphore::new(opts.jobs.max(1)),
-                policy: RetryPolicy::new(opts.max_retries),
+                policy: RetryPolicy {
+                    max_elapsed: opts.retry_timeout,
+                    base_delay: opts.retry_base,
+                    ..RetryPolicy::new(opts.max_retries)
+                },
                 timeout: opts.timeout,
+                chunk_size: opts.chunk_size,
             }),
         })
     }
@@ -211,12 +255,32 @@ impl RegistryClient {
         &self.inner.registry
     }
 
+    /// The base URL (`http(s)://host[:port]/`).
+    pub(super) fn base(&self) -> Url {
+        match self.inner.base.read() {
+            Ok(b) => b.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
     /// `<base>/v2/<rest>`.
     pub(super) fn url(&self, rest: &str) -> Url {
-        self.inner
-            .base
+        self.base()
             .join(&format!("v2/{rest}"))
             .expect("a path joins onto an http(s) base")
+    }
+
+    /// `url` moved onto the current base when it was made from the initial
+    /// one, before the ping switched schemes (see `learn_scheme`).
+    pub(super) fn rebase(&self, url: &Url) -> Url {
+        let base = self.base();
+        let initial = &self.inner.initial_base;
+        let mut url = url.clone();
+        if base.origin() != initial.origin() && url.origin() == initial.origin() {
+            let _ = url.set_scheme(base.scheme());
+            let _ = url.set_port(base.port());
+        }
+        url
     }
 
     /// The scopes for working in `repo`.
@@ -232,30 +296,64 @@ impl RegistryClient {
     }
 
     async fn learn_scheme(&self, state: &mut AuthState) -> Result<(), RegistryError> {
-        let url = self.url("");
-        let req = Req::new(Method::GET, url.clone(), Vec::new());
-        // The ping is sent without auth, so it cannot go through `send`;
-        // it retries the same way.
-        let mut retry = RetryState::new(self.inner.policy);
-        let resp = loop {
-            let (delay, result) = match self.send_raw(&req, None).await {
-                Ok(resp) if is_transient_status(resp.status()) => {
-                    (retry.next_delay(retry_after(resp.headers())), Ok(resp))
+        let mut url = self.url("");
+        // An insecure host is tried once on https (no verification), then,
+        // as Docker does, on plain HTTP.
+        let https_first = url.scheme() == "https"
+            && self.inner.insecure
+            && self.base() == self.inner.initial_base;
+        let first = if https_first {
+            let req = Req::new(Method::GET, url.clone(), Vec::new());
+            match self.send_raw(&req, None).await {
+                Ok(r) if !is_transient_status(r.status()) => Ok(r),
+                Ok(_) => self.ping_once(&url).await,
+                Err(e) => {
+                    let http = self.switch_base("http");
+                    tracing::debug!(registry = %self.inner.registry, error = %e, base = %http, "https failed; trying plain HTTP");
+                    url = self.url("");
+                    self.ping_once(&url).await
                 }
-                Ok(resp) => (None, Ok(resp)),
-                Err(e) if is_transient_error(&e) => (retry.next_delay(None), Err(e)),
-                Err(e) => (None, Err(e)),
-            };
-            match delay {
-                Some(d) => tokio::time::sleep(d).await,
-                None => {
-                    break result.map_err(|source| RegistryError::Transport {
+            }
+        } else {
+            self.ping_once(&url).await
+        };
+        // A loopback host is tried on http first; one that answers as a
+        // TLS server is switched to https, once.
+        let plain = url.scheme() == "http" && self.inner.plain_http;
+        let first = match first {
+            Ok(r) if plain && r.status() == StatusCode::BAD_REQUEST => {
+                let body = auth::read_limited(r, ERROR_BODY_LIMIT)
+                    .await
+                    .unwrap_or_default();
+                if !is_tls_answer(&body) {
+                    let errors = parse_oci_errors(&body);
+                    let hint = hint_for(
+                        self.inner.registry.host(),
+                        StatusCode::BAD_REQUEST,
+                        &errors,
+                        self.inner.creds.source(),
+                    );
+                    return Err(RegistryError::Status {
                         method: "GET".into(),
                         url: RedactedUrl::new(&url),
-                        attempts: retry.attempts(),
-                        source,
-                    })?
+                        status: StatusCode::BAD_REQUEST,
+                        errors,
+                        hint,
+                        retry_after: None,
+                    });
                 }
+                None
+            }
+            Err(e) if plain && speaks_tls_error(&e) => None,
+            other => Some(other),
+        };
+        let resp = match first {
+            Some(result) => result?,
+            None => {
+                let https = self.switch_base("https");
+                tracing::debug!(registry = %self.inner.registry, base = %https, "the registry speaks TLS");
+                url = self.url("");
+                self.ping_once(&url).await?
             }
         };
         let status = resp.status();
@@ -276,6 +374,49 @@ impl RegistryClient {
         Ok(())
     }
 
+    /// `GET /v2/` without auth, retried like `send` (the ping cannot go
+    /// through `send`, which would ask for auth first).
+    async fn ping_once(&self, url: &Url) -> Result<Response, RegistryError> {
+        let req = Req::new(Method::GET, url.clone(), Vec::new());
+        let mut retry = RetryState::new(self.inner.policy);
+        loop {
+            let (delay, result) = match self.send_raw(&req, None).await {
+                Ok(resp) if is_transient_status(resp.status()) => {
+                    (retry.next_delay(retry_after(resp.headers())), Ok(resp))
+                }
+                Ok(resp) => (None, Ok(resp)),
+                Err(e) if is_transient_error(&e) => (retry.next_delay(None), Err(e)),
+                Err(e) => (None, Err(e)),
+            };
+            match delay {
+                Some(d) => tokio::time::sleep(d).await,
+                None => {
+                    return result.map_err(|source| {
+                        RegistryError::transport("GET", url, retry.attempts(), source)
+                    })
+                }
+            }
+        }
+    }
+
+    /// Switches the base to `scheme`; returns it. To https, the port that
+    /// answered stays (`http://host/` becomes `https://host:80/`); to http,
+    /// a port left out stays left out (443 becomes 80, as Docker).
+    fn switch_base(&self, scheme: &str) -> Url {
+        let mut guard = match self.inner.base.write() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let port = if scheme == "https" {
+            guard.port_or_known_default()
+        } else {
+            guard.port()
+        };
+        let _ = guard.set_scheme(scheme);
+        let _ = guard.set_port(port);
+        guard.clone()
+    }
+
     /// The `Authorization` value for a request to `url`, if any. Nothing
     /// goes to another origin.
     pub(super) async fn authorization(
@@ -284,7 +425,7 @@ impl RegistryClient {
         scopes: &[String],
         min_valid: Duration,
     ) -> Result<Option<HeaderValue>, RegistryError> {
-        if url.origin() != self.inner.base.origin() {
+        if url.origin() != self.base().origin() {
             return Ok(None);
         }
         let mut state = self.inner.auth.lock().await;
@@ -308,16 +449,31 @@ impl RegistryClient {
                 let token = match state.tokens.get(scopes, min_valid) {
                     Some(t) => t,
                     None => {
-                        let (token, lifetime) = fetch_token(
-                            &self.inner.http,
-                            self.inner.registry.host(),
-                            &realm,
-                            service.as_deref(),
-                            scopes,
-                            &self.inner.creds,
-                            self.inner.plain_http,
-                        )
-                        .await?;
+                        // The token service fails like any server: retried
+                        // on the same terms as registry requests.
+                        let mut retry = RetryState::new(self.inner.policy);
+                        let (token, lifetime) = loop {
+                            let result = fetch_token(
+                                &self.inner.http,
+                                self.inner.registry.host(),
+                                &realm,
+                                service.as_deref(),
+                                scopes,
+                                &self.inner.creds,
+                                self.inner.plain_http,
+                            )
+                            .await;
+                            match result {
+                                Err(e) if e.is_transient() => match retry.next_delay(None) {
+                                    Some(delay) => {
+                                        tracing::debug!(error = %e, ?delay, "retrying the token request");
+                                        tokio::time::sleep(delay).await;
+                                    }
+                                    None => return Err(e),
+                                },
+                                other => break other?,
+                            }
+                        };
                         state.tokens.insert(scopes, token.clone(), lifetime);
                         token
                     }
@@ -387,13 +543,14 @@ impl RegistryClient {
             let authorization = self
                 .authorization(&req.url, &req.scopes, Duration::ZERO)
                 .await?;
+            req.url = self.rebase(&req.url);
             let authed = authorization.is_some();
             match self.send_raw(&req, authorization).await {
                 Ok(resp) => {
                     let status = resp.status();
                     if status == StatusCode::UNAUTHORIZED
                         && !refreshed
-                        && req.url.origin() == self.inner.base.origin()
+                        && req.url.origin() == self.base().origin()
                     {
                         refreshed = true;
                         self.forget_auth(&resp, &req.scopes).await;
@@ -430,12 +587,12 @@ impl RegistryClient {
                             continue;
                         }
                     }
-                    return Err(RegistryError::Transport {
-                        method: req.method.to_string(),
-                        url: RedactedUrl::new(&req.url),
-                        attempts: retry.attempts(),
-                        source: e,
-                    });
+                    return Err(RegistryError::transport(
+                        req.method.as_str(),
+                        &req.url,
+                        retry.attempts(),
+                        e,
+                    ));
                 }
             }
         }
@@ -456,6 +613,7 @@ impl RegistryClient {
         resp: Response,
     ) -> RegistryError {
         let status = resp.status();
+        let retry_after = retry_after(resp.headers());
         let body = auth::read_limited(resp, ERROR_BODY_LIMIT)
             .await
             .unwrap_or_default();
@@ -472,6 +630,7 @@ impl RegistryClient {
             status,
             errors,
             hint,
+            retry_after,
         }
     }
 
@@ -665,6 +824,30 @@ impl RegistryClient {
     }
 }
 
+/// Go's (so distribution's) answer to plain HTTP on a TLS port.
+fn is_tls_answer(body: &[u8]) -> bool {
+    String::from_utf8_lossy(body)
+        .to_ascii_lowercase()
+        .contains("http request to an https server")
+}
+
+/// Whether a plain-HTTP request failed because TLS bytes came back (hyper
+/// cannot parse them as HTTP).
+fn speaks_tls_error(e: &RegistryError) -> bool {
+    let RegistryError::Transport { source, .. } = e else {
+        return false;
+    };
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(source);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if text.contains("invalid HTTP version") || text.contains("HTTP/0.9") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 fn challenges_of(resp: &Response) -> Vec<auth::Challenge> {
     resp.headers()
         .get_all(reqwest::header::WWW_AUTHENTICATE)
@@ -794,9 +977,11 @@ mod tests {
             insecure_hosts: vec!["reg.lan:5000".into()],
             ..ClientOptions::default()
         };
+        // Insecure hosts other than loopback start on https (unverified);
+        // the ping may move them to http.
         for (host, scheme) in [
             ("127.0.0.1:5000", "http"),
-            ("reg.lan:5000", "http"),
+            ("reg.lan:5000", "https"),
             ("reg.lan", "https"),
             ("ghcr.io", "https"),
         ] {
@@ -808,6 +993,44 @@ mod tests {
             .unwrap();
             assert_eq!(c.url("").scheme(), scheme, "{host}");
         }
+    }
+
+    #[test]
+    fn urls_made_before_the_switch_to_tls_are_rebased() {
+        let c = RegistryClient::new(
+            &Registry::parse("127.0.0.1:5000").unwrap(),
+            Credentials::anonymous(),
+            &ClientOptions::default(),
+        )
+        .unwrap();
+        let stale = c.url("a/blobs/uploads/");
+        assert_eq!(c.rebase(&stale), stale, "no switch yet");
+        c.switch_base("https");
+        assert_eq!(c.url("").as_str(), "https://127.0.0.1:5000/v2/");
+        assert_eq!(
+            c.rebase(&stale).as_str(),
+            "https://127.0.0.1:5000/v2/a/blobs/uploads/"
+        );
+        let elsewhere = Url::parse("http://127.0.0.1:6000/v2/").unwrap();
+        assert_eq!(c.rebase(&elsewhere), elsewhere, "another origin");
+
+        // Without a port, the port that answered stays.
+        let c = RegistryClient::new(
+            &Registry::parse("localhost").unwrap(),
+            Credentials::anonymous(),
+            &ClientOptions::default(),
+        )
+        .unwrap();
+        c.switch_base("https");
+        assert_eq!(c.url("").as_str(), "https://localhost:80/v2/");
+    }
+
+    #[test]
+    fn go_tls_answers_are_recognised() {
+        assert!(is_tls_answer(
+            b"Client sent an HTTP request to an HTTPS server.\n"
+        ));
+        assert!(!is_tls_answer(br#"{"errors":[{"code":"UNSUPPORTED"}]}"#));
     }
 
     #[test]

@@ -112,6 +112,8 @@ pub enum RegistryError {
         status: StatusCode,
         errors: Vec<OciError>,
         hint: Option<String>,
+        /// The registry's `Retry-After`, for a retry of a whole upload.
+        retry_after: Option<std::time::Duration>,
     },
     /// The request never got an answer (after retries).
     #[error("`{method} {url}` failed after {attempts} attempt(s)")]
@@ -119,6 +121,15 @@ pub enum RegistryError {
         method: String,
         url: RedactedUrl,
         attempts: u32,
+        #[source]
+        source: reqwest::Error,
+    },
+    /// The registry's TLS certificate was refused (never retried).
+    #[error("`{method} {url}`: the registry's TLS certificate is not trusted\nhint: pass its CA with `--ca-file ca.pem`, or, for a test registry, `--insecure-registry {host}`")]
+    Certificate {
+        method: String,
+        url: RedactedUrl,
+        host: String,
         #[source]
         source: reqwest::Error,
     },
@@ -172,6 +183,31 @@ pub enum RegistryError {
 }
 
 impl RegistryError {
+    /// A request that got no answer: [`RegistryError::Certificate`] when TLS
+    /// verification refused the registry, else
+    /// [`RegistryError::Transport`].
+    pub fn transport(
+        method: &str,
+        url: &Url,
+        attempts: u32,
+        source: reqwest::Error,
+    ) -> RegistryError {
+        if super::retry::is_certificate_error(&source) {
+            return RegistryError::Certificate {
+                method: method.to_owned(),
+                url: RedactedUrl::new(url),
+                host: url[url::Position::BeforeHost..url::Position::AfterPort].to_owned(),
+                source,
+            };
+        }
+        RegistryError::Transport {
+            method: method.to_owned(),
+            url: RedactedUrl::new(url),
+            attempts,
+            source,
+        }
+    }
+
     /// The HTTP status, when the registry answered.
     pub fn status(&self) -> Option<StatusCode> {
         match self {
@@ -188,6 +224,14 @@ impl RegistryError {
                 errors.iter().map(|e| e.code.as_str()).collect()
             }
             _ => Vec::new(),
+        }
+    }
+
+    /// The wait the registry asked for with `Retry-After`.
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            RegistryError::Status { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 
@@ -274,6 +318,7 @@ mod tests {
             status: StatusCode::FORBIDDEN,
             hint: hint_for("ghcr.io", StatusCode::FORBIDDEN, &errors, "x"),
             errors,
+            retry_after: None,
         };
         let text = e.to_string();
         assert!(text.starts_with("`PUT https://ghcr.io/v2/o/r/manifests/latest` failed with 403 Forbidden: DENIED: requested access"), "{text}");

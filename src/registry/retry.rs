@@ -20,8 +20,27 @@ pub fn is_transient_status(status: StatusCode) -> bool {
         || status.is_server_error()
 }
 
-/// Connect errors, timeouts, resets and connections closed mid-answer.
+/// Whether TLS verification refused the peer's certificate (rustls says
+/// "invalid peer certificate"; rustls is not a direct dependency, so the
+/// chain's messages are read).
+pub fn is_certificate_error(err: &reqwest::Error) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = err.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if text.contains("invalid peer certificate") || text.contains("certificate verify failed") {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
+/// Connect errors, timeouts, resets and connections closed mid-answer; not
+/// a refused certificate, which no retry changes.
 pub fn is_transient_error(err: &reqwest::Error) -> bool {
+    if is_certificate_error(err) {
+        return false;
+    }
     if err.is_timeout() || err.is_connect() {
         return true;
     }
@@ -53,11 +72,69 @@ pub fn is_transient_error(err: &reqwest::Error) -> bool {
     false
 }
 
-/// The wait a `Retry-After` header asks for (seconds form only; an HTTP date
-/// falls back to our own backoff).
+/// The wait a `Retry-After` header asks for: delta-seconds, or an HTTP date
+/// (IMF-fixdate, what every registry and CDN sends) counted from now; a date
+/// in the past means no wait.
 pub fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_http_date(value)?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(Duration::from_secs(at.saturating_sub(now)))
+}
+
+/// Seconds since the epoch of an IMF-fixdate (`Wed, 21 Oct 2015 07:28:00
+/// GMT`). The obsolete RFC 850 and asctime forms are not accepted: no
+/// registry sends them, and the caller falls back to its own backoff.
+pub fn parse_http_date(text: &str) -> Option<u64> {
+    let (_weekday, rest) = text.split_once(", ")?;
+    let mut parts = rest.split(' ');
+    let day: u64 = parts.next()?.parse().ok()?;
+    let month = match parts.next()? {
+        "Jan" => 1,
+        "Feb" => 2,
+        "Mar" => 3,
+        "Apr" => 4,
+        "May" => 5,
+        "Jun" => 6,
+        "Jul" => 7,
+        "Aug" => 8,
+        "Sep" => 9,
+        "Oct" => 10,
+        "Nov" => 11,
+        "Dec" => 12,
+        _ => return None,
+    };
+    let year: i64 = parts.next()?.parse().ok()?;
+    let mut hms = parts.next()?.split(':');
+    let (h, m, sec): (u64, u64, u64) = (
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+        hms.next()?.parse().ok()?,
+    );
+    if parts.next()? != "GMT" || parts.next().is_some() || hms.next().is_some() {
+        return None;
+    }
+    if !(1..=31).contains(&day) || h > 23 || m > 59 || sec > 60 || year < 1970 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day as i64 - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days)
+        .ok()
+        .map(|d| d * 86_400 + h * 3600 + m * 60 + sec)
 }
 
 /// Bounds on retrying.
@@ -75,7 +152,7 @@ impl RetryPolicy {
     pub fn new(max_retries: u32) -> RetryPolicy {
         RetryPolicy {
             max_retries,
-            max_elapsed: Duration::from_secs(120),
+            max_elapsed: Duration::from_secs(300),
             base_delay: Duration::from_millis(250),
             max_delay: Duration::from_secs(15),
         }
@@ -171,6 +248,8 @@ mod tests {
             reqwest::header::RETRY_AFTER,
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
+        assert_eq!(retry_after(&headers), Some(Duration::ZERO), "in the past");
+        headers.insert(reqwest::header::RETRY_AFTER, "soon".parse().unwrap());
         assert_eq!(retry_after(&headers), None);
 
         let mut s = RetryState::new(RetryPolicy::new(2));
@@ -186,6 +265,83 @@ mod tests {
         assert!(s.next_delay(None).is_some());
         assert_eq!(s.next_delay(None), None, "over the count");
         assert_eq!(s.attempts(), 3);
+    }
+
+    #[test]
+    fn http_dates_are_parsed() {
+        // `date -u -d @1445412480 -R` gives the same instant.
+        assert_eq!(
+            parse_http_date("Wed, 21 Oct 2015 07:28:00 GMT"),
+            Some(1_445_412_480)
+        );
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2028 23:59:59 GMT"),
+            Some(1_835_481_599)
+        );
+        for bad in [
+            "",
+            "21 Oct 2015 07:28:00 GMT",
+            "Wed, 21 Foo 2015 07:28:00 GMT",
+            "Wed, 21 Oct 2015 07:28:00 PST",
+            "Wed, 21 Oct 2015 25:28:00 GMT",
+            "Wednesday, 21-Oct-15 07:28:00 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
+        let future = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 30;
+        let text = format_http_date_for_test(future);
+        let mut headers = HeaderMap::new();
+        headers.insert(reqwest::header::RETRY_AFTER, text.parse().unwrap());
+        let wait = retry_after(&headers).unwrap();
+        assert!(
+            wait.as_secs() >= 28 && wait.as_secs() <= 30,
+            "{text}: {wait:?}"
+        );
+    }
+
+    /// `date -u -R`-style formatting through the `date` command, so the
+    /// parser is checked against an independent implementation.
+    fn format_http_date_for_test(secs: u64) -> String {
+        let out = std::process::Command::new("date")
+            .args([
+                "-u",
+                "-d",
+                &format!("@{secs}"),
+                "+%a, %d %b %Y %H:%M:%S GMT",
+            ])
+            .env("LC_ALL", "C")
+            .output()
+            .unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_owned()
+    }
+
+    /// A server that reads the request and closes without answering (a
+    /// load balancer dropping an idle connection): the HEAD's EOF is
+    /// transient.
+    #[tokio::test]
+    async fn a_connection_closed_before_the_answer_is_transient() {
+        use std::io::Read as _;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 1024];
+            let _ = conn.read(&mut buf);
+            drop(conn);
+        });
+        let err = reqwest::Client::new()
+            .head(format!("http://127.0.0.1:{port}/v2/a/blobs/x"))
+            .send()
+            .await
+            .unwrap_err();
+        server.join().unwrap();
+        assert!(is_transient_error(&err), "{err:?}");
+        assert!(!is_certificate_error(&err));
     }
 
     #[tokio::test]

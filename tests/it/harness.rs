@@ -66,6 +66,9 @@ pub struct TestRegistry {
     log: PathBuf,
     pub auth: Auth,
     issuer: Option<TokenIssuer>,
+    /// The test CA (PEM) that signed the registry's certificate, when it
+    /// serves TLS.
+    ca: Option<PathBuf>,
 }
 
 fn free_port() -> u16 {
@@ -77,11 +80,21 @@ fn free_port() -> u16 {
 
 impl TestRegistry {
     pub fn start(auth: Auth) -> TestRegistry {
+        TestRegistry::start_with(auth, false)
+    }
+
+    /// A registry serving HTTPS only, with a certificate for `127.0.0.1`,
+    /// `::1` and `localhost` signed by a fresh test CA ([`Self::ca_file`]).
+    pub fn start_tls(auth: Auth) -> TestRegistry {
+        TestRegistry::start_with(auth, true)
+    }
+
+    fn start_with(auth: Auth, tls: bool) -> TestRegistry {
         // A port picked now may be taken before the registry binds it: try
         // again with another.
         let mut last_log = String::new();
         for _ in 0..3 {
-            match TestRegistry::try_start(auth.clone()) {
+            match TestRegistry::try_start(auth.clone(), tls) {
                 Ok(r) => return r,
                 Err(log) => last_log = log,
             }
@@ -89,10 +102,21 @@ impl TestRegistry {
         panic!("docker-registry did not start:\n{last_log}");
     }
 
-    fn try_start(auth: Auth) -> Result<TestRegistry, String> {
+    fn try_start(auth: Auth, tls: bool) -> Result<TestRegistry, String> {
         let dir = tempfile::tempdir().expect("temp dir");
         let port = free_port();
         let mut issuer = None;
+        let (ca, tls_yaml) = if tls {
+            let (ca, cert, key) = make_tls_files(dir.path());
+            let yaml = format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                cert.display(),
+                key.display()
+            );
+            (Some(ca), yaml)
+        } else {
+            (None, String::new())
+        };
         let auth_yaml = match &auth {
             Auth::None => String::new(),
             Auth::Basic { user, pass } => {
@@ -123,7 +147,7 @@ impl TestRegistry {
             "version: 0.1\nlog:\n  level: warn\n  accesslog:\n    disabled: false\n\
              storage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n\
              \x20 maintenance:\n    uploadpurging:\n      enabled: false\n\
-             http:\n  addr: 127.0.0.1:{port}\n  secret: manifold-test-secret\n{auth_yaml}",
+             http:\n  addr: 127.0.0.1:{port}\n  secret: manifold-test-secret\n{tls_yaml}{auth_yaml}",
             dir.path().join("data").display()
         );
         let config_path = dir.path().join("config.yml");
@@ -146,6 +170,7 @@ impl TestRegistry {
             log,
             auth,
             issuer,
+            ca,
         };
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
@@ -163,6 +188,15 @@ impl TestRegistry {
     /// `127.0.0.1:PORT`.
     pub fn host(&self) -> String {
         format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The CA file that verifies a TLS registry's certificate.
+    pub fn ca_file(&self) -> Option<&Path> {
+        self.ca.as_deref()
     }
 
     /// `127.0.0.1:PORT/<name>`.
@@ -208,6 +242,19 @@ impl TestRegistry {
             .as_ref()
             .map(|i| i.requests.lock().unwrap().clone())
             .unwrap_or_default()
+    }
+
+    /// Every token the issuer handed out (token auth only).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.issuer
+            .as_ref()
+            .map(|i| i.issued.lock().unwrap().clone())
+            .unwrap_or_default()
+    }
+
+    /// The registry's access log file.
+    pub fn log_path(&self) -> PathBuf {
+        self.log.clone()
     }
 
     /// Every request the registry logged, as `METHOD /path?query STATUS`.
@@ -259,6 +306,42 @@ impl Drop for TestRegistry {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A test CA and a server certificate it signs, for loopback names:
+/// `(ca.pem, server.pem, server-key.pem)` in `dir`.
+fn make_tls_files(dir: &Path) -> (PathBuf, PathBuf, PathBuf) {
+    let ca_key = rcgen::KeyPair::generate().expect("CA key");
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA params");
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "manifold test CA");
+    ca_params.key_usages = vec![
+        rcgen::KeyUsagePurpose::KeyCertSign,
+        rcgen::KeyUsagePurpose::CrlSign,
+    ];
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).expect("CA cert");
+    let key = rcgen::KeyPair::generate().expect("server key");
+    let mut params = rcgen::CertificateParams::new(vec![
+        "localhost".to_owned(),
+        "127.0.0.1".to_owned(),
+        "::1".to_owned(),
+    ])
+    .expect("server params");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "127.0.0.1");
+    let cert = params.signed_by(&key, &ca).expect("server cert");
+    let (ca_path, cert_path, key_path) = (
+        dir.join("ca.pem"),
+        dir.join("server.pem"),
+        dir.join("server-key.pem"),
+    );
+    std::fs::write(&ca_path, ca.pem()).expect("write CA");
+    std::fs::write(&cert_path, cert.pem()).expect("write cert");
+    std::fs::write(&key_path, key.serialize_pem()).expect("write key");
+    (ca_path, cert_path, key_path)
 }
 
 /// The status of `GET path` on the loopback port, if anything answers.
@@ -322,6 +405,7 @@ struct TokenIssuer {
     cert_path: PathBuf,
     denied: Arc<Mutex<HashSet<String>>>,
     requests: Arc<Mutex<Vec<Vec<String>>>>,
+    issued: Arc<Mutex<Vec<String>>>,
     stop: Arc<AtomicBool>,
 }
 
@@ -350,16 +434,22 @@ impl TokenIssuer {
         let port = listener.local_addr().expect("addr").port();
         let denied = Arc::new(Mutex::new(HashSet::new()));
         let requests = Arc::new(Mutex::new(Vec::new()));
+        let issued = Arc::new(Mutex::new(Vec::new()));
         let stop = Arc::new(AtomicBool::new(false));
         {
-            let (denied, requests, stop) = (denied.clone(), requests.clone(), stop.clone());
+            let (denied, requests, issued, stop) = (
+                denied.clone(),
+                requests.clone(),
+                issued.clone(),
+                stop.clone(),
+            );
             std::thread::spawn(move || {
                 for conn in listener.incoming() {
                     if stop.load(Ordering::SeqCst) {
                         break;
                     }
                     if let Ok(conn) = conn {
-                        let _ = serve_token(conn, &keys, &denied, &requests);
+                        let _ = serve_token(conn, &keys, &denied, &requests, &issued);
                     }
                 }
             });
@@ -369,6 +459,7 @@ impl TokenIssuer {
             cert_path,
             denied,
             requests,
+            issued,
             stop,
         }
     }
@@ -407,6 +498,7 @@ fn serve_token(
     keys: &IssuerKeys,
     denied: &Mutex<HashSet<String>>,
     requests: &Mutex<Vec<Vec<String>>>,
+    issued: &Mutex<Vec<String>>,
 ) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     // Read the head (a GET has no body).
@@ -480,6 +572,7 @@ fn serve_token(
     header.typ = Some("JWT".into());
     header.x5c = Some(vec![keys.cert_der_b64.clone()]);
     let token = jsonwebtoken::encode(&header, &claims, &keys.encoding).expect("sign token");
+    issued.lock().unwrap().push(token.clone());
     let body = serde_json::json!({"token": token, "expires_in": 300}).to_string();
     respond(&mut conn, "200 OK", &body)
 }
@@ -503,6 +596,8 @@ pub struct QuirkRequest {
     pub target: String,
     pub authorization: Option<String>,
     pub body: Vec<u8>,
+    /// Every header, names lower-cased.
+    pub headers: Vec<(String, String)>,
 }
 
 /// A tiny HTTP server scripting a behaviour that distribution does not show
@@ -600,12 +695,14 @@ fn serve_quirk(
     let mut length = 0usize;
     let mut chunked = false;
     let mut authorization = None;
+    let mut headers = Vec::new();
     loop {
         let mut line = String::new();
         if reader.read_line(&mut line)? == 0 || line == "\r\n" {
             break;
         }
         if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_owned()));
             if k.trim().eq_ignore_ascii_case("content-length") {
                 length = v.trim().parse().unwrap_or(0);
             }
@@ -643,6 +740,7 @@ fn serve_quirk(
         target,
         authorization,
         body,
+        headers,
     };
     let (status, headers, body) = handler(&request);
     requests.lock().unwrap().push(request);
@@ -659,4 +757,286 @@ fn serve_quirk(
         conn.write_all(&body)?;
     }
     conn.flush()
+}
+
+/// What a [`FaultProxy`] does to requests, each with its own probability
+/// (the sum is the chance a request is hit at all).
+#[derive(Clone, Copy, Debug)]
+pub struct FaultRates {
+    /// Answer 503 without asking the registry.
+    pub unavailable: f64,
+    /// Answer 429 with `Retry-After: 1`.
+    pub too_many: f64,
+    /// Read the request, then close the connection without an answer.
+    pub drop: f64,
+    /// Forward half the request body, then close both connections (a
+    /// request without a body is dropped instead).
+    pub cut_body: f64,
+    /// Forward, but hold the answer back a while.
+    pub slow: f64,
+}
+
+impl FaultRates {
+    /// `total` spread over the failing faults, plus as many slow answers.
+    pub fn failing(total: f64) -> FaultRates {
+        FaultRates {
+            unavailable: total / 4.0,
+            too_many: total / 4.0,
+            drop: total / 4.0,
+            cut_body: total / 4.0,
+            slow: total / 2.0,
+        }
+    }
+}
+
+/// What a [`FaultProxy`] did so far.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FaultCounts {
+    pub requests: usize,
+    pub unavailable: usize,
+    pub too_many: usize,
+    pub dropped: usize,
+    pub cut_bodies: usize,
+    pub slowed: usize,
+}
+
+impl FaultCounts {
+    /// Requests that failed on purpose (slow ones succeed).
+    pub fn failures(&self) -> usize {
+        self.unavailable + self.too_many + self.dropped + self.cut_bodies
+    }
+}
+
+/// A loopback HTTP/1.1 proxy in front of a real registry that injects
+/// faults, seeded, per request: 503, 429 + `Retry-After: 1`, a dropped
+/// connection, a request body cut halfway, a slow answer. Every connection
+/// carries one request (`Connection: close` both ways), so a fault never
+/// leaks into the next request.
+pub struct FaultProxy {
+    port: u16,
+    stop: Arc<AtomicBool>,
+    counts: Arc<Mutex<FaultCounts>>,
+}
+
+enum Fault {
+    None,
+    Unavailable,
+    TooMany,
+    Drop,
+    CutBody,
+    Slow,
+}
+
+impl FaultProxy {
+    pub fn start(upstream: u16, seed: u64, rates: FaultRates) -> FaultProxy {
+        use rand::{Rng as _, SeedableRng as _};
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        let port = listener.local_addr().expect("addr").port();
+        let stop = Arc::new(AtomicBool::new(false));
+        let counts = Arc::new(Mutex::new(FaultCounts::default()));
+        let rng = Arc::new(Mutex::new(rand::rngs::StdRng::seed_from_u64(seed)));
+        {
+            let (stop, counts) = (stop.clone(), counts.clone());
+            std::thread::spawn(move || {
+                for conn in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(conn) = conn else { continue };
+                    let roll: f64 = rng.lock().unwrap().random();
+                    let mut edge = 0.0;
+                    let mut pick = |p: f64| {
+                        edge += p;
+                        roll < edge
+                    };
+                    let fault = if pick(rates.unavailable) {
+                        Fault::Unavailable
+                    } else if pick(rates.too_many) {
+                        Fault::TooMany
+                    } else if pick(rates.drop) {
+                        Fault::Drop
+                    } else if pick(rates.cut_body) {
+                        Fault::CutBody
+                    } else if pick(rates.slow) {
+                        Fault::Slow
+                    } else {
+                        Fault::None
+                    };
+                    let counts = counts.clone();
+                    std::thread::spawn(move || {
+                        let _ = proxy_one(conn, upstream, fault, &counts);
+                    });
+                }
+            });
+        }
+        FaultProxy { port, stop, counts }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn counts(&self) -> FaultCounts {
+        *self.counts.lock().unwrap()
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(("127.0.0.1", self.port));
+    }
+}
+
+/// Reads a request or response head (through the blank line).
+fn read_head(reader: &mut impl BufRead) -> std::io::Result<Vec<String>> {
+    let mut lines = Vec::new();
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        if line == "\r\n" || line == "\n" {
+            return Ok(lines);
+        }
+        lines.push(line.trim_end().to_owned());
+    }
+}
+
+fn header<'a>(head: &'a [String], name: &str) -> Option<&'a str> {
+    head.iter().skip(1).find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+    })
+}
+
+/// Copies a request body (Content-Length or chunked framing, verbatim) to
+/// `out`, stopping after `limit` bytes of framing if given. Returns whether
+/// the whole body was copied.
+fn copy_body(
+    head: &[String],
+    reader: &mut impl BufRead,
+    out: &mut impl Write,
+    limit: Option<u64>,
+) -> std::io::Result<bool> {
+    let mut budget = limit.unwrap_or(u64::MAX);
+    if header(head, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut size_line = String::new();
+            reader.read_line(&mut size_line)?;
+            let n = u64::from_str_radix(size_line.trim().split(';').next().unwrap_or(""), 16)
+                .unwrap_or(0);
+            out.write_all(size_line.as_bytes())?;
+            let mut rest = reader.take(n + 2);
+            let mut chunk = Vec::new();
+            rest.read_to_end(&mut chunk)?;
+            let take = (chunk.len() as u64).min(budget) as usize;
+            out.write_all(&chunk[..take])?;
+            if take < chunk.len() {
+                return Ok(false);
+            }
+            budget -= take as u64;
+            if n == 0 {
+                return Ok(true);
+            }
+        }
+    }
+    let length: u64 = header(head, "content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let want = length.min(budget);
+    let copied = std::io::copy(&mut reader.take(want), out)?;
+    Ok(copied == length)
+}
+
+/// The body's length when known up front (0 without a body).
+fn body_length(head: &[String]) -> Option<u64> {
+    if header(head, "transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        return None;
+    }
+    Some(
+        header(head, "content-length")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+    )
+}
+
+fn proxy_one(
+    down: TcpStream,
+    upstream: u16,
+    fault: Fault,
+    counts: &Mutex<FaultCounts>,
+) -> std::io::Result<()> {
+    down.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(down.try_clone()?);
+    let mut down_w = down;
+    let head = read_head(&mut reader)?;
+    counts.lock().unwrap().requests += 1;
+    let answer = |w: &mut TcpStream, status: &str, extra: &str| {
+        let body = r#"{"errors":[{"code":"UNAVAILABLE","message":"injected fault"}]}"#;
+        write!(
+            w,
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{extra}Connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let has_body = body_length(&head) != Some(0);
+    match fault {
+        Fault::Unavailable => {
+            copy_body(&head, &mut reader, &mut std::io::sink(), None)?;
+            counts.lock().unwrap().unavailable += 1;
+            return answer(&mut down_w, "503 Service Unavailable", "");
+        }
+        Fault::TooMany => {
+            copy_body(&head, &mut reader, &mut std::io::sink(), None)?;
+            counts.lock().unwrap().too_many += 1;
+            return answer(&mut down_w, "429 Too Many Requests", "Retry-After: 1\r\n");
+        }
+        Fault::Drop => {
+            copy_body(&head, &mut reader, &mut std::io::sink(), None)?;
+            counts.lock().unwrap().dropped += 1;
+            return down_w.shutdown(std::net::Shutdown::Both);
+        }
+        Fault::CutBody if !has_body => {
+            counts.lock().unwrap().dropped += 1;
+            return down_w.shutdown(std::net::Shutdown::Both);
+        }
+        _ => {}
+    }
+    let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+    up.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut out = String::new();
+    out.push_str(&head[0]);
+    out.push_str("\r\n");
+    for line in &head[1..] {
+        let name = line.split(':').next().unwrap_or("").trim();
+        if name.eq_ignore_ascii_case("connection") {
+            continue;
+        }
+        out.push_str(line);
+        out.push_str("\r\n");
+    }
+    out.push_str("Connection: close\r\n\r\n");
+    up.write_all(out.as_bytes())?;
+    if let Fault::CutBody = fault {
+        // Half of a known length; a streamed body is cut after 32 KiB (or
+        // dropped whole when shorter).
+        let limit = body_length(&head).map(|n| n / 2).unwrap_or(32 * 1024);
+        copy_body(&head, &mut reader, &mut up, Some(limit))?;
+        counts.lock().unwrap().cut_bodies += 1;
+        let _ = up.shutdown(std::net::Shutdown::Both);
+        return down_w.shutdown(std::net::Shutdown::Both);
+    }
+    copy_body(&head, &mut reader, &mut up, None)?;
+    up.flush()?;
+    let mut response = Vec::new();
+    up.read_to_end(&mut response)?;
+    if let Fault::Slow = fault {
+        counts.lock().unwrap().slowed += 1;
+        std::thread::sleep(Duration::from_millis(400));
+    }
+    down_w.write_all(&response)?;
+    down_w.flush()?;
+    down_w.shutdown(std::net::Shutdown::Both)
 }

@@ -1,6 +1,9 @@
 //! One integration binary (as uv's client tests): modules by theme, each
 //! against real tools on loopback only.
 
+mod bad_input;
+mod concurrency;
+mod faults;
 mod harness;
 mod interrupt;
 mod nix2container;
@@ -8,3 +11,4 @@ mod publish;
 mod registry_client;
 mod split;
 mod tags;
+mod tls;

@@ -116,12 +116,23 @@ async fn streamed_spool_upload(reg: TestRegistry) {
     let (mut writer, spool) = spool::create(dir.path()).unwrap();
     let data = payload(3_000_000, 2);
     let expected = Digest::of(&data);
-    // The writer is still going when the upload starts.
+    // The writer is still going when the upload starts: it finishes only
+    // once the registry has seen the upload session start.
+    let log_of = reg.log_path();
     let writing = std::thread::spawn(move || {
         for chunk in data.chunks(100_000) {
             writer.write_all(chunk).unwrap();
             std::thread::sleep(Duration::from_millis(5));
         }
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(&log_of)
+            .unwrap_or_default()
+            .contains("POST /v2/streamed/app/blobs/uploads/")
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(100));
         writer.finish()
     });
     assert!(spool.finished().is_none());
@@ -431,6 +442,14 @@ async fn a_failed_spool_fails_the_upload_without_retrying() {
             .upload_blob("broken", BlobBody::Spool(spool), &on_progress)
             .await
     });
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while reg.count_requests("POST /v2/broken/blobs/uploads/") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no upload session was started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     tokio::time::sleep(Duration::from_millis(100)).await;
     writer.fail("the input command exited with status 1");
     let e = upload.await.unwrap().unwrap_err();
@@ -521,7 +540,18 @@ async fn relative_locations_with_queries_and_201_on_patch() {
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Finish the spool only once the session exists, so the upload has
+    // chosen the streamed PATCH (a loaded machine can take longer than any
+    // fixed sleep to get there).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !server.request_lines().iter().any(|l| l.starts_with("POST")) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no upload session was started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     writer.write_all(&data[1000..]).unwrap();
     writer.finish();
     let outcome = upload.await.unwrap().unwrap();
@@ -755,7 +785,20 @@ async fn a_short_lived_token_is_renewed_before_a_streamed_upload() {
                 .await
         }
     });
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // Finish only once the session exists: the streamed PATCH is chosen then.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !server
+        .request_lines()
+        .iter()
+        .any(|l| l.starts_with("POST /v2/q/blobs/uploads/"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no upload session was started"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
     writer.finish();
     upload.await.unwrap().unwrap();
     let patch = server

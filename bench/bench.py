@@ -1,0 +1,512 @@
+#!/usr/bin/env python3
+"""Runs the publish benchmark: manifold against the skopeo route and flocken.
+
+Called by bench/run.sh (which installs the tools, builds manifold and the
+fixture); Python 3 standard library only. See bench/README.md.
+
+For every run and every tool (in an order that rotates from run to run), one
+fresh registry (new storage directory, `docker-registry serve` on a free
+127.0.0.1 port) goes through three scenarios, each timed on its own:
+
+* cold: the registry is empty; publish the base images (tags v1, latest).
+* rerun: the registry holds that publish; a fresh runner publishes the same
+  images again.
+* changed: the registry holds that publish; publish the variant images where
+  the top layer of each architecture differs (tags v2, latest).
+
+Between scenarios the registry process is restarted (same storage, new port,
+new log) and every client cache is new: podman's storage (`--root`,
+`--runroot`), containers/image's blob-info cache (a private mount namespace
+binds an empty directory over /var/lib/containers/cache), TMPDIR, and
+XDG_CACHE_HOME (manifold's cache). The OS page cache is not dropped: the
+fixture's layer files are read from memory by every tool alike.
+
+Measured per scenario: wall time, peak RSS of the largest process of the
+pipeline (GNU time's %M, through wait4), and what was pushed, read from the
+registry's log: every completed blob upload (PUT .../blobs/uploads/...?digest=,
+or a monolithic POST with ?digest=, answered 201) counts the size of that blob, even when the registry already had
+it; manifests PUT are counted apart. A publish is "ok" when the tags it should
+have moved resolve to an index with an amd64 and an arm64 manifest of 4 layers.
+"""
+
+import argparse
+import json
+import os
+import re
+import shlex
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+
+INDEX_TYPES = ", ".join([
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+])
+REPO_PATH = "bench/img"
+SCENARIOS = [
+    # (name, image suffix, first tag)
+    ("cold", "", "v1"),
+    ("rerun", "", "v1"),
+    ("changed", "-v2", "v2"),
+]
+TOOLS = ("manifold", "skopeo", "flocken")
+LABELS = {
+    "manifold": "manifold",
+    "skopeo": "skopeo route",
+    "flocken": "flocken pipeline",
+}
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+# --- registry ---------------------------------------------------------------
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Registry:
+    """One `docker-registry serve` process over a storage directory."""
+
+    def __init__(self, binary, storage, workdir):
+        self.binary, self.storage, self.workdir = binary, storage, workdir
+        self.proc = None
+
+    def start(self, name):
+        self.port = free_port()
+        self.log_path = os.path.join(self.workdir, "registry-%s.log" % name)
+        config = os.path.join(self.workdir, "registry-%s.yml" % name)
+        with open(config, "w") as f:
+            # No blob descriptor cache: every scenario starts from storage alone.
+            f.write(
+                "version: 0.1\n"
+                "log:\n  level: info\n  formatter: text\n  accesslog:\n    disabled: true\n"
+                "storage:\n  filesystem:\n    rootdirectory: %s\n"
+                "  maintenance:\n    uploadpurging:\n      enabled: false\n"
+                "http:\n  addr: 127.0.0.1:%d\n" % (self.storage, self.port)
+            )
+        self.log_file = open(self.log_path, "w")
+        self.proc = subprocess.Popen(
+            [self.binary, "serve", config], stdout=self.log_file, stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise SystemExit("docker-registry exited early, see %s" % self.log_path)
+            try:
+                with urllib.request.urlopen("http://127.0.0.1:%d/v2/" % self.port, timeout=1):
+                    return
+            except (urllib.error.URLError, OSError):
+                time.sleep(0.05)
+        self.stop()
+        raise SystemExit("docker-registry did not answer on port %d, see %s" % (self.port, self.log_path))
+
+    @property
+    def host(self):
+        return "127.0.0.1:%d" % self.port
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.proc = None
+        if getattr(self, "log_file", None):
+            self.log_file.close()
+            self.log_file = None
+
+    def blob_size(self, hexdigest):
+        path = os.path.join(self.storage, "docker/registry/v2/blobs/sha256", hexdigest[:2], hexdigest, "data")
+        try:
+            return os.path.getsize(path)
+        except OSError:
+            return None
+
+    def stored_bytes(self):
+        root = os.path.join(self.storage, "docker/registry/v2/blobs")
+        total = 0
+        for dirpath, _, files in os.walk(root):
+            if "data" in files:
+                total += os.path.getsize(os.path.join(dirpath, "data"))
+        return total
+
+    def pushed(self):
+        """What the log says was uploaded: blobs (count, bytes), manifests."""
+        done = re.compile(r'msg="response completed".*http\.request\.method=(\w+).*'
+                          r'http\.request\.uri="?([^" ]+)"?.*http\.response\.status=(\d+)')
+        blobs, blob_bytes, manifests, mounts, unknown = 0, 0, 0, 0, 0
+        with open(self.log_path, errors="replace") as f:
+            for line in f:
+                m = done.search(line)
+                if not m:
+                    continue
+                method, uri, status = m.group(1), m.group(2), m.group(3)
+                # PUT closes a session; a POST with ?digest= is a monolithic upload.
+                if method in ("PUT", "POST") and "/blobs/uploads/" in uri and "digest=" in uri and status == "201":
+                    d = re.search(r"digest=sha256(?:%3A|:)([0-9a-f]{64})", uri)
+                    if d:
+                        blobs += 1
+                        size = self.blob_size(d.group(1))
+                        if size is None:
+                            unknown += 1
+                        else:
+                            blob_bytes += size
+                elif method == "POST" and "mount=" in uri and status == "201":
+                    mounts += 1
+                elif method == "PUT" and "/manifests/" in uri and status == "201":
+                    manifests += 1
+        return {"blob_uploads": blobs, "bytes": blob_bytes, "manifests_put": manifests,
+                "mounts": mounts, "unknown_sizes": unknown}
+
+
+def http_get(url, accept):
+    req = urllib.request.Request(url, headers={"Accept": accept})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        return r.read(), r.headers
+
+
+def verify(host, tags):
+    """'' when each tag is an index of amd64 + arm64 manifests with 4 layers, else why not."""
+    base = "http://%s/v2/%s/manifests/" % (host, REPO_PATH)
+    digests = set()
+    for tag in tags:
+        try:
+            body, headers = http_get(base + tag, INDEX_TYPES)
+            index = json.loads(body)
+            digests.add(headers.get("Docker-Content-Digest"))
+            arches = set()
+            for m in index.get("manifests", []):
+                plat = m.get("platform", {})
+                if plat.get("os") != "linux":
+                    continue  # attestation manifests and the like
+                mbody, _ = http_get(base + m["digest"], INDEX_TYPES)
+                if len(json.loads(mbody).get("layers", [])) != 4:
+                    return "%s: %s has not 4 layers" % (tag, m["digest"])
+                arches.add(plat.get("architecture"))
+            if arches != {"amd64", "arm64"}:
+                return "%s: platforms %s" % (tag, sorted(a or "?" for a in arches))
+        except (urllib.error.URLError, OSError, ValueError, KeyError) as e:
+            return "%s: %s" % (tag, e)
+    if len(digests) != 1:
+        return "tags point at different manifests: %s" % sorted(map(str, digests))
+    return ""
+
+
+def crane_tag(host, src, dst):
+    """What `crane tag` does: GET the manifest, PUT the same bytes under a new tag."""
+    base = "http://%s/v2/%s/manifests/" % (host, REPO_PATH)
+    body, headers = http_get(base + src, INDEX_TYPES)
+    req = urllib.request.Request(base + dst, data=body, method="PUT",
+                                 headers={"Content-Type": headers.get("Content-Type")})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        r.read()
+
+
+# --- the pipelines -----------------------------------------------------------
+
+
+def pipeline(tool, fixture, images, repo, tag, manifold, gzip_archives_ok):
+    """The bash script one publish runs, for `tool`."""
+    q = shlex.quote
+    streams = [os.path.join(fixture, "stream-" + i) for i in images]
+    # podman refuses a runroot longer than 50 characters: $RUNROOT is short.
+    pod = 'podman --root "$STATE/podman/root" --runroot "$RUNROOT" --storage-driver vfs'
+    if tool == "manifold":
+        return "%s publish --repo %s --tag %s --tag latest %s" % (
+            q(manifold), q(repo), q(tag), " ".join(q(s) for s in streams))
+    if tool == "skopeo":
+        lines = []
+        for img, s in zip(images, streams):
+            arch = img.split("-")[0]
+            # skopeo cannot read a pipe: the stream is saved first, as users do.
+            lines.append("%s > \"$TMPDIR/%s.tar\"" % (q(s), arch))
+            lines.append("skopeo copy -q --dest-tls-verify=false docker-archive:\"$TMPDIR/%s.tar\" docker://%s:%s-%s"
+                         % (arch, repo, tag, arch))
+        lines.append("%s manifest create bench-list >/dev/null" % pod)
+        for img in images:
+            arch = img.split("-")[0]
+            lines.append("%s manifest add --tls-verify=false bench-list docker://%s:%s-%s >/dev/null"
+                         % (pod, repo, tag, arch))
+        lines.append("%s manifest push -q --all --tls-verify=false bench-list docker://%s:%s" % (pod, repo, tag))
+        lines.append("skopeo copy -q --all --src-tls-verify=false --dest-tls-verify=false docker://%s:%s docker://%s:latest"
+                     % (repo, tag, repo))
+        return "\n".join(lines)
+    if tool == "flocken":
+        # flocken's generated docker-manifest script (src/docker-manifest/default.nix):
+        # create, per stream `| gzip --fast`
+        # to a file + `manifest add docker-archive:`, inspect, push --all --format oci
+        # to the first tag, `crane tag` for the others.
+        # (podman 4.3 has no `manifest create --annotation`: flocken's two
+        # annotations are left out.)
+        lines = ["%s manifest create bench-list >/dev/null" % pod]
+        for n, s in enumerate(streams, 1):
+            gz = "\"$TMPDIR/image-stream-%d.tar.gz\"" % n
+            lines.append("%s | gzip --fast > %s" % (q(s), gz))
+            if gzip_archives_ok:
+                lines.append("%s manifest add bench-list docker-archive:%s >/dev/null" % (pod, gz))
+            else:
+                # This podman cannot read gzip docker-archives (see README): do
+                # what a working one does inside, decompress to a temp file.
+                tar = "\"$TMPDIR/image-stream-%d.tar\"" % n
+                lines.append("gzip -dc %s > %s" % (gz, tar))
+                lines.append("%s manifest add bench-list docker-archive:%s >/dev/null" % (pod, tar))
+        lines.append("%s manifest inspect bench-list >/dev/null" % pod)
+        lines.append("%s manifest push -q --all --format oci --tls-verify=false bench-list docker://%s:%s"
+                     % (pod, repo, tag))
+        lines.append("python3 %s crane-tag %s %s latest" % (q(os.path.realpath(__file__)), repo.split("/")[0], tag))
+        return "\n".join(lines)
+    raise ValueError(tool)
+
+
+def run_publish(script, state, env_extra, timeout):
+    """Runs `script` in a private mount namespace; returns (rc, wall s, peak RSS KiB, stderr tail)."""
+    for d in ("tmp", "cache", "xdg-cache", "podman"):
+        os.makedirs(os.path.join(state, d), exist_ok=True)
+    # Not a CI run: no GitHub context for manifold's automatic tags.
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GITHUB_") and k != "CI"}
+    env.update({"STATE": state, "TMPDIR": os.path.join(state, "tmp"),
+                "XDG_CACHE_HOME": os.path.join(state, "xdg-cache")})
+    runroot = tempfile.mkdtemp(prefix="mfb-", dir="/tmp")
+    env["RUNROOT"] = runroot
+    env.update(env_extra)
+    body = "set -euo pipefail\n" + script + "\n"
+    # containers/image keeps a blob-info cache (uncompressed ↔ compressed
+    # digests) in /var/lib/containers/cache for root; a fresh runner has none.
+    inner = ('mkdir -p /var/lib/containers/cache && mount --bind "$STATE/cache" /var/lib/containers/cache '
+             '&& exec bash -c %s' % shlex.quote(body))
+    timefile = os.path.join(state, "time")
+    cmd = ["/usr/bin/time", "-f", "%e %M", "-o", timefile, "unshare", "-m", "bash", "-c", inner]
+    errpath = os.path.join(state, "stderr")
+    with open(errpath, "w") as err:
+        t0 = time.monotonic()
+        try:
+            rc = subprocess.run(cmd, env=env, stdin=subprocess.DEVNULL, stdout=err, stderr=err,
+                                timeout=timeout, cwd=state).returncode
+        except subprocess.TimeoutExpired:
+            rc = "timeout"
+        wall = time.monotonic() - t0
+    rss = None
+    try:
+        with open(timefile) as f:
+            rss = int(f.read().split()[-1])
+    except (OSError, ValueError, IndexError):
+        pass
+    with open(errpath, errors="replace") as f:
+        tail = f.read()[-2000:]
+    shutil.rmtree(runroot, ignore_errors=True)
+    return rc, wall, rss, tail
+
+
+def gzip_archive_probe(workdir, fixture):
+    """Whether this skopeo/podman reads a gzip docker-archive (Debian 12's does not)."""
+    import gzip
+    import io
+    import tarfile
+    path = os.path.join(workdir, "probe.tar.gz")
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w") as tar:
+        layer = io.BytesIO()
+        with tarfile.open(fileobj=layer, mode="w") as lt:
+            lt.addfile(tarfile.TarInfo("empty"), io.BytesIO(b""))
+        data = layer.getvalue()
+        import hashlib
+        sha = hashlib.sha256(data).hexdigest()
+        config = json.dumps({"architecture": "amd64", "os": "linux",
+                             "rootfs": {"type": "layers", "diff_ids": ["sha256:" + sha]}}).encode()
+        csha = hashlib.sha256(config).hexdigest()
+        manifest = json.dumps([{"Config": csha + ".json", "RepoTags": [], "Layers": [sha + "/layer.tar"]}]).encode()
+        for name, b in ((sha + "/layer.tar", data), (csha + ".json", config), ("manifest.json", manifest)):
+            ti = tarfile.TarInfo(name)
+            ti.size = len(b)
+            tar.addfile(ti, io.BytesIO(b))
+    with open(path, "wb") as f:
+        f.write(gzip.compress(buf.getvalue()))
+    r = subprocess.run(["skopeo", "inspect", "--raw", "docker-archive:" + path],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.unlink(path)
+    return r.returncode == 0
+
+
+# --- driver -------------------------------------------------------------------
+
+
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def summarize(results, tools):
+    summary = {}
+    for scen, _, _ in SCENARIOS:
+        rows = {}
+        for tool in tools:
+            rs = [r for r in results if r["tool"] == tool and r["scenario"] == scen]
+            good = [r for r in rs if r["ok"]]
+            rows[tool] = {
+                "runs": len(rs),
+                "ok": len(good),
+                "median_s": median([r["wall_s"] for r in good]),
+                "min_s": min([r["wall_s"] for r in good], default=None),
+                "max_s": max([r["wall_s"] for r in good], default=None),
+                "median_mb_pushed": median([r["pushed"]["bytes"] / 1e6 for r in good]),
+                "median_blob_uploads": median([r["pushed"]["blob_uploads"] for r in good]),
+                "median_peak_rss_mb": median([r["peak_rss_kib"] / 1024 if r["peak_rss_kib"] else None for r in good]),
+            }
+        ref = rows.get("skopeo", {}).get("median_s")
+        for tool in tools:
+            m = rows[tool]["median_s"]
+            rows[tool]["ratio_vs_skopeo"] = (m / ref) if (m is not None and ref) else None
+        summary[scen] = rows
+    return summary
+
+
+def fmt(x, spec):
+    return "-" if x is None else format(x, spec)
+
+
+def print_tables(summary, tools, runs):
+    for scen, _, _ in SCENARIOS:
+        print()
+        print("scenario: %s  (median of %d runs)" % (scen, runs))
+        print("  %-17s %9s %11s %9s %10s %8s %10s %5s" % (
+            "tool", "median s", "min-max s", "vs skopeo", "MB pushed", "uploads", "peak RSS", "ok"))
+        for tool in tools:
+            r = summary[scen][tool]
+            spread = "-" if r["min_s"] is None else "%.1f-%.1f" % (r["min_s"], r["max_s"])
+            print("  %-17s %9s %11s %9s %10s %8s %10s %5s" % (
+                LABELS[tool], fmt(r["median_s"], ".1f"), spread,
+                "-" if r["ratio_vs_skopeo"] is None else "%.2fx" % r["ratio_vs_skopeo"],
+                fmt(r["median_mb_pushed"], ".1f"), fmt(r["median_blob_uploads"], ".0f"),
+                "-" if r["median_peak_rss_mb"] is None else "%.0f MB" % r["median_peak_rss_mb"],
+                "%d/%d" % (r["ok"], r["runs"])))
+
+
+def main():
+    p = argparse.ArgumentParser(description="manifold publish benchmark (see bench/README.md)")
+    sub = p.add_subparsers(dest="cmd")
+    t = sub.add_parser("crane-tag", help="GET a manifest and PUT it under another tag")
+    t.add_argument("host")
+    t.add_argument("src")
+    t.add_argument("dst")
+    p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--fixture", default="bench/.cache/fixture")
+    p.add_argument("--work", default="bench/.cache/work")
+    p.add_argument("--out", default="bench/.cache/results.json")
+    p.add_argument("--manifold", default="target/release/manifold")
+    p.add_argument("--registry", default=shutil.which("docker-registry") or "/usr/bin/docker-registry")
+    p.add_argument("--tools", default=",".join(TOOLS))
+    p.add_argument("--timeout", type=int, default=1800, help="seconds for one publish")
+    p.add_argument("--keep", action="store_true", help="keep registry storage and logs")
+    a = p.parse_args()
+    if a.cmd == "crane-tag":
+        crane_tag(a.host, a.src, a.dst)
+        return
+    tools = [x for x in a.tools.split(",") if x]
+    for x in tools:
+        if x not in TOOLS:
+            raise SystemExit("unknown tool %r (choose from %s)" % (x, ", ".join(TOOLS)))
+    if "manifold" in tools and not os.access(a.manifold, os.X_OK):
+        raise SystemExit("%s is not an executable; build it (cargo build --release) or use --tools" % a.manifold)
+    if os.geteuid() != 0:
+        raise SystemExit("run as root: podman with private storage and the mount namespace need it")
+    fixture = os.path.realpath(a.fixture)
+    manifold = os.path.realpath(a.manifold)
+    os.makedirs(a.work, exist_ok=True)
+    work = os.path.realpath(a.work)
+    gzip_ok = gzip_archive_probe(work, fixture)
+    if not gzip_ok:
+        log("note: this skopeo/podman cannot read gzip docker-archives; the flocken pipeline "
+            "decompresses its .tar.gz to a temp file first, as a working podman does inside")
+    results = []
+    for run in range(1, a.runs + 1):
+        k = (run - 1) % len(tools)
+        order = tools[k:] + tools[:k]
+        for tool in order:
+            session = tempfile.mkdtemp(prefix="%s-r%d-" % (tool, run), dir=work)
+            registry = Registry(a.registry, os.path.join(session, "storage"), session)
+            try:
+                for scen, suffix, tag in SCENARIOS:
+                    registry.start(scen)
+                    state = os.path.join(session, scen)
+                    before = registry.stored_bytes()
+                    repo = "%s/%s" % (registry.host, REPO_PATH)
+                    images = ["amd64" + suffix, "arm64" + suffix]
+                    script = pipeline(tool, fixture, images, repo, tag, manifold, gzip_ok)
+                    rc, wall, rss, tail = run_publish(script, state, {}, a.timeout)
+                    problem = "exit %s: %s" % (rc, tail.strip()[-600:]) if rc != 0 else verify(registry.host, [tag, "latest"])
+                    pushed = registry.pushed()
+                    registry.stop()
+                    res = {
+                        "run": run, "tool": tool, "scenario": scen, "ok": problem == "",
+                        "error": problem or None, "wall_s": round(wall, 3), "peak_rss_kib": rss,
+                        "pushed": pushed, "stored_new_bytes": registry.stored_bytes() - before,
+                    }
+                    results.append(res)
+                    log("run %d %-8s %-8s %6.1fs  %7.1f MB pushed in %d blobs  rss %s MB%s" % (
+                        run, tool, scen, wall, pushed["bytes"] / 1e6, pushed["blob_uploads"],
+                        "?" if rss is None else rss // 1024, "" if not problem else "  FAILED: " + problem))
+                    shutil.rmtree(os.path.join(state, "tmp"), ignore_errors=True)
+                    shutil.rmtree(os.path.join(state, "podman"), ignore_errors=True)
+            finally:
+                registry.stop()
+                if not a.keep:
+                    shutil.rmtree(session, ignore_errors=True)
+    summary = summarize(results, tools)
+    with open(os.path.join(a.fixture, "images.json")) as f:
+        images = json.load(f)["images"]
+    fixture_info = {
+        name: {"layers": len(img["layers"]), "uncompressed_bytes": sum(l["size"] for l in img["layers"])}
+        for name, img in images.items()
+    }
+    out = {
+        "runs": a.runs, "tools": tools, "order": "rotated per run",
+        "gzip_docker_archive_supported": gzip_ok,
+        "fixture": fixture_info,
+        "versions": versions(manifold if "manifold" in tools else None),
+        "summary": summary, "results": results,
+    }
+    os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
+    with open(a.out, "w") as f:
+        json.dump(out, f, indent=1)
+    print_tables(summary, tools, a.runs)
+    print()
+    print("MB pushed: sizes of the blobs whose upload completed (registry log), re-uploads included")
+    print("results: %s" % a.out)
+    if any(not r["ok"] for r in results):
+        sys.exit(1)
+
+
+def versions(manifold):
+    def out(cmd):
+        try:
+            return subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                  timeout=30).stdout.strip().splitlines()[0]
+        except (OSError, subprocess.SubprocessError, IndexError):
+            return None
+    v = {"skopeo": out(["skopeo", "--version"]), "podman": out(["podman", "--version"]),
+         "docker-registry": out(["docker-registry", "--version"]), "gzip": out(["gzip", "--version"])}
+    if manifold:
+        v["manifold"] = out([manifold, "--version"])
+    return v
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,360 @@
+#!/usr/bin/env python3
+"""Builds the benchmark's two-architecture image fixture, and streams it.
+
+Two sub-commands (Python 3 standard library only):
+
+    make_fixture.py build DIR [--layer-mb 100] [--random-mb 16]
+    make_fixture.py stream DIR IMAGE          # what the stream scripts run
+
+`build` writes into DIR (a cache directory, never committed):
+
+* `layers/<sha256>.tar`: layer tarballs. Each architecture gets three layers of
+  real software taken from this machine (distinct slices of
+  /usr/lib/x86_64-linux-gnu, /usr/bin + /usr/libexec, /usr/share: shared
+  libraries, executables, data; the rest of /usr when one runs short), about
+  `--layer-mb` MB each, so they compress
+  like real images do (gzip ratio around 0.4 to 0.5), plus a top layer holding
+  `--random-mb` MB of random bytes (an application's incompressible blob).
+  amd64 and arm64 take different files, so no layer is shared between them.
+* the `-v2` variant of each architecture, where the top random layer differs
+  (new seed) and everything else is the same: "one layer per arch changed".
+* `images.json`: for each image (amd64, arm64, amd64-v2, arm64-v2) its config
+  and layer files.
+* `stream-amd64`, `stream-arm64`, `stream-amd64-v2`, `stream-arm64-v2`:
+  executable scripts that, like nixpkgs' `streamLayeredImage`, write an
+  uncompressed docker-archive to stdout: members `<sha256>/layer.tar`, then the
+  config `<sha256>.json`, then `manifest.json` LAST, PAX headers, padded to a
+  10240-byte record; progress lines on stderr. Unlike nixpkgs they copy
+  pre-built layer tarballs instead of tarring store paths (twice) on the fly,
+  so the stream itself is cheap: the benchmark measures the publishers.
+
+Layer tarballs are deterministic for a given machine (sorted names, mtime 1,
+owner root), so DIR is reused across runs; `build` does nothing when
+`images.json` already matches the parameters.
+"""
+
+import argparse
+import hashlib
+import io
+import json
+import os
+import random
+import stat
+import sys
+import tarfile
+
+MTIME = 1
+CREATED = "1970-01-01T00:00:01Z"
+BLOCK = 512
+RECORD = 10240
+COPY_BUF = 1 << 20
+# A single huge file (libLLVM, …) would make a one-file layer: real Nix layers
+# are store paths with many files, so leave those out.
+MAX_FILE = 24 << 20
+
+SOURCES = [
+    # (layer name, roots): amd64 takes the first slice of each, arm64 the
+    # next. No file goes in two layers; a small system (minimal Debian) runs
+    # out of /usr/bin, so each list ends in all of /usr.
+    ("libs", ["/usr/lib/x86_64-linux-gnu", "/usr/lib", "/usr"]),
+    ("bin", ["/usr/bin", "/usr/sbin", "/usr/libexec", "/usr"]),
+    ("share", ["/usr/share", "/usr"]),
+]
+ARCHES = ("amd64", "arm64")
+
+
+def log(msg):
+    print(msg, file=sys.stderr, flush=True)
+
+
+def walk_files(roots, seen):
+    """(path, lstat) of regular files and symlinks under roots, sorted, each
+    once: `seen` holds the (device, inode) pairs already taken."""
+    for root in roots:
+        for dirpath, dirnames, filenames in os.walk(root):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = os.path.join(dirpath, name)
+                try:
+                    st = os.lstat(path)
+                except OSError:
+                    continue
+                key = (st.st_dev, st.st_ino)
+                if key in seen:
+                    continue
+                if stat.S_ISLNK(st.st_mode):
+                    seen.add(key)
+                    yield path, st
+                elif stat.S_ISREG(st.st_mode) and 0 < st.st_size <= MAX_FILE:
+                    if not os.access(path, os.R_OK):
+                        continue
+                    seen.add(key)
+                    yield path, st
+
+
+def slices(roots, target, count, seen):
+    """`count` consecutive slices of about `target` bytes of files under roots."""
+    out, cur, size = [], [], 0
+    for path, st in walk_files(roots, seen):
+        cur.append(path)
+        if stat.S_ISREG(st.st_mode):
+            size += st.st_size
+        if size >= target:
+            out.append(cur)
+            if len(out) == count:
+                return out
+            cur, size = [], 0
+    if cur:
+        out.append(cur)
+    if len(out) < count:
+        raise SystemExit("error: not enough files under %s for %d slices of %d bytes\n"
+                         "hint: use a smaller `--layer-mb`" % (roots, count, target))
+    return out
+
+
+def tar_info(name, kind=tarfile.REGTYPE, size=0, mode=0o444, link=""):
+    ti = tarfile.TarInfo(name)
+    ti.type = kind
+    ti.size = size
+    ti.mode = mode
+    ti.mtime = MTIME
+    ti.uid = ti.gid = 0
+    ti.uname = ti.gname = "root"
+    ti.linkname = link
+    return ti
+
+
+class HashingFile:
+    """A write-only file that hashes and counts what goes through it."""
+
+    def __init__(self, f):
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def write(self, b):
+        self.h.update(b)
+        self.n += len(b)
+        return self.f.write(b)
+
+    def tell(self):
+        return self.n
+
+
+def write_layer(layers_dir, build):
+    """Runs build(tarfile) into a temp file; returns (sha256 hex, size, path)."""
+    tmp = os.path.join(layers_dir, ".tmp-%d.tar" % os.getpid())
+    with open(tmp, "wb") as raw:
+        hf = HashingFile(raw)
+        with tarfile.open(fileobj=hf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            build(tar)
+    sha = hf.h.hexdigest()
+    os.replace(tmp, os.path.join(layers_dir, sha + ".tar"))
+    # Relative to the fixture directory, so the cache can move.
+    return sha, hf.n, "layers/%s.tar" % sha
+
+
+def store_prefix(name):
+    h = hashlib.sha256(name.encode()).hexdigest()
+    alphabet = "0123456789abcdfghijklmnpqrsvwxyz"  # Nix's base32 alphabet
+    return "nix/store/%s-%s" % ("".join(alphabet[int(h[i : i + 2], 16) % 32] for i in range(0, 64, 2)), name)
+
+
+def files_layer(layers_dir, store_name, paths):
+    prefix = store_prefix(store_name)
+
+    def build(tar):
+        dirs = set()
+
+        def add_dirs(rel):
+            parts = rel.split("/")[:-1]
+            for i in range(1, len(parts) + 1):
+                d = "/".join(parts[:i])
+                if d not in dirs:
+                    dirs.add(d)
+                    tar.addfile(tar_info(d, tarfile.DIRTYPE, mode=0o555))
+
+        for path in paths:
+            rel = prefix + path
+            add_dirs(rel)
+            st = os.lstat(path)
+            if stat.S_ISLNK(st.st_mode):
+                tar.addfile(tar_info(rel, tarfile.SYMTYPE, mode=0o777, link=os.readlink(path)))
+                continue
+            try:
+                with open(path, "rb") as f:
+                    # The file may have changed size since the walk: take what lstat said.
+                    tar.addfile(tar_info(rel, size=st.st_size, mode=0o555 if st.st_mode & 0o111 else 0o444), f)
+            except (OSError, tarfile.TarError) as e:
+                raise SystemExit("cannot read %s: %s" % (path, e))
+
+    return write_layer(layers_dir, build)
+
+
+def random_layer(layers_dir, store_name, seed, size):
+    prefix = store_prefix(store_name)
+    rng = random.Random(seed)
+
+    def build(tar):
+        for d in ("nix", "nix/store", prefix, prefix + "/bin"):
+            tar.addfile(tar_info(d, tarfile.DIRTYPE, mode=0o555))
+        data = rng.randbytes(size)
+        tar.addfile(tar_info(prefix + "/bin/app", size=size, mode=0o555), io.BytesIO(data))
+        tar.addfile(tar_info("etc", tarfile.DIRTYPE, mode=0o755))
+        tar.addfile(tar_info("etc/os-release", size=len(seed), mode=0o444), io.BytesIO(seed.encode()))
+
+    return write_layer(layers_dir, build)
+
+
+def config_for(arch, layers):
+    config = {
+        "architecture": arch,
+        "os": "linux",
+        "created": CREATED,
+        "config": {
+            "Entrypoint": ["/bin/app"],
+            "Env": ["PATH=/bin"],
+            "Labels": {"org.opencontainers.image.title": "manifold-bench"},
+        },
+        "rootfs": {"type": "layers", "diff_ids": ["sha256:" + l["sha256"] for l in layers]},
+        "history": [{"created": CREATED, "comment": l["comment"]} for l in layers],
+    }
+    return json.dumps(config, indent=4, sort_keys=True)
+
+
+STREAM_SCRIPT = """#!/usr/bin/env python3
+# Generated by bench/make_fixture.py: streams the {image} benchmark image as a
+# docker-archive on stdout, like nixpkgs' streamLayeredImage.
+import sys
+sys.dont_write_bytecode = True
+sys.path.insert(0, {bench!r})
+import make_fixture
+make_fixture.stream({dir!r}, {image!r}, sys.stdout.buffer)
+"""
+
+
+ARCHES_IMAGES = [a + v for a in ARCHES for v in ("", "-v2")]
+
+
+def write_scripts(out_dir, images):
+    """The stream scripts hold absolute paths: rewritten on every build."""
+    bench_dir = os.path.dirname(os.path.realpath(__file__))
+    abs_out = os.path.realpath(out_dir)
+    for image in images:
+        script = os.path.join(out_dir, "stream-" + image)
+        with open(script, "w") as f:
+            f.write(STREAM_SCRIPT.format(image=image, bench=bench_dir, dir=abs_out))
+        os.chmod(script, 0o755)
+
+
+def build(out_dir, layer_mb, random_mb):
+    params = {"version": 3, "layer_mb": layer_mb, "random_mb": random_mb}
+    meta_path = os.path.join(out_dir, "images.json")
+    try:
+        with open(meta_path) as f:
+            if json.load(f).get("params") == params:
+                log("fixture up to date in %s" % out_dir)
+                write_scripts(out_dir, ARCHES_IMAGES)
+                return
+    except (OSError, ValueError):
+        pass
+    layers_dir = os.path.join(out_dir, "layers")
+    os.makedirs(layers_dir, exist_ok=True)
+    for name in os.listdir(layers_dir):
+        os.unlink(os.path.join(layers_dir, name))
+    target = layer_mb * 1_000_000
+    per_arch = {a: [] for a in ARCHES}
+    seen = set()
+    for kind, roots in SOURCES:
+        cuts = slices(roots, target, len(ARCHES), seen)
+        for arch, paths in zip(ARCHES, cuts):
+            sha, size, path = files_layer(layers_dir, "%s-%s" % (kind, arch), paths)
+            log("layer %s-%s: %d files, %.1f MB" % (kind, arch, len(paths), size / 1e6))
+            per_arch[arch].append({"sha256": sha, "size": size, "path": path, "comment": "store paths: %s-%s" % (kind, arch)})
+    images = {}
+    for arch in ARCHES:
+        for variant in ("", "-v2"):
+            seed = "app-%s%s" % (arch, variant)
+            sha, size, path = random_layer(layers_dir, "app-" + arch, seed, random_mb << 20)
+            log("layer %s: %.1f MB random" % (seed, size / 1e6))
+            layers = per_arch[arch] + [{"sha256": sha, "size": size, "path": path, "comment": "app " + seed}]
+            images[arch + variant] = {"arch": arch, "config": config_for(arch, layers), "layers": layers}
+    write_scripts(out_dir, images)
+    with open(meta_path + ".tmp", "w") as f:
+        json.dump({"params": params, "images": images}, f, indent=1)
+    os.replace(meta_path + ".tmp", meta_path)
+    total = sum(l["size"] for a in ARCHES for l in images[a]["layers"])
+    log("fixture: %.1f MB uncompressed over both architectures, in %s" % (total / 1e6, out_dir))
+
+
+def header(name, size):
+    return tar_info(name, size=size).tobuf(tarfile.PAX_FORMAT)
+
+
+def stream(out_dir, image, out):
+    """Writes the docker-archive of `image` to `out`, manifest.json last."""
+    with open(os.path.join(out_dir, "images.json")) as f:
+        img = json.load(f)["images"][image]
+    written = 0
+
+    def emit(b):
+        nonlocal written
+        out.write(b)
+        written += len(b)
+
+    def pad():
+        if written % BLOCK:
+            emit(b"\0" * (BLOCK - written % BLOCK))
+
+    names = []
+    for i, layer in enumerate(img["layers"], 1):
+        log("Creating layer %d from %s" % (i, layer["comment"]))
+        name = layer["sha256"] + "/layer.tar"
+        names.append(name)
+        emit(header(name, layer["size"]))
+        left = layer["size"]
+        with open(os.path.join(out_dir, layer["path"]), "rb") as f:
+            while left:
+                chunk = f.read(min(COPY_BUF, left))
+                if not chunk:
+                    raise SystemExit("%s: shorter than recorded" % layer["path"])
+                emit(chunk)
+                left -= len(chunk)
+        pad()
+    config = img["config"].encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    emit(header(config_name, len(config)))
+    emit(config)
+    pad()
+    log("Adding manifests...")
+    manifest = json.dumps([{"Config": config_name, "RepoTags": ["manifold-bench:latest"], "Layers": names}], indent=4).encode()
+    emit(header("manifest.json", len(manifest)))
+    emit(manifest)
+    pad()
+    emit(b"\0" * (2 * BLOCK))
+    if written % RECORD:
+        emit(b"\0" * (RECORD - written % RECORD))
+    out.flush()
+    log("Done.")
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    b = sub.add_parser("build")
+    b.add_argument("dir")
+    b.add_argument("--layer-mb", type=int, default=100)
+    b.add_argument("--random-mb", type=int, default=16)
+    s = sub.add_parser("stream")
+    s.add_argument("dir")
+    s.add_argument("image")
+    a = p.parse_args()
+    if a.cmd == "build":
+        build(a.dir, a.layer_mb, a.random_mb)
+    else:
+        try:
+            stream(a.dir, a.image, sys.stdout.buffer)
+        except BrokenPipeError:
+            sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

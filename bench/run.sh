@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# bench/run.sh: time `manifold publish` against the skopeo route and flocken's
+# podman pipeline, on the same two-architecture image, against a local registry.
+#
+# Runs as root on Debian 12 or later. Installs with apt-get whatever is
+# missing: docker-registry, skopeo, podman, time (GNU), gzip, python3,
+# util-linux (unshare). Builds target/release/manifold with
+# `cargo build --release` when it is missing (or always with --build). Builds
+# the fixture (about 665 MB of layers) once into bench/.cache/fixture.
+# Network: 127.0.0.1 only, apart from apt-get and cargo.
+#
+#   bench/run.sh [--runs N] [--tools manifold,skopeo,flocken] [--build]
+#                [--layer-mb MB] [--random-mb MB] [--keep] [--timeout S]
+#
+# Output: one table per scenario (cold, rerun, changed) on stdout, and
+# bench/.cache/results.json. See bench/README.md.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(dirname "$here")"
+cache="$here/.cache"
+
+runs=3
+tools="manifold,skopeo,flocken"
+layer_mb=100
+random_mb=16
+build=0
+extra=()
+
+usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --runs) runs="$2"; shift 2 ;;
+        --tools) tools="$2"; shift 2 ;;
+        --layer-mb) layer_mb="$2"; shift 2 ;;
+        --random-mb) random_mb="$2"; shift 2 ;;
+        --build) build=1; shift ;;
+        --keep) extra+=(--keep); shift ;;
+        --timeout) extra+=(--timeout "$2"); shift 2 ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "error: unknown argument \`$1\`" >&2; usage >&2; exit 2 ;;
+    esac
+done
+
+if [ "$(id -u)" != 0 ]; then
+    echo "error: run as root (podman with private storage and a private mount namespace need it)" >&2
+    exit 2
+fi
+
+# command -> Debian package
+need=()
+for pair in docker-registry:docker-registry skopeo:skopeo podman:podman /usr/bin/time:time \
+            gzip:gzip python3:python3 unshare:util-linux; do
+    cmd="${pair%%:*}" pkg="${pair#*:}"
+    command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+if [ ${#need[@]} -gt 0 ]; then
+    echo "installing: ${need[*]}" >&2
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+cd "$root"
+case ",$tools," in
+    *,manifold,*)
+        if [ "$build" = 1 ] || [ ! -x target/release/manifold ]; then
+            echo "building manifold (cargo build --release)" >&2
+            cargo build --release --quiet
+        fi ;;
+esac
+
+mkdir -p "$cache"
+python3 "$here/make_fixture.py" build "$cache/fixture" --layer-mb "$layer_mb" --random-mb "$random_mb"
+
+exec python3 "$here/bench.py" --runs "$runs" --tools "$tools" \
+    --fixture "$cache/fixture" --work "$cache/work" --out "$cache/results.json" \
+    --manifold "$root/target/release/manifold" ${extra[@]+"${extra[@]}"}
