@@ -39,6 +39,14 @@ Examples:
   # no registry at all: an OCI image layout directory
   manifold publish --repo oci:./out --tag latest stream:./result
 
+  # split runners: each pushes by digest, a final job assembles and tags
+  manifold publish --repo ghcr.io/acme/fd --no-tags ./result          # on each runner
+  manifold publish --repo ghcr.io/acme/fd --tag 1.0.0 --arch-tags \\
+    docker://ghcr.io/acme/fd@sha256:… docker://ghcr.io/acme/fd@sha256:…
+
+  # several images in one run (layers shared between them are uploaded once)
+  manifold publish --config images.toml --tag 1.0.0
+
 Inputs are `[PLATFORM=][KIND:]PATH`. KIND is detected from the content when
 left out: `stream:` (an executable writing a docker-archive to stdout, nixpkgs
 streamLayeredImage), `archive:` (a docker-archive, plain, .gz or .zst),
@@ -110,8 +118,23 @@ pub struct CompletionsArgs {
 #[derive(Debug, Args)]
 pub struct PublishArgs {
     /// Images to publish, one per platform: `[PLATFORM=][KIND:]PATH`
-    #[arg(value_name = "INPUT", required = true)]
+    #[arg(value_name = "INPUT", required_unless_present = "config")]
     pub inputs: Vec<String>,
+
+    /// Publish several images from a TOML file, one `[[image]]` table each
+    /// (`repo`, `inputs`, optional `tags`, `annotations`, `platforms`)
+    ///
+    /// Paths in the file are relative to it; the other flags apply to every
+    /// image. Layers shared between images are uploaded once per registry and
+    /// mounted into the other repositories.
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["inputs", "repos"])]
+    pub config: Option<PathBuf>,
+
+    /// Also tag each per-architecture manifest `<tag>-<arch><variant>`
+    /// (`1.0-amd64`, `1.0-armv7`), for registries whose clean-up deletes
+    /// untagged manifests (ghcr.io)
+    #[arg(long)]
+    pub arch_tags: bool,
 
     /// Destination: a registry repository (`ghcr.io/acme/fd`) or `oci:DIR`
     ///
@@ -380,6 +403,34 @@ mod tests {
                 "lz4",
                 "./a",
             ],
+        ] {
+            let err = Cli::try_parse_from(args).unwrap_err();
+            assert_eq!(err.exit_code(), 2, "{args:?}");
+        }
+    }
+
+    #[test]
+    fn a_batch_file_replaces_inputs_and_repos() {
+        let cli = Cli::try_parse_from([
+            "manifold",
+            "publish",
+            "--config",
+            "images.toml",
+            "--tag",
+            "1",
+            "--arch-tags",
+        ])
+        .unwrap();
+        let Command::Publish(p) = cli.command else {
+            panic!("not publish")
+        };
+        assert_eq!(p.config, Some(PathBuf::from("images.toml")));
+        assert!(p.inputs.is_empty());
+        assert!(p.arch_tags);
+        for args in [
+            &["manifold", "publish", "--config", "f.toml", "./a"][..],
+            &["manifold", "publish", "--config", "f.toml", "--repo", "r"][..],
+            &["manifold", "publish"][..],
         ] {
             let err = Cli::try_parse_from(args).unwrap_err();
             assert_eq!(err.exit_code(), 2, "{args:?}");

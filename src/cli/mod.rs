@@ -301,13 +301,16 @@ async fn registry_clients(
     Ok(clients)
 }
 
+/// The destinations for `repos`, and the clients of every registry,
+/// including those of `sources` (registries inputs are read from).
 async fn destinations(
     repos: &[String],
+    sources: &[Repository],
     args: &RegistryArgs,
     env: &Env,
     reporter: &dyn Reporter,
     dry_run: bool,
-) -> Result<Vec<Destination>> {
+) -> Result<(Vec<Destination>, HashMap<String, RegistryClient>)> {
     let targets: Vec<Target> = repos
         .iter()
         .map(|r| parse_target(r, reporter))
@@ -318,9 +321,10 @@ async fn destinations(
             Target::Registry(r) => Some(r),
             Target::Layout(_) => None,
         })
+        .chain(sources.iter())
         .collect();
     let clients = registry_clients(&repositories, args, env).await?;
-    targets
+    let destinations = targets
         .into_iter()
         .map(|t| {
             let destination = match t {
@@ -339,7 +343,8 @@ async fn destinations(
                 destination
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>>>()?;
+    Ok((destinations, clients))
 }
 
 fn compression(args: &PublishArgs) -> Result<Compression> {
@@ -361,6 +366,16 @@ fn compression(args: &PublishArgs) -> Result<Compression> {
     })
 }
 
+/// One image to publish: from the command line, or one `[[image]]` of a
+/// batch file.
+struct Job {
+    repos: Vec<String>,
+    inputs: Vec<InputSpec>,
+    /// Tags and annotations of a batch image, besides the command line's.
+    tags: Vec<String>,
+    annotations: BTreeMap<String, String>,
+}
+
 async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) -> Result<()> {
     let plan = resolve_plan(&args.tags, env, &SystemGit)?;
     for warning in &plan.warnings {
@@ -370,17 +385,72 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
         screen.on_notice(&format!("notice: {notice}"));
     }
     plan.check_writable(args.dry_run)?;
-    let inputs: Vec<InputSpec> = args
-        .inputs
-        .iter()
-        .map(|text| text.parse::<InputSpec>())
-        .collect::<Result<_, _>>()?;
-    let repos = if args.repos.is_empty() {
-        default_repos(env, &*screen)?
-    } else {
-        args.repos.clone()
+    let batch = args.config.is_some();
+    let jobs: Vec<Job> = match &args.config {
+        Some(path) => publish::batch::read_config(path)
+            .map_err(|e| UsageError(render_error(&anyhow::Error::new(e))))?
+            .into_iter()
+            .map(|image| Job {
+                repos: image.repos,
+                inputs: image.inputs,
+                tags: if args.tags.no_tags {
+                    Vec::new()
+                } else {
+                    image.tags
+                },
+                annotations: image.annotations,
+            })
+            .collect(),
+        None => vec![Job {
+            repos: if args.repos.is_empty() {
+                default_repos(env, &*screen)?
+            } else {
+                args.repos.clone()
+            },
+            inputs: args
+                .inputs
+                .iter()
+                .map(|text| text.parse::<InputSpec>())
+                .collect::<Result<_, _>>()?,
+            tags: Vec::new(),
+            annotations: BTreeMap::new(),
+        }],
     };
-    let destinations = destinations(&repos, &args.registry, env, &*screen, args.dry_run).await?;
+    for job in &jobs {
+        for tag in &job.tags {
+            if !crate::reference::is_valid_tag(tag) {
+                bail!(UsageError(format!("`{tag}` is not a valid tag")));
+            }
+        }
+    }
+
+    // Every repository and every `docker://` source at once, so that a
+    // password from stdin is read once and each registry gets one client.
+    let mut all_repos: Vec<String> = Vec::new();
+    for repo in jobs.iter().flat_map(|j| j.repos.iter()) {
+        if !all_repos.contains(repo) {
+            all_repos.push(repo.clone());
+        }
+    }
+    let mut source_repos: Vec<Repository> = Vec::new();
+    for spec in jobs.iter().flat_map(|j| j.inputs.iter()) {
+        if spec.kind == Some(crate::input::InputKind::Remote) {
+            let text = spec.path.to_string_lossy();
+            let reference = crate::reference::Reference::parse(&text)
+                .map_err(|e| UsageError(format!("`{}`: {e}", spec.text)))?;
+            source_repos.push(reference.repository);
+        }
+    }
+    let (all_destinations, clients) = destinations(
+        &all_repos,
+        &source_repos,
+        &args.registry,
+        env,
+        &*screen,
+        args.dry_run,
+    )
+    .await?;
+    let sources: publish::remote::SourceClients = Arc::new(clients);
 
     let format = match args.format {
         FormatArg::Oci => crate::manifest::Format::Oci,
@@ -391,8 +461,13 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
                         .into()
                 ));
             }
-            if !plan.annotations.is_empty() {
-                let keys: Vec<&str> = plan.annotations.keys().map(String::as_str).collect();
+            if !plan.annotations.is_empty() || jobs.iter().any(|j| !j.annotations.is_empty()) {
+                let mut keys: Vec<&str> = plan.annotations.keys().map(String::as_str).collect();
+                for job in &jobs {
+                    keys.extend(job.annotations.keys().map(String::as_str));
+                }
+                keys.sort_unstable();
+                keys.dedup();
                 screen.on_notice(&format!(
                     "warning: Docker manifest lists carry no annotations; dropping {}",
                     keys.join(", ")
@@ -408,72 +483,155 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
         AnnotationLevel::Index => BTreeMap::new(),
         AnnotationLevel::IndexAndManifest => plan.annotations.clone(),
     };
-    let tag_set = TagSet {
-        tags: plan.tags.clone(),
-        guard: match args.tags.tag_guard {
-            Switch::Off => None,
-            Switch::On if plan.tags.is_empty() => None,
-            Switch::On => {
-                let plan = plan.clone();
-                Some(Arc::new(move |existing: &[String]| {
-                    let outcome = tags::apply_guard(&plan, existing);
-                    (outcome.kept, outcome.withheld)
-                }))
+    let compression = compression(&args)?;
+    let mut requests = Vec::new();
+    for job in jobs {
+        let job_destinations: Vec<Destination> = job
+            .repos
+            .iter()
+            .filter_map(|r| all_repos.iter().position(|a| a == r))
+            .map(|i| all_destinations[i].clone())
+            .collect();
+        let mut tags = plan.tags.clone();
+        for tag in &job.tags {
+            if !tags.contains(tag) {
+                tags.push(tag.clone());
             }
-        },
-    };
-    let label_plan = plan.clone();
-    let request = publish::Request {
-        inputs,
-        destinations,
-        image: ImageOptions {
-            format,
-            compression: compression(&args)?,
-            spool_dir,
-            manifest_annotations,
-            known: Arc::new(|_| None),
-            stream_timeout: args.stream_timeout.map(std::time::Duration::from_secs),
-        },
-        index_annotations: plan.annotations.clone(),
-        complete_annotations: Some(Arc::new(
-            move |annotations: &mut BTreeMap<String, String>, images: &[PublishedImage]| {
-                let labels: Vec<BTreeMap<String, String>> = images
-                    .iter()
-                    .map(|i| {
-                        i.config
-                            .config
-                            .as_ref()
-                            .and_then(|c| c.labels.clone())
-                            .unwrap_or_default()
-                    })
-                    .collect();
-                *annotations = tags::annotations_from_labels(&label_plan, &labels);
+        }
+        let extra_tags = job.tags.clone();
+        let tag_set = TagSet {
+            tags,
+            guard: match args.tags.tag_guard {
+                Switch::Off => None,
+                Switch::On if plan.tags.is_empty() => None,
+                Switch::On => {
+                    let plan = plan.clone();
+                    Some(Arc::new(move |existing: &[String]| {
+                        let outcome = tags::apply_guard(&plan, existing);
+                        let mut kept = outcome.kept;
+                        for tag in &extra_tags {
+                            if !kept.contains(tag) {
+                                kept.push(tag.clone());
+                            }
+                        }
+                        (kept, outcome.withheld)
+                    }))
+                }
             },
-        )),
-        tags: tag_set,
-        cache_from: args.cache_from.clone(),
-        cache: (!args.no_cache && !args.dry_run)
-            .then(|| cache_dir(env).map(|d| publish::known::LayerCache::in_dir(&d)))
-            .flatten(),
-    };
-    let report = publish::publish(request, reporter).await?;
-
-    let metadata = Metadata::new(
-        &report,
-        plan.version.as_ref().map(|v| v.text.clone()),
-        tally.totals(),
-    );
-    let mut stdout = std::io::stdout().lock();
-    if args.dry_run {
-        write!(stdout, "{}", dry_run_plan(&report, &metadata))?;
-        stdout.flush()?;
-        return Ok(());
+        };
+        let label_plan = plan.clone();
+        let extra_annotations = job.annotations.clone();
+        let mut index_annotations = plan.annotations.clone();
+        index_annotations.extend(job.annotations.clone());
+        requests.push(publish::Request {
+            inputs: job.inputs,
+            destinations: job_destinations,
+            image: ImageOptions {
+                format,
+                compression,
+                spool_dir: spool_dir.clone(),
+                manifest_annotations: manifest_annotations.clone(),
+                known: Arc::new(|_| None),
+                stream_timeout: args.stream_timeout.map(std::time::Duration::from_secs),
+            },
+            index_annotations,
+            complete_annotations: Some(Arc::new(
+                move |annotations: &mut BTreeMap<String, String>, images: &[PublishedImage]| {
+                    let labels: Vec<BTreeMap<String, String>> = images
+                        .iter()
+                        .map(|i| {
+                            i.config
+                                .config
+                                .as_ref()
+                                .and_then(|c| c.labels.clone())
+                                .unwrap_or_default()
+                        })
+                        .collect();
+                    *annotations = tags::annotations_from_labels(&label_plan, &labels);
+                    annotations.extend(extra_annotations.clone());
+                },
+            )),
+            tags: tag_set,
+            cache_from: args.cache_from.clone(),
+            cache: (!args.no_cache && !args.dry_run)
+                .then(|| cache_dir(env).map(|d| publish::known::LayerCache::in_dir(&d)))
+                .flatten(),
+            sources: sources.clone(),
+            arch_tags: args.arch_tags,
+        });
     }
-    for reference in &metadata.references {
-        writeln!(stdout, "{reference}")?;
+    let reports = if batch {
+        publish::batch::publish_batch(requests, reporter).await?
+    } else {
+        let mut requests = requests;
+        let request = requests
+            .pop()
+            .context("nothing to publish: no image was given")?;
+        vec![publish::publish(request, reporter).await?]
+    };
+
+    let mut stdout = std::io::stdout().lock();
+    let mut all = Vec::new();
+    for report in &reports {
+        let metadata = Metadata::new(
+            report,
+            plan.version.as_ref().map(|v| v.text.clone()),
+            tally.totals(),
+        );
+        if args.dry_run {
+            write!(stdout, "{}", dry_run_plan(report, &metadata))?;
+            continue;
+        }
+        for reference in &metadata.references {
+            writeln!(stdout, "{reference}")?;
+        }
+        all.push(metadata);
     }
     stdout.flush()?;
-    write_ci_outputs(&metadata, args.metadata_file.as_ref(), env)
+    if args.dry_run {
+        return Ok(());
+    }
+    match all.as_slice() {
+        [single] if !batch => write_ci_outputs(single, args.metadata_file.as_ref(), env),
+        _ => write_batch_outputs(&all, args.metadata_file.as_ref(), env),
+    }
+}
+
+/// A batch's outputs: `images` (every `<repo>@<digest>`, one a line) for
+/// GitHub Actions, each image's summary, and a JSON array for
+/// `--metadata-file`; `digest` and `image` describe a single publish only.
+fn write_batch_outputs(all: &[Metadata], metadata_file: Option<&PathBuf>, env: &Env) -> Result<()> {
+    let append = |path: &str, text: &str| -> Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open `{path}`"))?;
+        f.write_all(text.as_bytes())
+            .with_context(|| format!("cannot write `{path}`"))
+    };
+    if let Some(path) = env.get(env::GITHUB_OUTPUT) {
+        let mut text = String::from("images<<MANIFOLD_EOF_IMAGES\n");
+        for m in all {
+            for reference in &m.references {
+                text.push_str(reference);
+                text.push('\n');
+            }
+        }
+        text.push_str("MANIFOLD_EOF_IMAGES\n");
+        append(path, &text)?;
+    }
+    if let Some(path) = env.get(env::GITHUB_STEP_SUMMARY) {
+        for m in all {
+            append(path, &m.step_summary())?;
+        }
+    }
+    if let Some(path) = metadata_file {
+        let json = serde_json::to_vec_pretty(all)?;
+        std::fs::write(path, json)
+            .with_context(|| format!("cannot write the metadata file `{}`", path.display()))?;
+    }
+    Ok(())
 }
 
 /// `$XDG_CACHE_HOME/manifold`, else `~/.cache/manifold`.
@@ -549,8 +707,9 @@ async fn run_tags(args: TagsArgs, env: &Env) -> Result<()> {
     let (tags, withheld) = match &args.repo {
         Some(repo) if args.tags.tag_guard == Switch::On => {
             let quiet = progress::Quiet;
-            let destinations = destinations(
+            let (destinations, _) = destinations(
                 std::slice::from_ref(repo),
+                &[],
                 &args.registry,
                 env,
                 &quiet,

@@ -4,11 +4,14 @@
 //! then the index by digest. Phase 2, only if phase 1 succeeded everywhere:
 //! the tags. A failure in phase 1 moves no tag anywhere.
 
+pub mod batch;
 pub mod destination;
 pub mod image;
 pub mod known;
 pub mod nix2container;
+pub mod oci_input;
 pub mod outputs;
+pub mod remote;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use crate::digest::Digest;
-use crate::input::InputSpec;
+use crate::input::{InputKind, InputSpec};
 use crate::manifest;
 use crate::oci::{Platform, RawManifest};
 use crate::progress::Reporter;
@@ -53,6 +56,11 @@ pub struct Request {
     pub cache_from: Vec<String>,
     /// The local layer cache (`None` with `--no-cache`).
     pub cache: Option<known::LayerCache>,
+    /// Clients for the registries `docker://` inputs are read from.
+    pub sources: remote::SourceClients,
+    /// Also tag each per-architecture manifest `<tag>-<arch><variant>`
+    /// (`--arch-tags`), in phase 2 with the other tags.
+    pub arch_tags: bool,
 }
 
 /// What happened at one destination.
@@ -114,18 +122,24 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     };
     if !known.is_empty() {
         let known = Arc::new(known);
-        image_options.known = Arc::new(move |diff_id: &Digest| known.get(diff_id));
+        // A map given by the caller (a batch's run-wide one) still answers
+        // what the registry's tags do not.
+        let outer = image_options.known.clone();
+        image_options.known =
+            Arc::new(move |diff_id: &Digest| known.get(diff_id).or_else(|| outer(diff_id)));
     }
 
-    let images = futures::future::try_join_all(request.inputs.into_iter().map(|spec| {
-        image::publish_image(
+    let per_input = futures::future::try_join_all(request.inputs.into_iter().map(|spec| {
+        publish_input(
             spec,
             destinations.clone(),
             image_options.clone(),
+            request.sources.clone(),
             reporter.clone(),
         )
     }))
     .await?;
+    let images: Vec<PublishedImage> = per_input.into_iter().flatten().collect();
     check_distinct_platforms(images.iter().map(|i| (i.platform.clone(), i.input.clone())))?;
 
     let mut annotations = request.index_annotations.clone();
@@ -157,6 +171,20 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
         for (tag, why) in &withheld {
             reporter.on_notice(&format!("{destination}: not moving `{tag}`: {why}"));
         }
+        if request.arch_tags {
+            for image in &images {
+                let arch_tags = arch_tags(&tags, &image.platform);
+                destination
+                    .set_tags(&image.manifest, &arch_tags, &*reporter)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "tagging the {} manifest in `{destination}` failed after the index `{}` was pushed",
+                            image.platform, index.digest
+                        )
+                    })?;
+            }
+        }
         let tags = destination
             .set_tags(&index, &tags, &*reporter)
             .await
@@ -186,6 +214,55 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     })
 }
 
+/// One input → its images: one, or for an index (`docker://`, `oci:`)
+/// each of its images.
+async fn publish_input(
+    spec: InputSpec,
+    destinations: Arc<Vec<Destination>>,
+    options: ImageOptions,
+    sources: remote::SourceClients,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Vec<PublishedImage>> {
+    let is_layout = match spec.kind {
+        Some(InputKind::OciLayout) => true,
+        Some(_) => false,
+        None => matches!(
+            crate::input::detect(&spec.path),
+            Ok(crate::input::Detected::OciLayout)
+        ),
+    };
+    if spec.kind == Some(InputKind::Remote) {
+        return remote::publish_remote(spec, destinations, options.format, sources, reporter).await;
+    }
+    if is_layout {
+        return oci_input::publish_layout(
+            spec,
+            destinations,
+            options.spool_dir,
+            options.format,
+            reporter,
+        )
+        .await;
+    }
+    Ok(vec![
+        image::publish_image(spec, destinations, options, reporter).await?,
+    ])
+}
+
+/// `<tag>-<arch><variant>` for each tag (`1.0-amd64`, `1.0-armv7`); tags
+/// that would be invalid (too long) are left out.
+pub fn arch_tags(tags: &[String], platform: &Platform) -> Vec<String> {
+    let suffix = format!(
+        "{}{}",
+        platform.architecture,
+        platform.variant.as_deref().unwrap_or("")
+    );
+    tags.iter()
+        .map(|t| format!("{t}-{suffix}"))
+        .filter(|t| crate::reference::is_valid_tag(t))
+        .collect()
+}
+
 /// Two inputs of one platform cannot share an index.
 fn check_distinct_platforms(items: impl Iterator<Item = (Platform, String)>) -> Result<()> {
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
@@ -208,4 +285,18 @@ pub struct DuplicatePlatform {
     pub platform: Platform,
     pub first: String,
     pub second: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn arch_tags_append_the_architecture_and_variant() {
+        let tags = vec!["1.0".to_owned(), "latest".to_owned(), "x".repeat(125)];
+        let amd64: Platform = "linux/amd64".parse().unwrap();
+        assert_eq!(arch_tags(&tags, &amd64), ["1.0-amd64", "latest-amd64"]);
+        let armv7: Platform = "linux/arm/v7".parse().unwrap();
+        assert_eq!(arch_tags(&tags[..1], &armv7), ["1.0-armv7"]);
+    }
 }

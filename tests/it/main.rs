@@ -9,5 +9,6 @@ mod interrupt;
 mod nix2container;
 mod publish;
 mod registry_client;
+mod split;
 mod tags;
 mod tls;

@@ -1,0 +1,451 @@
+//! Batch publishing (`publish --config FILE`): several images in one run,
+//! each an ordinary [`super::publish`] of its own, sharing what they can.
+//!
+//! The file is TOML, one `[[image]]` table per image:
+//!
+//! ```toml
+//! [[image]]
+//! repo = ["ghcr.io/acme/app", "quay.io/acme/app"]   # or one string
+//! inputs = ["./result-amd64", "linux/arm64=./app-arm64.tar.gz"]
+//! tags = ["1.0.0"]                                     # optional
+//! annotations = { "org.opencontainers.image.title" = "app" }
+//! platforms = ["linux/amd64", "linux/arm64"]           # optional, per input
+//! ```
+//!
+//! Paths are relative to the file. Parsing ([`parse_config`]) is pure; the
+//! command line resolves destinations and tags and calls [`publish_batch`].
+//!
+//! Shared layers: a run-wide map (diff_id → descriptor and the repositories
+//! that completed it) answers each image's known-layer lookups; a layer
+//! another image already pushed to a repository of the same registry is
+//! mounted from there, not uploaded again. To make that deterministic an
+//! image waits, at its first layer lookup, for the images before it in the
+//! file that share one of its registries (a later image never waits for an
+//! earlier one, so there is no cycle); images on other registries publish
+//! concurrently.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use crate::digest::Digest;
+use crate::input::{InputKind, InputSpec};
+use crate::oci::{Descriptor, Platform};
+use crate::progress::Reporter;
+use crate::reference::Repository;
+
+use super::destination::Destination;
+use super::{publish, Report, Request};
+
+/// A batch file that cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    #[error("cannot read the batch file `{}`", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("the batch file `{}` is not valid", path.display())]
+    Parse {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+
+    #[error("the batch file `{}` lists no `[[image]]`", path.display())]
+    NoImages { path: PathBuf },
+
+    #[error("image {number} of `{}`: {problem}", path.display())]
+    Image {
+        path: PathBuf,
+        number: usize,
+        problem: String,
+    },
+
+    #[error("image {number} of `{}`: input `{input}` is not valid", path.display())]
+    Input {
+        path: PathBuf,
+        number: usize,
+        input: String,
+        #[source]
+        source: Box<crate::input::InputError>,
+    },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    image: Vec<RawImage>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImage {
+    repo: OneOrMany,
+    inputs: Vec<String>,
+    #[serde(default)]
+    tags: Vec<String>,
+    #[serde(default)]
+    annotations: BTreeMap<String, String>,
+    #[serde(default)]
+    platforms: Vec<String>,
+}
+
+/// One image of a batch file, paths resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BatchImage {
+    pub repos: Vec<String>,
+    pub inputs: Vec<InputSpec>,
+    pub tags: Vec<String>,
+    pub annotations: BTreeMap<String, String>,
+}
+
+/// Reads and checks a batch file.
+pub fn read_config(path: &Path) -> Result<Vec<BatchImage>, BatchError> {
+    let text = std::fs::read_to_string(path).map_err(|source| BatchError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    parse_config(path, &text, base)
+}
+
+/// Parses batch file `text`; relative input paths are taken from `base`.
+pub fn parse_config(path: &Path, text: &str, base: &Path) -> Result<Vec<BatchImage>, BatchError> {
+    let file: File = toml::from_str(text).map_err(|source| BatchError::Parse {
+        path: path.to_owned(),
+        source,
+    })?;
+    if file.image.is_empty() {
+        return Err(BatchError::NoImages {
+            path: path.to_owned(),
+        });
+    }
+    file.image
+        .into_iter()
+        .enumerate()
+        .map(|(i, raw)| resolve_image(path, i + 1, raw, base))
+        .collect()
+}
+
+fn resolve_image(
+    path: &Path,
+    number: usize,
+    raw: RawImage,
+    base: &Path,
+) -> Result<BatchImage, BatchError> {
+    let problem = |problem: String| BatchError::Image {
+        path: path.to_owned(),
+        number,
+        problem,
+    };
+    let repos = match raw.repo {
+        OneOrMany::One(r) => vec![r],
+        OneOrMany::Many(r) => r,
+    };
+    if repos.is_empty() {
+        return Err(problem("`repo` names no repository".into()));
+    }
+    if raw.inputs.is_empty() {
+        return Err(problem("`inputs` is empty".into()));
+    }
+    if !raw.platforms.is_empty() && raw.platforms.len() != raw.inputs.len() {
+        return Err(problem(format!(
+            "`platforms` lists {} platforms for {} inputs; give one per input, in order",
+            raw.platforms.len(),
+            raw.inputs.len()
+        )));
+    }
+    let mut inputs = Vec::new();
+    for (i, text) in raw.inputs.iter().enumerate() {
+        let mut spec: InputSpec = text.parse().map_err(|source| BatchError::Input {
+            path: path.to_owned(),
+            number,
+            input: text.clone(),
+            source: Box::new(source),
+        })?;
+        if let Some(p) = raw.platforms.get(i) {
+            let platform: Platform = p
+                .parse()
+                .map_err(|e| problem(format!("platform `{p}` is not valid: {e}")))?;
+            match &spec.platform {
+                Some(given) if given != &platform => {
+                    return Err(problem(format!(
+                        "input `{text}` says `{given}` but `platforms` says `{platform}`"
+                    )))
+                }
+                _ => spec.platform = Some(platform),
+            }
+        }
+        if spec.kind != Some(InputKind::Remote) && spec.path.is_relative() {
+            spec.path = base.join(&spec.path);
+        }
+        inputs.push(spec);
+    }
+    Ok(BatchImage {
+        repos,
+        inputs,
+        tags: raw.tags,
+        annotations: raw.annotations,
+    })
+}
+
+/// What the run-wide map knows of one layer.
+struct Held {
+    descriptor: Descriptor,
+    repositories: Vec<Repository>,
+}
+
+/// The run-wide state the images share.
+#[derive(Default)]
+struct Shared {
+    layers: Mutex<HashMap<Digest, Held>>,
+}
+
+impl Shared {
+    fn record(&self, report: &Report, destinations: &[Destination]) {
+        let repositories: Vec<Repository> = destinations
+            .iter()
+            .filter_map(|d| match d {
+                Destination::Registry { repository, .. } => Some(repository.clone()),
+                _ => None,
+            })
+            .collect();
+        let Ok(mut layers) = self.layers.lock() else {
+            return;
+        };
+        for image in &report.images {
+            for (diff_id, descriptor) in &image.layers {
+                let held = layers.entry(diff_id.clone()).or_insert_with(|| Held {
+                    descriptor: descriptor.clone(),
+                    repositories: Vec::new(),
+                });
+                if held.descriptor.digest == descriptor.digest {
+                    held.repositories.extend(repositories.iter().cloned());
+                }
+            }
+        }
+    }
+
+    fn lookup(&self, diff_id: &Digest) -> Option<(Descriptor, Vec<Repository>)> {
+        let layers = self.layers.lock().ok()?;
+        let held = layers.get(diff_id)?;
+        Some((held.descriptor.clone(), held.repositories.clone()))
+    }
+}
+
+/// Makes `descriptor`'s blob present at every destination by HEAD or by a
+/// mount from one of `holders`; false if some destination would need bytes.
+async fn mount_everywhere(
+    descriptor: &Descriptor,
+    holders: &[Repository],
+    destinations: &[Destination],
+    reporter: &dyn Reporter,
+) -> bool {
+    let digest = &descriptor.digest;
+    for destination in destinations {
+        if destination.has_blob(digest).await.unwrap_or(false) {
+            continue;
+        }
+        let Destination::Registry { client, repository } = destination else {
+            return false;
+        };
+        let mut mounted = false;
+        for from in holders.iter().filter(|h| h.registry == repository.registry) {
+            if client
+                .mount_blob(&repository.path, digest, &from.path)
+                .await
+                .unwrap_or(false)
+            {
+                mounted = true;
+                break;
+            }
+        }
+        if !mounted {
+            return false;
+        }
+        reporter.on_blob_done(
+            &destination.to_string(),
+            digest,
+            descriptor.size,
+            crate::progress::BlobOutcome::Mounted,
+        );
+    }
+    true
+}
+
+fn registries(request: &Request) -> Vec<String> {
+    request
+        .destinations
+        .iter()
+        .filter_map(|d| d.registry().map(|(_, r)| r.registry.to_string()))
+        .collect()
+}
+
+/// Publishes every request (one per image of the batch); see the module doc
+/// for how layers are shared. Returns the reports in order; the first error
+/// fails the batch (the other images still finish or fail on their own).
+pub async fn publish_batch(
+    requests: Vec<Request>,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Vec<Report>> {
+    let shared = Arc::new(Shared::default());
+    let handle = tokio::runtime::Handle::current();
+    let mut done_senders = Vec::new();
+    let mut done_receivers: Vec<watch::Receiver<bool>> = Vec::new();
+    for _ in &requests {
+        let (tx, rx) = watch::channel(false);
+        done_senders.push(tx);
+        done_receivers.push(rx);
+    }
+    let all_registries: Vec<Vec<String>> = requests.iter().map(registries).collect();
+
+    let runs =
+        requests
+            .into_iter()
+            .zip(done_senders)
+            .enumerate()
+            .map(|(i, (mut request, done))| {
+                // The images before this one on a shared registry.
+                let before: Vec<watch::Receiver<bool>> = (0..i)
+                    .filter(|&j| {
+                        all_registries[j]
+                            .iter()
+                            .any(|r| all_registries[i].contains(r))
+                    })
+                    .map(|j| done_receivers[j].clone())
+                    .collect();
+                let destinations = Arc::new(request.destinations.clone());
+                let (shared, handle, reporter) = (shared.clone(), handle.clone(), reporter.clone());
+                let outer = request.image.known.clone();
+                let lookup_reporter = reporter.clone();
+                let lookup_destinations = destinations.clone();
+                let lookup_shared = shared.clone();
+                request.image.known = Arc::new(move |diff_id: &Digest| {
+                    if let Some(found) = outer(diff_id) {
+                        return Some(found);
+                    }
+                    // Blocking needs a multi-thread runtime (the binary's); on
+                    // another, images share only what the registry shows.
+                    if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
+                        return None;
+                    }
+                    let wait_and_mount = async {
+                        for mut rx in before.clone() {
+                            // An error means the sender is gone: that image ended.
+                            let _ = rx.wait_for(|finished| *finished).await;
+                        }
+                        let (descriptor, holders) = lookup_shared.lookup(diff_id)?;
+                        mount_everywhere(
+                            &descriptor,
+                            &holders,
+                            &lookup_destinations,
+                            &*lookup_reporter,
+                        )
+                        .await
+                        .then_some(descriptor)
+                    };
+                    // Called from reader threads and from async planning code
+                    // alike: leave the worker (if on one) before blocking.
+                    tokio::task::block_in_place(|| handle.block_on(wait_and_mount))
+                });
+                async move {
+                    let result = publish(request, reporter).await;
+                    if let Ok(report) = &result {
+                        shared.record(report, &destinations);
+                    }
+                    let _ = done.send(true);
+                    result.with_context(|| format!("image {} of the batch failed", i + 1))
+                }
+            });
+    let results = futures::future::join_all(runs).await;
+    results.into_iter().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Vec<BatchImage>, BatchError> {
+        parse_config(Path::new("batch.toml"), text, Path::new("/base"))
+    }
+
+    #[test]
+    fn images_repos_inputs_and_platforms_are_read() {
+        let images = parse(
+            r#"
+            [[image]]
+            repo = "localhost:5000/a"
+            inputs = ["./a.tar", "/abs/b.tar", "docker://localhost:5000/x@sha256:0000000000000000000000000000000000000000000000000000000000000000"]
+            tags = ["1.0"]
+            annotations = { "org.opencontainers.image.title" = "a" }
+
+            [[image]]
+            repo = ["localhost:5000/b", "oci:out"]
+            inputs = ["a.tar", "linux/arm64=b.tar"]
+            platforms = ["linux/amd64", "linux/arm64"]
+            "#,
+        )
+        .unwrap();
+        assert_eq!(images.len(), 2);
+        assert_eq!(images[0].repos, ["localhost:5000/a"]);
+        assert_eq!(images[0].inputs[0].path, Path::new("/base/./a.tar"));
+        assert_eq!(images[0].inputs[1].path, Path::new("/abs/b.tar"));
+        assert_eq!(images[0].inputs[2].kind, Some(InputKind::Remote));
+        assert!(images[0].inputs[2]
+            .path
+            .to_string_lossy()
+            .starts_with("localhost:5000/x@"));
+        assert_eq!(images[0].tags, ["1.0"]);
+        assert_eq!(images[0].annotations["org.opencontainers.image.title"], "a");
+        assert_eq!(images[1].repos, ["localhost:5000/b", "oci:out"]);
+        let platforms: Vec<String> = images[1]
+            .inputs
+            .iter()
+            .map(|i| i.platform.as_ref().unwrap().to_string())
+            .collect();
+        assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+        assert_eq!(images[1].inputs[1].path, Path::new("/base/b.tar"));
+    }
+
+    #[test]
+    fn mistakes_name_the_image_and_the_problem() {
+        let err = parse(
+            "[[image]]\nrepo = \"r\"\ninputs = [\"a\", \"b\"]\nplatforms = [\"linux/amd64\"]\n",
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "image 1 of `batch.toml`: `platforms` lists 1 platforms for 2 inputs; give one per input, in order"
+        );
+        let err = parse(
+            "[[image]]\nrepo = \"r\"\ninputs = [\"linux/arm64=a\"]\nplatforms = [\"linux/amd64\"]\n",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("says `linux/arm64` but"), "{err}");
+        assert!(matches!(parse(""), Err(BatchError::NoImages { .. })));
+        assert!(matches!(
+            parse("[[image]]\nrepo = \"r\"\ninputs = [\"a\"]\ncolour = 1\n"),
+            Err(BatchError::Parse { .. })
+        ));
+        let err = parse("[[image]]\nrepo = []\ninputs = [\"a\"]\n").unwrap_err();
+        assert!(
+            err.to_string().contains("`repo` names no repository"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,231 @@
+//! `oci:DIR[:TAG]` inputs: an OCI image layout directory as the source of
+//! an image (or of every image of an index).
+//!
+//! The entry of `index.json` is picked by its
+//! `org.opencontainers.image.ref.name` when a TAG is given, else it must be
+//! the only one. Blobs are the layout's files, uploaded as they are (no
+//! recompression, same digests): the copying itself is
+//! [`super::remote::publish_existing`], shared with `docker://` inputs.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::Result;
+
+use crate::input::InputSpec;
+use crate::manifest::Format;
+use crate::oci::{self, Descriptor, ImageIndex};
+use crate::progress::Reporter;
+
+use super::destination::Destination;
+use super::image::PublishedImage;
+use super::remote::{self, ImageSource};
+
+/// Why a layout cannot be read as an input.
+#[derive(Debug, thiserror::Error)]
+pub enum OciInputError {
+    #[error("`{}` is not an OCI image layout directory (no `index.json`)", dir.display())]
+    NotALayout { dir: PathBuf },
+
+    #[error("cannot read `{}`", path.display())]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("`{}` is not an image index", path.display())]
+    BadIndex {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    #[error("OCI layout `{}` has no entry named `{tag}`{}", dir.display(), known_names(.names))]
+    NoSuchTag {
+        dir: PathBuf,
+        tag: String,
+        names: Vec<String>,
+    },
+
+    #[error("OCI layout `{}` lists {count} different manifests{}\nhint: pick one by name, as in `oci:{}:TAG`", dir.display(), known_names(.names), dir.display())]
+    Ambiguous {
+        dir: PathBuf,
+        count: usize,
+        names: Vec<String>,
+    },
+
+    #[error("OCI layout `{}` lists no manifest", dir.display())]
+    Empty { dir: PathBuf },
+}
+
+fn known_names(names: &[String]) -> String {
+    if names.is_empty() {
+        String::new()
+    } else {
+        format!(
+            " (names: {})",
+            names
+                .iter()
+                .map(|n| format!("`{n}`"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    }
+}
+
+/// Splits `DIR[:TAG]`: the whole text when it is a directory, else the part
+/// before the last `:` when that is one.
+pub fn split_dir_and_tag(path: &Path) -> (PathBuf, Option<String>) {
+    if path.is_dir() {
+        return (path.to_owned(), None);
+    }
+    let text = path.to_string_lossy();
+    if let Some((dir, tag)) = text.rsplit_once(':') {
+        if !tag.is_empty() && !tag.contains('/') && Path::new(dir).is_dir() {
+            return (PathBuf::from(dir), Some(tag.to_owned()));
+        }
+    }
+    (path.to_owned(), None)
+}
+
+/// The `index.json` entry to publish from `dir`.
+pub fn pick_entry(dir: &Path, tag: Option<&str>) -> Result<Descriptor, OciInputError> {
+    let path = dir.join("index.json");
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Err(OciInputError::NotALayout {
+                dir: dir.to_owned(),
+            })
+        }
+        Err(source) => return Err(OciInputError::Read { path, source }),
+    };
+    let index: ImageIndex =
+        serde_json::from_slice(&bytes).map_err(|source| OciInputError::BadIndex {
+            path: path.clone(),
+            source,
+        })?;
+    let name_of = |d: &Descriptor| d.annotations.get(oci::ANNOTATION_REF_NAME).cloned();
+    let names: Vec<String> = index.manifests.iter().filter_map(name_of).collect();
+    if let Some(tag) = tag {
+        return index
+            .manifests
+            .iter()
+            .find(|d| name_of(d).as_deref() == Some(tag))
+            .cloned()
+            .ok_or_else(|| OciInputError::NoSuchTag {
+                dir: dir.to_owned(),
+                tag: tag.to_owned(),
+                names,
+            });
+    }
+    let mut digests: Vec<_> = index.manifests.iter().map(|d| &d.digest).collect();
+    digests.sort();
+    digests.dedup();
+    match (digests.len(), index.manifests.first()) {
+        (_, None) => Err(OciInputError::Empty {
+            dir: dir.to_owned(),
+        }),
+        (1, Some(first)) => Ok(first.clone()),
+        (count, _) => Err(OciInputError::Ambiguous {
+            dir: dir.to_owned(),
+            count,
+            names,
+        }),
+    }
+}
+
+/// Publishes the image (or images) of the layout named by `spec`.
+pub async fn publish_layout(
+    spec: InputSpec,
+    destinations: Arc<Vec<Destination>>,
+    spool_dir: PathBuf,
+    format: Format,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Vec<PublishedImage>> {
+    let (dir, tag) = split_dir_and_tag(&spec.path);
+    reporter.on_input_started(&spec.text);
+    let entry = pick_entry(&dir, tag.as_deref())?;
+    let source = ImageSource::Layout { dir, spool_dir };
+    let top = source.manifest(&entry).await?;
+    remote::publish_existing(&spec, &source, top, &destinations, format, &*reporter).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::digest::Digest;
+
+    fn layout(entries: &[(u8, Option<&str>)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        let manifests: Vec<serde_json::Value> = entries
+            .iter()
+            .map(|(byte, name)| {
+                let mut d = serde_json::json!({
+                    "mediaType": oci::MEDIA_TYPE_INDEX,
+                    "digest": Digest::of(&[*byte]).to_string(),
+                    "size": 1,
+                });
+                if let Some(n) = name {
+                    d["annotations"] = serde_json::json!({ oci::ANNOTATION_REF_NAME: n });
+                }
+                d
+            })
+            .collect();
+        let index = serde_json::json!({"schemaVersion": 2, "manifests": manifests});
+        std::fs::write(dir.path().join("index.json"), index.to_string()).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_tag_picks_its_entry() {
+        let dir = layout(&[(1, Some("a")), (2, Some("b"))]);
+        let d = pick_entry(dir.path(), Some("b")).unwrap();
+        assert_eq!(d.digest, Digest::of(&[2]));
+        let err = pick_entry(dir.path(), Some("c")).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("no entry named `c` (names: `a`, `b`)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn without_a_tag_the_entry_must_be_unique() {
+        let one = layout(&[(1, Some("a")), (1, Some("latest"))]);
+        assert_eq!(
+            pick_entry(one.path(), None).unwrap().digest,
+            Digest::of(&[1])
+        );
+        let two = layout(&[(1, Some("a")), (2, None)]);
+        let err = pick_entry(two.path(), None).unwrap_err();
+        assert!(
+            matches!(err, OciInputError::Ambiguous { count: 2, .. }),
+            "{err}"
+        );
+        let empty = layout(&[]);
+        assert!(matches!(
+            pick_entry(empty.path(), None),
+            Err(OciInputError::Empty { .. })
+        ));
+        let none = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            pick_entry(none.path(), None),
+            Err(OciInputError::NotALayout { .. })
+        ));
+    }
+
+    #[test]
+    fn dir_and_tag_are_split_at_the_last_colon_only_for_a_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let with_tag = PathBuf::from(format!("{}:v1", dir.path().display()));
+        assert_eq!(
+            split_dir_and_tag(&with_tag),
+            (dir.path().to_owned(), Some("v1".to_owned()))
+        );
+        assert_eq!(split_dir_and_tag(dir.path()), (dir.path().to_owned(), None));
+        let missing = PathBuf::from("/nonexistent/x:y");
+        assert_eq!(split_dir_and_tag(&missing), (missing.clone(), None));
+    }
+}

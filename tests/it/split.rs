@@ -1,0 +1,560 @@
+//! Split-runner CI (issue 8): per-architecture pushes by digest on separate
+//! "runners", assembled later from `docker://` inputs; cross-repository and
+//! cross-registry assembly; `--arch-tags`; batch files; `oci:` inputs. All
+//! against the real registry, checked by reading back and with skopeo.
+
+use std::path::Path;
+use std::process::Command;
+
+use manifold::digest::Digest;
+use manifold::oci::{ImageIndex, ImageManifest};
+
+use crate::harness::{Auth, TestRegistry};
+use crate::publish::{testdata, Run};
+
+/// `manifold publish --no-tags` of one input: the printed `<repo>@<digest>`.
+fn push_by_digest(repo: &str, input: &Path) -> String {
+    let out = Run::new(&[
+        "publish",
+        "--no-tags",
+        "--repo",
+        repo,
+        input.to_str().unwrap(),
+    ])
+    .success();
+    let line = out.trim().to_owned();
+    assert_eq!(line.lines().count(), 1, "{out}");
+    let (printed, digest) = line.split_once('@').unwrap();
+    assert_eq!(printed, repo);
+    digest.parse::<Digest>().unwrap();
+    line
+}
+
+/// The index at `reference`, read with skopeo, and its digest.
+fn index_at(registry: &TestRegistry, reference: &str) -> (Digest, ImageIndex) {
+    let raw = registry.skopeo_inspect_raw(reference);
+    (Digest::of(&raw), serde_json::from_slice(&raw).unwrap())
+}
+
+fn platforms(index: &ImageIndex) -> Vec<String> {
+    index
+        .manifests
+        .iter()
+        .map(|m| m.platform.as_ref().unwrap().to_string())
+        .collect()
+}
+
+fn skopeo_copy_all(reference: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+        ])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:copied", dir.path().display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "skopeo copy --all {reference} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The child manifest digest of each one-image index pushed by a runner.
+fn child_of(registry: &TestRegistry, by_digest: &str) -> Digest {
+    let (_, index) = index_at(registry, by_digest);
+    assert_eq!(index.manifests.len(), 1);
+    index.manifests[0].digest.clone()
+}
+
+#[test]
+fn runners_push_by_digest_and_the_final_job_assembles_with_no_upload() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/split");
+    let amd64 = testdata("fd-amd64.tar");
+    let arm64 = testdata("fd-arm64.tar.zst");
+
+    // Runner 1, with GITHUB_OUTPUT: the output names the same digest.
+    let outputs = tempfile::tempdir().unwrap();
+    let output_file = outputs.path().join("out");
+    let out = Run::new(&[
+        "publish",
+        "--no-tags",
+        "--repo",
+        &repo,
+        amd64.to_str().unwrap(),
+    ])
+    .env("GITHUB_OUTPUT", &output_file)
+    .success();
+    let first = out.trim().to_owned();
+    let written = std::fs::read_to_string(&output_file).unwrap();
+    let (_, digest) = first.split_once('@').unwrap();
+    assert!(written.contains(&format!("digest={digest}")), "{written}");
+    assert!(written.contains(&format!("image={first}")), "{written}");
+    assert!(
+        !registry.skopeo_inspect_raw(&first).is_empty(),
+        "pushed by digest"
+    );
+    let tags_before = Command::new("skopeo")
+        .args(["list-tags", "--tls-verify=false"])
+        .arg(format!("docker://{repo}"))
+        .output()
+        .unwrap();
+    let listed = String::from_utf8_lossy(&tags_before.stdout);
+    assert!(
+        !listed.contains("latest"),
+        "--no-tags moved a tag: {listed}"
+    );
+
+    // Runner 2.
+    let second = push_by_digest(&repo, &arm64);
+
+    // A dry run of the final job reads, and writes nothing.
+    let puts_before = registry.count_requests("PUT ");
+    let plan = Run::new(&[
+        "publish",
+        "--dry-run",
+        "--repo",
+        &repo,
+        "--tag",
+        "1.0.0",
+        &format!("docker://{first}"),
+        &format!("docker://{second}"),
+    ])
+    .success();
+    assert!(plan.starts_with("dry run: nothing was written"), "{plan}");
+    assert!(plan.contains("image linux/arm64 "), "{plan}");
+    assert_eq!(registry.count_requests("PUT "), puts_before);
+
+    // The final job: both by digest, into an index, tagged.
+    let uploads_before = registry.blob_upload_requests();
+    let out = Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "1.0.0",
+        &format!("docker://{first}"),
+        &format!("docker://{second}"),
+    ])
+    .success();
+    assert_eq!(
+        registry.blob_upload_requests(),
+        uploads_before,
+        "assembling in the same repository uploaded or mounted blobs:\n{:#?}",
+        registry.request_log()
+    );
+    let (digest, index) = index_at(&registry, &format!("{repo}:1.0.0"));
+    assert_eq!(out.trim(), format!("{repo}@{digest}"));
+    assert_eq!(platforms(&index), ["linux/amd64", "linux/arm64"]);
+    // The per-architecture manifests are the runners' own, byte for byte.
+    assert_eq!(index.manifests[0].digest, child_of(&registry, &first));
+    assert_eq!(index.manifests[1].digest, child_of(&registry, &second));
+    skopeo_copy_all(&format!("{repo}:1.0.0"));
+}
+
+#[test]
+fn assembling_in_another_repository_mounts_and_across_registries_copies() {
+    let source = TestRegistry::start(Auth::None);
+    let repo = source.repo("acme/runner");
+    let amd64 = push_by_digest(&repo, &testdata("fd-amd64.tar"));
+    let arm64 = push_by_digest(&repo, &testdata("fd-arm64.tar.zst"));
+    let inputs = [format!("docker://{amd64}"), format!("docker://{arm64}")];
+
+    // Same registry, another repository: mounts, no PATCH of bytes.
+    let patches_before = source.count_requests("PATCH ");
+    let puts_before = source.count_requests("PUT /v2/acme/final/blobs/uploads/");
+    let other = source.repo("acme/final");
+    Run::new(&[
+        "publish", "--repo", &other, "--tag", "1", &inputs[0], &inputs[1],
+    ])
+    .success();
+    assert_eq!(source.count_requests("PATCH "), patches_before);
+    assert_eq!(
+        source.count_requests("PUT /v2/acme/final/blobs/uploads/"),
+        puts_before
+    );
+    assert!(
+        source
+            .request_log()
+            .iter()
+            .any(|l| l.starts_with("POST /v2/acme/final/blobs/uploads/?") && l.contains("mount=")),
+        "no mount was asked for"
+    );
+    let (_, index) = index_at(&source, &format!("{other}:1"));
+    assert_eq!(platforms(&index), ["linux/amd64", "linux/arm64"]);
+    skopeo_copy_all(&format!("{other}:1"));
+
+    // Another registry: the bytes are copied; skopeo pulls everything back.
+    let target = TestRegistry::start(Auth::None);
+    let far = target.repo("acme/far");
+    Run::new(&[
+        "publish", "--repo", &far, "--tag", "1", &inputs[0], &inputs[1],
+    ])
+    .success();
+    assert!(target.blob_upload_requests() > 0);
+    let (_, far_index) = index_at(&target, &format!("{far}:1"));
+    assert_eq!(
+        far_index.manifests, index.manifests,
+        "same children, same digests"
+    );
+    skopeo_copy_all(&format!("{far}:1"));
+
+    // A platform prefix picks one child of an index.
+    let pick = target.repo("acme/pick");
+    Run::new(&[
+        "publish",
+        "--repo",
+        &pick,
+        "--tag",
+        "1",
+        &format!("linux/arm64=docker://{other}:1"),
+    ])
+    .success();
+    let (_, picked) = index_at(&target, &format!("{pick}:1"));
+    assert_eq!(platforms(&picked), ["linux/arm64"]);
+    assert_eq!(picked.manifests[0].digest, index.manifests[1].digest);
+}
+
+#[test]
+fn arch_tags_name_each_per_architecture_manifest() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/arch");
+    let amd64 = testdata("fd-amd64.tar");
+    let arm64 = testdata("fd-arm64.tar.zst");
+    Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "2.0",
+        "--arch-tags",
+        amd64.to_str().unwrap(),
+        &format!("linux/arm/v7={}", arm64.display()),
+    ])
+    .success();
+    let (_, index) = index_at(&registry, &format!("{repo}:2.0"));
+    for (suffix, entry) in ["amd64", "armv7"].iter().zip(&index.manifests) {
+        let raw = registry.skopeo_inspect_raw(&format!("{repo}:2.0-{suffix}"));
+        assert_eq!(Digest::of(&raw), entry.digest, "tag 2.0-{suffix}");
+        let manifest: ImageManifest = serde_json::from_slice(&raw).unwrap();
+        assert_eq!(manifest.media_type, manifold::oci::MEDIA_TYPE_MANIFEST);
+    }
+}
+
+#[test]
+fn a_batch_uploads_shared_layers_once_per_registry() {
+    let registry = TestRegistry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    // Two images with the same layers (one archive plain, one gzipped).
+    std::fs::copy(testdata("fd-amd64.tar"), dir.path().join("a.tar")).unwrap();
+    std::fs::copy(testdata("fd-amd64.tar.gz"), dir.path().join("b.tar.gz")).unwrap();
+    std::fs::copy(testdata("fd-arm64.tar.zst"), dir.path().join("c.tar.zst")).unwrap();
+    let (first, second) = (registry.repo("acme/one"), registry.repo("acme/two"));
+    let config = dir.path().join("images.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[image]]
+repo = "{first}"
+inputs = ["a.tar", "c.tar.zst"]
+tags = ["v1"]
+annotations = {{ "org.example.batch" = "one" }}
+
+[[image]]
+repo = ["{second}"]
+inputs = ["b.tar.gz"]
+platforms = ["linux/amd64"]
+"#
+        ),
+    )
+    .unwrap();
+    let (outputs, metadata) = (dir.path().join("outputs"), dir.path().join("meta.json"));
+    let out = Run::new(&[
+        "publish",
+        "--config",
+        config.to_str().unwrap(),
+        "--tag",
+        "all",
+        "--metadata-file",
+        metadata.to_str().unwrap(),
+    ])
+    .env("GITHUB_OUTPUT", &outputs)
+    .success();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert!(lines[0].starts_with(&format!("{first}@")), "{out}");
+    assert!(lines[1].starts_with(&format!("{second}@")), "{out}");
+    let written = std::fs::read_to_string(&outputs).unwrap();
+    assert_eq!(
+        written,
+        format!(
+            "images<<MANIFOLD_EOF_IMAGES\n{}\n{}\nMANIFOLD_EOF_IMAGES\n",
+            lines[0], lines[1]
+        )
+    );
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
+    assert_eq!(meta[1]["image"], lines[1]);
+    assert_eq!(meta[0]["tags"], serde_json::json!(["all", "v1"]));
+
+    let (_, one) = index_at(&registry, &format!("{first}:v1"));
+    let (_, two) = index_at(&registry, &format!("{second}:all"));
+    assert_eq!(platforms(&one), ["linux/amd64", "linux/arm64"]);
+    assert_eq!(one.annotations["org.example.batch"], "one");
+    index_at(&registry, &format!("{first}:all"));
+    // The amd64 layers were uploaded into the first repository only (within
+    // it, the amd64 and arm64 inputs may share a layer: that is a single
+    // publish's business); the second repository mounted them.
+    let raw = registry.skopeo_inspect_raw(&format!("{second}@{}", two.manifests[0].digest));
+    let manifest: ImageManifest = serde_json::from_slice(&raw).unwrap();
+    let log = registry.request_log();
+    for layer in &manifest.layers {
+        let streamed: Vec<&String> = log
+            .iter()
+            .filter(|l| l.starts_with("PUT ") && l.contains(&layer.digest.to_string()))
+            .collect();
+        assert!(
+            !streamed.is_empty(),
+            "layer {} never uploaded",
+            layer.digest
+        );
+        assert!(
+            streamed.iter().all(|l| l.contains("/acme/one/")),
+            "layer {} uploaded to the second repository: {streamed:?}",
+            layer.digest
+        );
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with("POST /v2/acme/two/blobs/uploads/?")
+                    && l.contains(&format!("mount=sha256%3A{}", layer.digest.hex()))
+                    && l.ends_with(" 201")),
+            "layer {} not mounted into the second repository: {:#?}",
+            layer.digest,
+            log.iter()
+                .filter(|l| l.contains("/acme/two/"))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert_eq!(
+        registry.count_requests("PATCH /v2/acme/two/"),
+        0,
+        "the second image streamed layers:\n{log:#?}"
+    );
+    skopeo_copy_all(&format!("{second}:all"));
+}
+
+#[test]
+fn an_oci_layout_is_an_input() {
+    let registry = TestRegistry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let amd64 = testdata("fd-amd64.tar");
+    let arm64 = testdata("fd-arm64.tar.zst");
+    Run::new(&[
+        "publish",
+        "--repo",
+        &format!("oci:{}", layout.display()),
+        "--tag",
+        "v1",
+        amd64.to_str().unwrap(),
+        arm64.to_str().unwrap(),
+    ])
+    .success();
+    let written: ImageIndex =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entry = &written.manifests[0];
+    let layout_index: ImageIndex = serde_json::from_slice(
+        &std::fs::read(layout.join("blobs/sha256").join(entry.digest.hex())).unwrap(),
+    )
+    .unwrap();
+
+    let repo = registry.repo("acme/from-layout");
+    Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "x",
+        &format!("oci:{}:v1", layout.display()),
+    ])
+    .success();
+    let (_, index) = index_at(&registry, &format!("{repo}:x"));
+    assert_eq!(index.manifests, layout_index.manifests);
+    skopeo_copy_all(&format!("{repo}:x"));
+
+    // A missing name is refused, naming what the layout has.
+    let out = Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "y",
+        &format!("oci:{}:nope", layout.display()),
+    ])
+    .output();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no entry named `nope` (names: `v1`)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_docker_v2s2_image_is_refused_rather_than_mixed_into_an_oci_index() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/v2s2");
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--dest-tls-verify=false",
+            "--format",
+            "v2s2",
+        ])
+        .arg(format!(
+            "docker-archive:{}",
+            testdata("fd-amd64.tar").display()
+        ))
+        .arg(format!("docker://{repo}:old"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = Run::new(&[
+        "publish",
+        "--repo",
+        &registry.repo("acme/mixed"),
+        "--tag",
+        "1",
+        &format!("docker://{repo}:old"),
+    ])
+    .output();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("is a `application/vnd.docker.distribution.manifest.v2+json` document, which cannot go into an OCI index"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("or publish with `--format docker`"),
+        "{stderr}"
+    );
+    assert_eq!(registry.count_requests("PUT /v2/acme/mixed/"), 0);
+
+    // With Docker media types throughout, it is taken as it is.
+    let docker = registry.repo("acme/docker-list");
+    Run::new(&[
+        "publish",
+        "--format",
+        "docker",
+        "--repo",
+        &docker,
+        "--tag",
+        "1",
+        &format!("docker://{repo}:old"),
+    ])
+    .success();
+    let (_, list) = index_at(&registry, &format!("{docker}:1"));
+    assert_eq!(list.media_type, manifold::oci::MEDIA_TYPE_DOCKER_LIST);
+    let original = registry.skopeo_inspect_raw(&format!("{repo}:old"));
+    assert_eq!(list.manifests[0].digest, Digest::of(&original));
+    assert_eq!(platforms(&list), ["linux/amd64"]);
+    skopeo_copy_all(&format!("{docker}:1"));
+}
+
+#[test]
+fn assembly_mounts_with_bearer_tokens() {
+    let registry = TestRegistry::start(Auth::token());
+    let repo = registry.repo("acme/tok");
+    let with_creds = |args: &[&str]| {
+        let mut all = vec!["publish", "--username", "tester", "--password-stdin"];
+        all.extend_from_slice(args);
+        Run::new(&all).stdin(b"s3cret-pass\n").success()
+    };
+    let amd64 = testdata("fd-amd64.tar");
+    let first = with_creds(&["--no-tags", "--repo", &repo, amd64.to_str().unwrap()]);
+    let other = registry.repo("acme/tok-final");
+    let patches_before = registry.count_requests("PATCH ");
+    with_creds(&[
+        "--repo",
+        &other,
+        "--tag",
+        "1",
+        &format!("docker://{}", first.trim()),
+    ]);
+    assert_eq!(registry.count_requests("PATCH "), patches_before);
+    let (_, index) = index_at(&registry, &format!("{other}:1"));
+    assert_eq!(platforms(&index), ["linux/amd64"]);
+    // The token for the mount carried pull on the source repository.
+    assert!(
+        registry
+            .token_requests()
+            .iter()
+            .any(|scopes| scopes.contains(&"repository:acme/tok:pull".to_owned())),
+        "{:?}",
+        registry.token_requests()
+    );
+}
+
+#[test]
+fn a_layout_written_by_skopeo_is_published_with_the_same_manifests() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/orig");
+    let amd64 = testdata("fd-amd64.tar");
+    let arm64 = testdata("fd-arm64.tar.zst");
+    Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "1",
+        amd64.to_str().unwrap(),
+        arm64.to_str().unwrap(),
+    ])
+    .success();
+    let (_, original) = index_at(&registry, &format!("{repo}:1"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+        ])
+        .arg(format!("docker://{repo}:1"))
+        .arg(format!("oci:{}:pulled", dir.path().display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Into a fresh registry: every blob comes from the layout's files.
+    let target = TestRegistry::start(Auth::None);
+    let copy = target.repo("acme/copy");
+    Run::new(&[
+        "publish",
+        "--repo",
+        &copy,
+        "--tag",
+        "1",
+        &format!("oci:{}:pulled", dir.path().display()),
+    ])
+    .success();
+    let (_, copied) = index_at(&target, &format!("{copy}:1"));
+    assert_eq!(copied.manifests, original.manifests);
+    skopeo_copy_all(&format!("{copy}:1"));
+}
