@@ -485,6 +485,12 @@ def run_n2c(a, tools, work, manifold):
                         if res["ok"] and pushed["blob_uploads"]:
                             res["ok"] = False
                             res["error"] = "rerun uploaded %d blobs" % pushed["blob_uploads"]
+                    if hide and res["ok"] and shutil.which("strace"):
+                        res["strace_store_accesses"] = n2c_strace_check(registry, session, n2c, tag, manifold, store, a.timeout)
+                        if res["strace_store_accesses"]:
+                            res["reads_no_layer_bytes"] = False
+                            res["ok"] = False
+                            res["error"] = "rerun touched the store %d times (strace)" % res["strace_store_accesses"]
                     results.append(res)
                     log("n2c run %d %-8s %-8s %6.2fs  %7.1f MB pushed in %d blobs  rss %s MB%s%s" % (
                         run, tool, scen, wall, pushed["bytes"] / 1e6, pushed["blob_uploads"],
@@ -507,6 +513,33 @@ def run_n2c(a, tools, work, manifold):
     }
 
 
+def n2c_strace_check(registry, session, n2c, tag, manifold, store, timeout):
+    """Second proof, untimed: the same rerun with the store in place, under
+    `strace -f -e trace=%file,read`; counts the file system calls naming a path
+    under the store (open, stat, readlink, …). Returns that count (0 expected)."""
+    registry.start("rerun-strace")
+    try:
+        state = os.path.join(session, "rerun-strace")
+        trace = os.path.join(session, "rerun.strace")
+        repo = "%s/%s" % (registry.host, REPO_PATH)
+        script = "strace -f -qq -e trace=%%file -o %s %s" % (
+            shlex.quote(trace), n2c_pipeline("manifold", n2c, repo, tag, manifold))
+        rc, _, _, tail = run_publish(script, state, {}, timeout)
+        if rc != 0:
+            raise SystemExit("strace check of the nix2container rerun failed: exit %s: %s" % (rc, tail[-600:]))
+        with open(trace, errors="replace") as f:
+            lines = f.readlines()
+        # The trace must show manifold opening its inputs, or it proves nothing.
+        if not any("image-amd64.json" in line for line in lines):
+            raise SystemExit("strace check: %s does not show image-amd64.json being read" % trace)
+        hits = [line for line in lines if store in line]
+        for line in hits[:5]:
+            log("  store access: " + line.strip())
+        return len(hits)
+    finally:
+        registry.stop()
+
+
 def print_n2c(out):
     print()
     total = sum(x["uncompressed_bytes"] for x in out["fixture"].values())
@@ -518,6 +551,10 @@ def print_n2c(out):
         print("  manifold rerun with the store renamed away: %d/%d succeeded with 0 blob uploads, "
               "wall %s s" % (sum(1 for r in reruns if r["reads_no_layer_bytes"]), len(reruns),
                              ", ".join("%.2f" % r["wall_s"] for r in reruns)))
+        traced = [r["strace_store_accesses"] for r in reruns if "strace_store_accesses" in r]
+        if traced:
+            print("  same rerun with the store in place, under strace: %s file system calls on store paths"
+                  % ", ".join(map(str, traced)))
 
 
 def main():
