@@ -15,7 +15,7 @@
 #                [--n2c-layer-mb MB]
 #
 # --n2c adds the nix2container scenario (cold, rerun from a fresh runner with
-# the store moved away) on a fake store of about 390 MB (bench/.cache/n2c;
+# the store moved away) on a fake store of about 420 MB (bench/.cache/n2c;
 # needs Go, installs golang-go); --n2c-only runs just that one.
 # Output: one table per scenario (cold, rerun, changed) on stdout, and
 # bench/.cache/results.json. See bench/README.md.
