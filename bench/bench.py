@@ -353,9 +353,9 @@ def median(xs):
     return statistics.median(xs) if xs else None
 
 
-def summarize(results, tools):
+def summarize(results, tools, scenarios=None):
     summary = {}
-    for scen, _, _ in SCENARIOS:
+    for scen in scenarios or [x[0] for x in SCENARIOS]:
         rows = {}
         for tool in tools:
             rs = [r for r in results if r["tool"] == tool and r["scenario"] == scen]
@@ -382,21 +382,179 @@ def fmt(x, spec):
     return "-" if x is None else format(x, spec)
 
 
-def print_tables(summary, tools, runs):
-    for scen, _, _ in SCENARIOS:
+def print_tables(summary, tools, runs, title="scenario", prec=".1f"):
+    for scen in summary:
         print()
-        print("scenario: %s  (median of %d runs)" % (scen, runs))
+        print("%s: %s  (median of %d runs)" % (title, scen, runs))
         print("  %-17s %9s %11s %9s %10s %8s %10s %5s" % (
             "tool", "median s", "min-max s", "vs skopeo", "MB pushed", "uploads", "peak RSS", "ok"))
         for tool in tools:
             r = summary[scen][tool]
-            spread = "-" if r["min_s"] is None else "%.1f-%.1f" % (r["min_s"], r["max_s"])
+            spread = "-" if r["min_s"] is None else "%s-%s" % (format(r["min_s"], prec), format(r["max_s"], prec))
             print("  %-17s %9s %11s %9s %10s %8s %10s %5s" % (
-                LABELS[tool], fmt(r["median_s"], ".1f"), spread,
+                LABELS[tool], fmt(r["median_s"], prec), spread,
                 "-" if r["ratio_vs_skopeo"] is None else "%.2fx" % r["ratio_vs_skopeo"],
                 fmt(r["median_mb_pushed"], ".1f"), fmt(r["median_blob_uploads"], ".0f"),
                 "-" if r["median_peak_rss_mb"] is None else "%.0f MB" % r["median_peak_rss_mb"],
                 "%d/%d" % (r["ok"], r["runs"])))
+
+
+# --- nix2container scenario ----------------------------------------------------
+
+N2C_SCENARIOS = [
+    # (name, first tag): rerun publishes the same images from a fresh runner
+    ("cold", "v1"),
+    ("rerun", "v1"),
+]
+N2C_TOOLS = ("manifold", "skopeo")
+N2C_ARCHES = ("amd64", "arm64")
+
+
+def n2c_pipeline(tool, n2c, repo, tag, manifold):
+    """The script of one nix2container publish, for `tool`."""
+    q = shlex.quote
+    if tool == "manifold":
+        inputs = " ".join(q("nix2container:" + os.path.join(n2c, "image-%s.json" % arch)) for arch in N2C_ARCHES)
+        return "%s publish --repo %s --tag %s --tag latest %s" % (q(manifold), q(repo), q(tag), inputs)
+    if tool == "skopeo":
+        # Stand-in for nix2container's patched skopeo (`nix2container:` transport),
+        # which Debian does not ship: the same layer tars, ready-made as one
+        # docker-archive per architecture by the fixture (untimed), pushed with
+        # stock skopeo and joined into an index by podman.
+        pod = 'podman --root "$STATE/podman/root" --runroot "$RUNROOT" --storage-driver vfs'
+        lines = []
+        for arch in N2C_ARCHES:
+            lines.append("skopeo copy -q --dest-tls-verify=false docker-archive:%s docker://%s:%s-%s"
+                         % (q(os.path.join(n2c, "archive-%s.tar" % arch)), repo, tag, arch))
+        lines.append("%s manifest create bench-list >/dev/null" % pod)
+        for arch in N2C_ARCHES:
+            lines.append("%s manifest add --tls-verify=false bench-list docker://%s:%s-%s >/dev/null"
+                         % (pod, repo, tag, arch))
+        lines.append("%s manifest push -q --all --tls-verify=false bench-list docker://%s:%s" % (pod, repo, tag))
+        lines.append("skopeo copy -q --all --src-tls-verify=false --dest-tls-verify=false docker://%s:%s docker://%s:latest"
+                     % (repo, tag, repo))
+        return "\n".join(lines)
+    raise ValueError(tool)
+
+
+def run_n2c(a, tools, work, manifold):
+    """cold + rerun of the nix2container images, per tool, fresh registry per
+    tool. manifold's rerun runs with the fake store renamed away: it can only
+    succeed by reading no layer bytes (and must upload no blob)."""
+    n2c = os.path.realpath(a.n2c)
+    with open(os.path.join(n2c, "fixture.json")) as f:
+        fixture = json.load(f)
+    store = fixture["store"]
+    hidden = store + ".hidden"
+    if os.path.exists(hidden) and not os.path.exists(store):
+        os.rename(hidden, store)  # left over by an interrupted run
+    results = []
+    for run in range(1, a.n2c_runs + 1):
+        k = (run - 1) % len(tools)
+        for tool in tools[k:] + tools[:k]:
+            session = tempfile.mkdtemp(prefix="n2c-%s-r%d-" % (tool, run), dir=work)
+            registry = Registry(a.registry, os.path.join(session, "storage"), session)
+            try:
+                for scen, tag in N2C_SCENARIOS:
+                    registry.start(scen)
+                    state = os.path.join(session, scen)
+                    before = registry.stored_bytes()
+                    repo = "%s/%s" % (registry.host, REPO_PATH)
+                    script = n2c_pipeline(tool, n2c, repo, tag, manifold)
+                    hide = tool == "manifold" and scen == "rerun"
+                    if hide:
+                        os.rename(store, hidden)
+                    try:
+                        rc, wall, rss, tail = run_publish(script, state, {}, a.timeout)
+                    finally:
+                        if hide:
+                            os.rename(hidden, store)
+                    problem = "exit %s: %s" % (rc, tail.strip()[-600:]) if rc != 0 else verify(registry.host, [tag, "latest"])
+                    pushed = registry.pushed()
+                    registry.stop()
+                    res = {
+                        "run": run, "tool": tool, "scenario": scen, "ok": problem == "",
+                        "error": problem or None, "wall_s": round(wall, 3), "peak_rss_kib": rss,
+                        "pushed": pushed, "stored_new_bytes": registry.stored_bytes() - before,
+                        "store_hidden": hide,
+                    }
+                    if hide:
+                        # The store was not there: a successful publish read no
+                        # layer bytes; it must not have uploaded any blob either.
+                        res["reads_no_layer_bytes"] = res["ok"] and pushed["blob_uploads"] == 0
+                        if res["ok"] and pushed["blob_uploads"]:
+                            res["ok"] = False
+                            res["error"] = "rerun uploaded %d blobs" % pushed["blob_uploads"]
+                    if hide and res["ok"] and shutil.which("strace"):
+                        res["strace_store_accesses"] = n2c_strace_check(registry, session, n2c, tag, manifold, store, a.timeout)
+                        if res["strace_store_accesses"]:
+                            res["reads_no_layer_bytes"] = False
+                            res["ok"] = False
+                            res["error"] = "rerun touched the store %d times (strace)" % res["strace_store_accesses"]
+                    results.append(res)
+                    log("n2c run %d %-8s %-8s %6.2fs  %7.1f MB pushed in %d blobs  rss %s MB%s%s" % (
+                        run, tool, scen, wall, pushed["bytes"] / 1e6, pushed["blob_uploads"],
+                        "?" if rss is None else rss // 1024, "  (store hidden)" if hide else "",
+                        "" if res["ok"] else "  FAILED: " + res["error"]))
+                    shutil.rmtree(os.path.join(state, "tmp"), ignore_errors=True)
+                    shutil.rmtree(os.path.join(state, "podman"), ignore_errors=True)
+            finally:
+                registry.stop()
+                if not a.keep:
+                    shutil.rmtree(session, ignore_errors=True)
+    summary = summarize(results, tools, [x[0] for x in N2C_SCENARIOS])
+    reruns = [r for r in results if r.get("store_hidden")]
+    return {
+        "runs": a.n2c_runs, "tools": tools,
+        "fixture": {arch: {"layers": len(img["layers"]), "uncompressed_bytes": img["uncompressed_bytes"]}
+                    for arch, img in fixture["images"].items()},
+        "manifold_rerun_reads_no_layer_bytes": bool(reruns) and all(r["reads_no_layer_bytes"] for r in reruns),
+        "summary": summary, "results": results,
+    }
+
+
+def n2c_strace_check(registry, session, n2c, tag, manifold, store, timeout):
+    """Second proof, untimed: the same rerun with the store in place, under
+    `strace -f -e trace=%file,read`; counts the file system calls naming a path
+    under the store (open, stat, readlink, …). Returns that count (0 expected)."""
+    registry.start("rerun-strace")
+    try:
+        state = os.path.join(session, "rerun-strace")
+        trace = os.path.join(session, "rerun.strace")
+        repo = "%s/%s" % (registry.host, REPO_PATH)
+        script = "strace -f -qq -e trace=%%file -o %s %s" % (
+            shlex.quote(trace), n2c_pipeline("manifold", n2c, repo, tag, manifold))
+        rc, _, _, tail = run_publish(script, state, {}, timeout)
+        if rc != 0:
+            raise SystemExit("strace check of the nix2container rerun failed: exit %s: %s" % (rc, tail[-600:]))
+        with open(trace, errors="replace") as f:
+            lines = f.readlines()
+        # The trace must show manifold opening its inputs, or it proves nothing.
+        if not any("image-amd64.json" in line for line in lines):
+            raise SystemExit("strace check: %s does not show image-amd64.json being read" % trace)
+        hits = [line for line in lines if store in line]
+        for line in hits[:5]:
+            log("  store access: " + line.strip())
+        return len(hits)
+    finally:
+        registry.stop()
+
+
+def print_n2c(out):
+    print()
+    total = sum(x["uncompressed_bytes"] for x in out["fixture"].values())
+    print("nix2container image, %.0f MB of layers over amd64 + arm64 (skopeo route: stock skopeo "
+          "on ready-made docker-archives of the same layers)" % (total / 1e6))
+    print_tables(out["summary"], out["tools"], out["runs"], title="nix2container scenario", prec=".2f")
+    reruns = [r for r in out["results"] if r.get("store_hidden")]
+    if reruns:
+        print("  manifold rerun with the store renamed away: %d/%d succeeded with 0 blob uploads, "
+              "wall %s s" % (sum(1 for r in reruns if r["reads_no_layer_bytes"]), len(reruns),
+                             ", ".join("%.2f" % r["wall_s"] for r in reruns)))
+        traced = [r["strace_store_accesses"] for r in reruns if "strace_store_accesses" in r]
+        if traced:
+            print("  same rerun with the store in place, under strace: %s file system calls on store paths"
+                  % ", ".join(map(str, traced)))
 
 
 def main():
@@ -415,10 +573,17 @@ def main():
     p.add_argument("--tools", default=",".join(TOOLS))
     p.add_argument("--timeout", type=int, default=1800, help="seconds for one publish")
     p.add_argument("--keep", action="store_true", help="keep registry storage and logs")
+    p.add_argument("--n2c", help="nix2container fixture (make_fixture.py n2c): also run that scenario")
+    p.add_argument("--n2c-runs", type=int, help="runs of the nix2container scenario (default --runs)")
+    p.add_argument("--n2c-only", action="store_true", help="only the nix2container scenario")
     a = p.parse_args()
     if a.cmd == "crane-tag":
         crane_tag(a.host, a.src, a.dst)
         return
+    if a.n2c_only and not a.n2c:
+        raise SystemExit("--n2c-only needs --n2c DIR")
+    if a.n2c_runs is None:
+        a.n2c_runs = a.runs
     tools = [x for x in a.tools.split(",") if x]
     for x in tools:
         if x not in TOOLS:
@@ -431,66 +596,83 @@ def main():
     manifold = os.path.realpath(a.manifold)
     os.makedirs(a.work, exist_ok=True)
     work = os.path.realpath(a.work)
-    gzip_ok = gzip_archive_probe(work, fixture)
-    if not gzip_ok:
-        log("note: this skopeo/podman cannot read gzip docker-archives; the flocken pipeline "
-            "decompresses its .tar.gz to a temp file first, as a working podman does inside")
-    results = []
-    for run in range(1, a.runs + 1):
-        k = (run - 1) % len(tools)
-        order = tools[k:] + tools[:k]
-        for tool in order:
-            session = tempfile.mkdtemp(prefix="%s-r%d-" % (tool, run), dir=work)
-            registry = Registry(a.registry, os.path.join(session, "storage"), session)
-            try:
-                for scen, suffix, tag in SCENARIOS:
-                    registry.start(scen)
-                    state = os.path.join(session, scen)
-                    before = registry.stored_bytes()
-                    repo = "%s/%s" % (registry.host, REPO_PATH)
-                    images = ["amd64" + suffix, "arm64" + suffix]
-                    script = pipeline(tool, fixture, images, repo, tag, manifold, gzip_ok)
-                    rc, wall, rss, tail = run_publish(script, state, {}, a.timeout)
-                    problem = "exit %s: %s" % (rc, tail.strip()[-600:]) if rc != 0 else verify(registry.host, [tag, "latest"])
-                    pushed = registry.pushed()
+    results, out = [], {}
+    if not a.n2c_only:
+        gzip_ok = gzip_archive_probe(work, fixture)
+        if not gzip_ok:
+            log("note: this skopeo/podman cannot read gzip docker-archives; the flocken pipeline "
+                "decompresses its .tar.gz to a temp file first, as a working podman does inside")
+        results = []
+        for run in range(1, a.runs + 1):
+            k = (run - 1) % len(tools)
+            order = tools[k:] + tools[:k]
+            for tool in order:
+                session = tempfile.mkdtemp(prefix="%s-r%d-" % (tool, run), dir=work)
+                registry = Registry(a.registry, os.path.join(session, "storage"), session)
+                try:
+                    for scen, suffix, tag in SCENARIOS:
+                        registry.start(scen)
+                        state = os.path.join(session, scen)
+                        before = registry.stored_bytes()
+                        repo = "%s/%s" % (registry.host, REPO_PATH)
+                        images = ["amd64" + suffix, "arm64" + suffix]
+                        script = pipeline(tool, fixture, images, repo, tag, manifold, gzip_ok)
+                        rc, wall, rss, tail = run_publish(script, state, {}, a.timeout)
+                        problem = "exit %s: %s" % (rc, tail.strip()[-600:]) if rc != 0 else verify(registry.host, [tag, "latest"])
+                        pushed = registry.pushed()
+                        registry.stop()
+                        res = {
+                            "run": run, "tool": tool, "scenario": scen, "ok": problem == "",
+                            "error": problem or None, "wall_s": round(wall, 3), "peak_rss_kib": rss,
+                            "pushed": pushed, "stored_new_bytes": registry.stored_bytes() - before,
+                        }
+                        results.append(res)
+                        log("run %d %-8s %-8s %6.1fs  %7.1f MB pushed in %d blobs  rss %s MB%s" % (
+                            run, tool, scen, wall, pushed["bytes"] / 1e6, pushed["blob_uploads"],
+                            "?" if rss is None else rss // 1024, "" if not problem else "  FAILED: " + problem))
+                        shutil.rmtree(os.path.join(state, "tmp"), ignore_errors=True)
+                        shutil.rmtree(os.path.join(state, "podman"), ignore_errors=True)
+                finally:
                     registry.stop()
-                    res = {
-                        "run": run, "tool": tool, "scenario": scen, "ok": problem == "",
-                        "error": problem or None, "wall_s": round(wall, 3), "peak_rss_kib": rss,
-                        "pushed": pushed, "stored_new_bytes": registry.stored_bytes() - before,
-                    }
-                    results.append(res)
-                    log("run %d %-8s %-8s %6.1fs  %7.1f MB pushed in %d blobs  rss %s MB%s" % (
-                        run, tool, scen, wall, pushed["bytes"] / 1e6, pushed["blob_uploads"],
-                        "?" if rss is None else rss // 1024, "" if not problem else "  FAILED: " + problem))
-                    shutil.rmtree(os.path.join(state, "tmp"), ignore_errors=True)
-                    shutil.rmtree(os.path.join(state, "podman"), ignore_errors=True)
-            finally:
-                registry.stop()
-                if not a.keep:
-                    shutil.rmtree(session, ignore_errors=True)
-    summary = summarize(results, tools)
-    with open(os.path.join(a.fixture, "images.json")) as f:
-        images = json.load(f)["images"]
-    fixture_info = {
-        name: {"layers": len(img["layers"]), "uncompressed_bytes": sum(l["size"] for l in img["layers"])}
-        for name, img in images.items()
-    }
-    out = {
-        "runs": a.runs, "tools": tools, "order": "rotated per run",
-        "gzip_docker_archive_supported": gzip_ok,
-        "fixture": fixture_info,
-        "versions": versions(manifold if "manifold" in tools else None),
-        "summary": summary, "results": results,
-    }
+                    if not a.keep:
+                        shutil.rmtree(session, ignore_errors=True)
+        summary = summarize(results, tools)
+        with open(os.path.join(a.fixture, "images.json")) as f:
+            images = json.load(f)["images"]
+        fixture_info = {
+            name: {"layers": len(img["layers"]), "uncompressed_bytes": sum(l["size"] for l in img["layers"])}
+            for name, img in images.items()
+        }
+        out = {
+            "runs": a.runs, "tools": tools, "order": "rotated per run",
+            "gzip_docker_archive_supported": gzip_ok,
+            "fixture": fixture_info,
+            "versions": versions(manifold if "manifold" in tools else None),
+            "summary": summary, "results": results,
+        }
+    n2c_out = None
+    if a.n2c:
+        n2c_out = run_n2c(a, [t for t in tools if t in N2C_TOOLS], work, manifold)
+        n2c_out["versions"] = versions(manifold if "manifold" in tools else None)
+        if a.n2c_only:
+            try:  # keep the stream scenarios of an earlier run
+                with open(a.out) as f:
+                    out = json.load(f)
+            except (OSError, ValueError):
+                out = {}
+        out["nix2container"] = n2c_out
     os.makedirs(os.path.dirname(os.path.abspath(a.out)), exist_ok=True)
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
-    print_tables(summary, tools, a.runs)
+    if not a.n2c_only:
+        print_tables(summary, tools, a.runs)
+    if n2c_out:
+        print_n2c(n2c_out)
     print()
     print("MB pushed: sizes of the blobs whose upload completed (registry log), re-uploads included")
     print("results: %s" % a.out)
-    if any(not r["ok"] for r in results):
+    failed = [r for r in results if not r["ok"]] + [r for r in (n2c_out or {}).get("results", []) if not r["ok"]]
+    if failed:
         sys.exit(1)
 
 

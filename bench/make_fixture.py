@@ -5,6 +5,7 @@ Two sub-commands (Python 3 standard library only):
 
     make_fixture.py build DIR [--layer-mb 100] [--random-mb 16]
     make_fixture.py stream DIR IMAGE          # what the stream scripts run
+    make_fixture.py n2c DIR --gen GODIR [--layer-mb 60] [--random-mb 16]
 
 `build` writes into DIR (a cache directory, never committed):
 
@@ -27,6 +28,13 @@ Two sub-commands (Python 3 standard library only):
   10240-byte record; progress lines on stderr. Unlike nixpkgs they copy
   pre-built layer tarballs instead of tarring store paths (twice) on the fly,
   so the stream itself is cheap: the benchmark measures the publishers.
+
+`n2c` builds the nix2container scenario's fixture into DIR (see `n2c_build`):
+a fake Nix store of real files, one nix2container `image.json` per
+architecture whose layer digests come from the Go generator
+(testdata/nix2container/gen, `layers` mode, an independent implementation of
+nix2container's layer tar), and one docker-archive per architecture holding
+the same layer tars, for the skopeo stand-in.
 
 Layer tarballs are deterministic for a given machine (sorted names, mtime 1,
 owner root), so DIR is reused across runs; `build` does nothing when
@@ -336,6 +344,185 @@ def stream(out_dir, image, out):
     log("Done.")
 
 
+# --- nix2container fixture ------------------------------------------------------
+
+N2C_PATHS_PER_LAYER = 4
+N2C_MEDIA_TYPE = "application/vnd.oci.image.layer.v1.tar"
+
+
+def go_quote_meta(s):
+    """Go's regexp.QuoteMeta: the same escapes on both sides (Go, Rust)."""
+    return "".join("\\" + c if c in "\\.+*?()|[]{}^$" else c for c in s)
+
+
+def n2c_store_path(store, name):
+    return os.path.join(store, store_prefix(name))
+
+
+def n2c_copy(dst_root, paths):
+    """Copies `paths` (files and symlinks under /usr) below dst_root, Nix-style
+    modes (files 0444/0555, directories 0555 once filled)."""
+    dirs = set()
+    for path in paths:
+        rel = os.path.relpath(path, "/usr")
+        dst = os.path.join(dst_root, rel)
+        d = os.path.dirname(dst)
+        if d not in dirs:
+            os.makedirs(d, exist_ok=True)
+            dirs.add(d)
+        st = os.lstat(path)
+        if stat.S_ISLNK(st.st_mode):
+            os.symlink(os.readlink(path), dst)
+            continue
+        with open(path, "rb") as src, open(dst, "wb") as out:
+            while True:
+                chunk = src.read(COPY_BUF)
+                if not chunk:
+                    break
+                out.write(chunk)
+        os.chmod(dst, 0o555 if st.st_mode & 0o111 else 0o444)
+    return dirs
+
+
+def n2c_seal(root):
+    """Directories 0555, as in a Nix store (root still writes and deletes)."""
+    for dirpath, _, _ in os.walk(root, topdown=False):
+        os.chmod(dirpath, 0o555)
+
+
+def n2c_build(out_dir, gen_dir, layer_mb, random_mb):
+    """Fake store `store/nix/store/<hash>-<name>/…`, `image-<arch>.json`,
+    `archive-<arch>.tar`. Per architecture four layers: `libs`, `bin`,
+    `share` (about layer_mb MB of real files each, split over
+    N2C_PATHS_PER_LAYER store paths) and `app` (random_mb MiB of random
+    bytes, one store path). Every path carries nix2container's rewrite
+    option `^<store root>` -> "" so the layer tar names `/nix/store/…`."""
+    import subprocess
+
+    params = {"version": 1, "layer_mb": layer_mb, "random_mb": random_mb}
+    out_dir = os.path.realpath(out_dir)
+    meta_path = os.path.join(out_dir, "fixture.json")
+    try:
+        with open(meta_path) as f:
+            if json.load(f).get("params") == params:
+                log("nix2container fixture up to date in %s" % out_dir)
+                return
+    except (OSError, ValueError):
+        pass
+    if os.path.exists(out_dir):
+        import shutil
+        shutil.rmtree(out_dir)
+    os.makedirs(out_dir)
+    store_root = os.path.join(out_dir, "store")
+    store = os.path.join(store_root, "nix", "store")
+    os.makedirs(store)
+    gen = os.path.join(out_dir, "n2c-gen")
+    subprocess.run(["go", "build", "-o", gen, "."], cwd=gen_dir, check=True)
+    options = {"rewrite": {"regex": "^" + go_quote_meta(store_root), "repl": ""}}
+
+    per_arch = {a: [] for a in ARCHES}  # layer name -> [store path dirs]
+    seen = set()
+    for kind, roots in SOURCES:
+        cuts = slices(roots, layer_mb * 1_000_000, len(ARCHES), seen)
+        for arch, paths in zip(ARCHES, cuts):
+            dirs = []
+            n = N2C_PATHS_PER_LAYER
+            for i in range(n):
+                part = paths[i * len(paths) // n:(i + 1) * len(paths) // n]
+                d = n2c_store_path(store_root, "%s-%s-%d" % (kind, arch, i + 1))
+                os.makedirs(d)
+                n2c_copy(d, part)
+                dirs.append(d)
+            per_arch[arch].append(("%s-%s" % (kind, arch), dirs))
+            log("n2c store paths %s-%s: %d files" % (kind, arch, len(paths)))
+    for arch in ARCHES:
+        d = n2c_store_path(store_root, "app-" + arch)
+        os.makedirs(os.path.join(d, "bin"))
+        rng = random.Random("n2c-app-" + arch)
+        with open(os.path.join(d, "bin", "app"), "wb") as f:
+            left = random_mb << 20
+            while left:
+                n = min(COPY_BUF, left)
+                f.write(rng.randbytes(n))
+                left -= n
+        os.chmod(os.path.join(d, "bin", "app"), 0o555)
+        per_arch[arch].append(("app-" + arch, [d]))
+    n2c_seal(store_root)
+
+    # Digests from the Go generator, which also writes the tars for the archives.
+    tmp = os.path.join(out_dir, "tmp")
+    os.makedirs(tmp)
+    spec = {"layers": []}
+    for arch in ARCHES:
+        for name, dirs in per_arch[arch]:
+            spec["layers"].append({"paths": [{"path": d, "options": options} for d in dirs],
+                                   "out": os.path.join(tmp, name + ".tar")})
+    with open(os.path.join(tmp, "spec.json"), "w") as f:
+        json.dump(spec, f, indent=1)
+    log("n2c: synthesising the layer tars with the Go generator")
+    subprocess.run([gen, "layers", os.path.join(tmp, "spec.json"), os.path.join(tmp, "sums.json")], check=True)
+    with open(os.path.join(tmp, "sums.json")) as f:
+        sums = iter(json.load(f))
+
+    info = {}
+    for arch in ARCHES:
+        layers = []
+        for name, dirs in per_arch[arch]:
+            s = next(sums)
+            layers.append({"name": name, "digest": s["sha256"], "size": s["size"], "dirs": dirs,
+                           "tar": os.path.join(tmp, name + ".tar")})
+        app = os.path.join("/", os.path.relpath(per_arch[arch][-1][1][0], store_root), "bin", "app")
+        image = {
+            "version": 1,
+            "image-config": {"Entrypoint": [app], "Env": ["PATH=/bin"],
+                             "Labels": {"org.opencontainers.image.title": "manifold-bench-n2c"}},
+            "layers": [{
+                "digest": l["digest"], "size": l["size"], "diff_ids": l["digest"],
+                "paths": [{"path": d, "options": options} for d in l["dirs"]],
+                "mediatype": N2C_MEDIA_TYPE, "History": {"created_by": "nix2container"},
+            } for l in layers],
+            "arch": arch,
+            "created": "0001-01-01T00:00:00Z",
+        }
+        with open(os.path.join(out_dir, "image-%s.json" % arch), "w") as f:
+            f.write(json.dumps(image, indent="\t") + "\n")
+        n2c_archive(os.path.join(out_dir, "archive-%s.tar" % arch), arch, image, layers)
+        info[arch] = {"layers": [{"name": l["name"], "digest": l["digest"], "size": l["size"],
+                                  "store_paths": len(l["dirs"])} for l in layers],
+                      "uncompressed_bytes": sum(l["size"] for l in layers)}
+        log("n2c %s: %d layers, %.1f MB" % (arch, len(layers), info[arch]["uncompressed_bytes"] / 1e6))
+    import shutil
+    shutil.rmtree(tmp)
+    with open(meta_path + ".tmp", "w") as f:
+        json.dump({"params": params, "store": store_root, "images": info}, f, indent=1)
+    os.replace(meta_path + ".tmp", meta_path)
+    total = sum(info[a]["uncompressed_bytes"] for a in ARCHES)
+    log("nix2container fixture: %.1f MB of layers over both architectures, in %s" % (total / 1e6, out_dir))
+
+
+def n2c_archive(path, arch, image, layers):
+    """A docker-archive of the Go generator's layer tars (moved in, then deleted)."""
+    config = json.dumps({
+        "architecture": arch, "os": "linux", "created": image["created"],
+        "config": image["image-config"],
+        "rootfs": {"type": "layers", "diff_ids": [l["digest"] for l in layers]},
+        "history": [{"created_by": "nix2container"} for _ in layers],
+    }, sort_keys=True).encode()
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    names = []
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for l in layers:
+            name = l["digest"].split(":", 1)[1] + "/layer.tar"
+            names.append(name)
+            with open(l["tar"], "rb") as f:
+                tar.addfile(tar_info(name, size=os.fstat(f.fileno()).st_size), f)
+            os.unlink(l["tar"])
+        tar.addfile(tar_info(config_name, size=len(config)), io.BytesIO(config))
+        manifest = json.dumps([{"Config": config_name, "RepoTags": ["manifold-bench-n2c:latest"],
+                                "Layers": names}]).encode()
+        tar.addfile(tar_info("manifest.json", size=len(manifest)), io.BytesIO(manifest))
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -346,9 +533,16 @@ def main():
     s = sub.add_parser("stream")
     s.add_argument("dir")
     s.add_argument("image")
+    n = sub.add_parser("n2c")
+    n.add_argument("dir")
+    n.add_argument("--gen", required=True, help="the Go generator's directory (testdata/nix2container/gen)")
+    n.add_argument("--layer-mb", type=int, default=60)
+    n.add_argument("--random-mb", type=int, default=16)
     a = p.parse_args()
     if a.cmd == "build":
         build(a.dir, a.layer_mb, a.random_mb)
+    elif a.cmd == "n2c":
+        n2c_build(a.dir, a.gen, a.layer_mb, a.random_mb)
     else:
         try:
             stream(a.dir, a.image, sys.stdout.buffer)

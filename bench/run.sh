@@ -11,7 +11,12 @@
 #
 #   bench/run.sh [--runs N] [--tools manifold,skopeo,flocken] [--build]
 #                [--layer-mb MB] [--random-mb MB] [--keep] [--timeout S]
+#                [--manifold PATH] [--n2c] [--n2c-only] [--n2c-runs N]
+#                [--n2c-layer-mb MB]
 #
+# --n2c adds the nix2container scenario (cold, rerun from a fresh runner with
+# the store moved away) on a fake store of about 420 MB (bench/.cache/n2c;
+# needs Go, installs golang-go); --n2c-only runs just that one.
 # Output: one table per scenario (cold, rerun, changed) on stdout, and
 # bench/.cache/results.json. See bench/README.md.
 set -euo pipefail
@@ -25,9 +30,12 @@ tools="manifold,skopeo,flocken"
 layer_mb=100
 random_mb=16
 build=0
+manifold="$root/target/release/manifold"
+n2c=0
+n2c_layer_mb=60
 extra=()
 
-usage() { sed -n '2,16p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -38,6 +46,11 @@ while [ $# -gt 0 ]; do
         --build) build=1; shift ;;
         --keep) extra+=(--keep); shift ;;
         --timeout) extra+=(--timeout "$2"); shift 2 ;;
+        --manifold) manifold="$(realpath "$2")"; shift 2 ;;
+        --n2c) n2c=1; shift ;;
+        --n2c-only) n2c=1; extra+=(--n2c-only); shift ;;
+        --n2c-runs) extra+=(--n2c-runs "$2"); shift 2 ;;
+        --n2c-layer-mb) n2c_layer_mb="$2"; shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "error: unknown argument \`$1\`" >&2; usage >&2; exit 2 ;;
     esac
@@ -55,6 +68,9 @@ for pair in docker-registry:docker-registry skopeo:skopeo podman:podman /usr/bin
     cmd="${pair%%:*}" pkg="${pair#*:}"
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
+if [ "$n2c" = 1 ] && ! command -v go >/dev/null 2>&1; then
+    need+=(golang-go)
+fi
 if [ ${#need[@]} -gt 0 ]; then
     echo "installing: ${need[*]}" >&2
     export DEBIAN_FRONTEND=noninteractive
@@ -65,15 +81,23 @@ fi
 cd "$root"
 case ",$tools," in
     *,manifold,*)
-        if [ "$build" = 1 ] || [ ! -x target/release/manifold ]; then
+        if [ "$build" = 1 ] || [ ! -x "$manifold" ]; then
             echo "building manifold (cargo build --release)" >&2
             cargo build --release --quiet
         fi ;;
 esac
 
 mkdir -p "$cache"
-python3 "$here/make_fixture.py" build "$cache/fixture" --layer-mb "$layer_mb" --random-mb "$random_mb"
+case " ${extra[*]-} " in
+    *" --n2c-only "*) ;;
+    *) python3 "$here/make_fixture.py" build "$cache/fixture" --layer-mb "$layer_mb" --random-mb "$random_mb" ;;
+esac
+if [ "$n2c" = 1 ]; then
+    python3 "$here/make_fixture.py" n2c "$cache/n2c" --gen "$root/testdata/nix2container/gen" \
+        --layer-mb "$n2c_layer_mb" --random-mb "$random_mb"
+    extra+=(--n2c "$cache/n2c")
+fi
 
 exec python3 "$here/bench.py" --runs "$runs" --tools "$tools" \
     --fixture "$cache/fixture" --work "$cache/work" --out "$cache/results.json" \
-    --manifold "$root/target/release/manifold" ${extra[@]+"${extra[@]}"}
+    --manifold "$manifold" ${extra[@]+"${extra[@]}"}

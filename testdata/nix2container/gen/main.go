@@ -1,9 +1,10 @@
 // Vector generator for manifold's nix2container tests (Go standard library
-// only). Two modes:
+// only). Modes:
 //
 //	go run . headers ../header-cases-more.json ../header-cases-more.expected.json
 //	go run . tree ../tree-fixture.json ../tree-fixture.expected.json
 //	go run . regex ../regex-cases.json ../regex-cases.expected.json
+//	go run . layers spec.json out.json
 //
 // "headers" writes each entry of a header-case list with archive/tar, the
 // header settings documented for nix2container layers (formats.md §2.1:
@@ -15,6 +16,11 @@
 // nix/graph.go, nix/utils.go): filepath.Walk with lstat, case-hack
 // stripping (optional) before rewrite, Go regexp rewrite and perms, a
 // component tree, depth-first sorted emission, archive/tar headers.
+// "layers" does the same synthesis for store paths that already exist (the
+// benchmark's fake store, bench/make_fixture.py): spec.json is
+// {"layers": [{"paths": [{"path", "options"?}], "out"?: FILE}]}, regexes
+// used as given; out.json gets {"sha256", "size"} per layer, and the tar is
+// also written to "out" when set (the benchmark's docker-archive stand-in).
 // "regex" records, for each (regex, hex input, repl), Go's Match and
 // ReplaceAll: the RE2 semantics rewrite and perms rely on.
 //
@@ -424,6 +430,54 @@ func regexCases(in, out string) {
 	check(os.WriteFile(out, append(j, '\n'), 0o644))
 }
 
+type LayerSpec struct {
+	Paths []Path `json:"paths"`
+	Out   string `json:"out"`
+}
+
+func layers(in, out string) {
+	var spec struct {
+		Layers []LayerSpec `json:"layers"`
+	}
+	b, err := os.ReadFile(in)
+	check(err)
+	check(json.Unmarshal(b, &spec))
+	var res []Sum
+	for _, l := range spec.Layers {
+		g := &node{contents: map[string]*node{}}
+		for _, p := range l.Paths {
+			opts := p.Options
+			if opts == nil {
+				opts = &Options{}
+			}
+			check(filepath.Walk(p.Path, func(path string, info os.FileInfo, err error) error {
+				if err != nil {
+					return err
+				}
+				return addFile(g, path, info, opts, false)
+			}))
+		}
+		s := newSum()
+		var w io.Writer = s
+		var f *os.File
+		if l.Out != "" {
+			f, err = os.Create(l.Out)
+			check(err)
+			w = io.MultiWriter(s, f)
+		}
+		tw := tar.NewWriter(w)
+		emit(tw, "", g)
+		check(tw.Close())
+		if f != nil {
+			check(f.Close())
+		}
+		res = append(res, s.sum())
+	}
+	j, err := json.MarshalIndent(res, "", "  ")
+	check(err)
+	check(os.WriteFile(out, append(j, '\n'), 0o644))
+}
+
 func main() {
 	switch os.Args[1] {
 	case "headers":
@@ -432,7 +486,9 @@ func main() {
 		tree(os.Args[2], os.Args[3])
 	case "regex":
 		regexCases(os.Args[2], os.Args[3])
+	case "layers":
+		layers(os.Args[2], os.Args[3])
 	default:
-		panic("usage: headers|tree|regex IN OUT")
+		panic("usage: headers|tree|regex|layers IN OUT")
 	}
 }
