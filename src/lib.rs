@@ -12,7 +12,24 @@
 //!  manifests → index (by digest) → tags, last
 //! ```
 //!
-//! Each module may use the ones declared before it, never one after it.
+//! Modules, in data-flow order; each may use the ones above it, never one
+//! below it (rustfmt sorts the declarations, so the order is kept here):
+//!
+//! | module | job |
+//! |---|---|
+//! | [`digest`] | `sha256:` digests, hashing readers and writers |
+//! | [`oci`] | media types, descriptors, platforms, canonical JSON |
+//! | [`layer`] | one pass: hash → compress (parallel gzip, zstd) → spool |
+//! | [`progress`] | the `Reporter` events; no terminal code |
+//! | [`env`] | every environment variable manifold reads |
+//! | [`reference`] | registry / repository / reference parsing |
+//! | [`tags`] | tag and annotation rules (pure) |
+//! | [`input`] | stream scripts, docker-archives, nix2container: one-pass readers |
+//! | [`registry`] | the registry client: auth, retries, uploads, manifests |
+//! | [`layout`] | OCI image layout directories |
+//! | [`manifest`] | image manifests and indexes (OCI or Docker) |
+//! | [`publish`] | inputs → destinations → index → tags, in two phases |
+//! | [`cli`] | clap, progress bars, outputs |
 
 pub mod cli;
 pub mod digest;
