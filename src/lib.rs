@@ -21,8 +21,8 @@
 //! | [`oci`] | media types, descriptors, platforms, canonical JSON |
 //! | [`layer`] | one pass: hash → compress (parallel gzip, zstd) → spool |
 //! | [`progress`] | the `Reporter` events; no terminal code |
-//! | [`env`] | every environment variable manifold reads |
-//! | [`reference`] | registry / repository / reference parsing |
+//! | [`env`](mod@env) | every environment variable manifold reads |
+//! | [`reference`](mod@reference) | registry / repository / reference parsing |
 //! | [`tags`] | tag and annotation rules (pure) |
 //! | [`input`] | stream scripts, docker-archives, nix2container: one-pass readers |
 //! | [`registry`] | the registry client: auth, retries, uploads, manifests |

@@ -2,7 +2,7 @@
 //! and the one pass that reads it.
 //!
 //! An input is written `[PLATFORM=][KIND:]PATH` ([`InputSpec`]). Its kind is
-//! given or detected by content ([`detect`]); a docker-archive file (plain,
+//! given or detected by content ([`detect()`]); a docker-archive file (plain,
 //! gzip or zstd) or a `streamLayeredImage` script ([`command`]) is opened
 //! ([`open`]) into a plain `Read` that [`docker_archive`] consumes once,
 //! handing each layer to [`crate::layer`] as it streams by. This module knows

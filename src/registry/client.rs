@@ -1,6 +1,6 @@
 //! `RegistryClient`: one registry host, three layers as in uv and ggcr: a
 //! configured `reqwest::Client` (TLS roots, plain HTTP only where allowed, no
-//! automatic redirects), then [`RegistryClient::send`] adding auth, a jobs cap
+//! automatic redirects), then `RegistryClient::send` adding auth, a jobs cap
 //! and retries, then the distribution API operations.
 //!
 //! http or https: hosts where plain HTTP is allowed (loopback, and those
