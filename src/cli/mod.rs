@@ -4,6 +4,7 @@
 
 pub mod args;
 pub mod inspect;
+mod outputs;
 pub mod progress;
 
 use std::collections::{BTreeMap, HashMap};
@@ -18,7 +19,7 @@ use crate::input::InputSpec;
 use crate::layer::Compression;
 use crate::layout::Layout;
 use crate::progress::{Reporter, Tally};
-use crate::publish::{self, outputs::Metadata, Destination, ImageOptions, PublishedImage, TagSet};
+use crate::publish::{self, Destination, ImageOptions, PublishedImage, TagSet};
 use crate::reference::{Registry, Repository};
 use crate::registry::{self, ClientOptions, RegistryClient};
 use crate::tags::{self, GitInfo, SystemGit, TagOptions, TagPlan};
@@ -376,16 +377,9 @@ struct Job {
     annotations: BTreeMap<String, String>,
 }
 
-async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) -> Result<()> {
-    let plan = resolve_plan(&args.tags, env, &SystemGit)?;
-    for warning in &plan.warnings {
-        screen.on_notice(&format!("warning: {warning}"));
-    }
-    for notice in &plan.notices {
-        screen.on_notice(&format!("notice: {notice}"));
-    }
-    plan.check_writable(args.dry_run)?;
-    let batch = args.config.is_some();
+/// The images to publish: one from the command line, or each `[[image]]` of
+/// `--config`; tags checked against the OCI grammar.
+fn read_jobs(args: &PublishArgs, env: &Env, screen: &dyn Reporter) -> Result<Vec<Job>> {
     let jobs: Vec<Job> = match &args.config {
         Some(path) => publish::batch::read_config(path)
             .map_err(|e| UsageError(render_error(&anyhow::Error::new(e))))?
@@ -403,7 +397,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
             .collect(),
         None => vec![Job {
             repos: if args.repos.is_empty() {
-                default_repos(env, &*screen)?
+                default_repos(env, screen)?
             } else {
                 args.repos.clone()
             },
@@ -423,6 +417,55 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
             }
         }
     }
+
+    Ok(jobs)
+}
+
+/// `--format`: OCI, or Docker (gzip layers only; annotations dropped with a
+/// warning naming them).
+fn document_format(
+    args: &PublishArgs,
+    plan: &TagPlan,
+    jobs: &[Job],
+    screen: &dyn Reporter,
+) -> Result<crate::manifest::Format> {
+    Ok(match args.format {
+        FormatArg::Oci => crate::manifest::Format::Oci,
+        FormatArg::Docker => {
+            if args.compression != CompressionArg::Gzip {
+                bail!(UsageError(
+                    "`--format docker` needs gzip layers: Docker v2s2 manifests cannot cite others"
+                        .into()
+                ));
+            }
+            if !plan.annotations.is_empty() || jobs.iter().any(|j| !j.annotations.is_empty()) {
+                let mut keys: Vec<&str> = plan.annotations.keys().map(String::as_str).collect();
+                for job in jobs {
+                    keys.extend(job.annotations.keys().map(String::as_str));
+                }
+                keys.sort_unstable();
+                keys.dedup();
+                screen.on_notice(&format!(
+                    "warning: Docker manifest lists carry no annotations; dropping {}",
+                    keys.join(", ")
+                ));
+            }
+            crate::manifest::Format::Docker
+        }
+    })
+}
+
+async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) -> Result<()> {
+    let plan = resolve_plan(&args.tags, env, &SystemGit)?;
+    for warning in &plan.warnings {
+        screen.on_notice(&format!("warning: {warning}"));
+    }
+    for notice in &plan.notices {
+        screen.on_notice(&format!("notice: {notice}"));
+    }
+    plan.check_writable(args.dry_run)?;
+    let batch = args.config.is_some();
+    let jobs = read_jobs(&args, env, &*screen)?;
 
     // Every repository and every `docker://` source at once, so that a
     // password from stdin is read once and each registry gets one client.
@@ -452,30 +495,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
     .await?;
     let sources: publish::remote::SourceClients = Arc::new(clients);
 
-    let format = match args.format {
-        FormatArg::Oci => crate::manifest::Format::Oci,
-        FormatArg::Docker => {
-            if args.compression != CompressionArg::Gzip {
-                bail!(UsageError(
-                    "`--format docker` needs gzip layers: Docker v2s2 manifests cannot cite others"
-                        .into()
-                ));
-            }
-            if !plan.annotations.is_empty() || jobs.iter().any(|j| !j.annotations.is_empty()) {
-                let mut keys: Vec<&str> = plan.annotations.keys().map(String::as_str).collect();
-                for job in &jobs {
-                    keys.extend(job.annotations.keys().map(String::as_str));
-                }
-                keys.sort_unstable();
-                keys.dedup();
-                screen.on_notice(&format!(
-                    "warning: Docker manifest lists carry no annotations; dropping {}",
-                    keys.join(", ")
-                ));
-            }
-            crate::manifest::Format::Docker
-        }
-    };
+    let format = document_format(&args, &plan, &jobs, &*screen)?;
     let tally = Arc::new(Tally::new(screen.clone()));
     let reporter: Arc<dyn Reporter> = tally.clone();
     let spool_dir = args.spool_dir.clone().unwrap_or_else(std::env::temp_dir);
@@ -570,68 +590,16 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
         vec![publish::publish(request, reporter).await?]
     };
 
-    let mut stdout = std::io::stdout().lock();
-    let mut all = Vec::new();
-    for report in &reports {
-        let metadata = Metadata::new(
-            report,
-            plan.version.as_ref().map(|v| v.text.clone()),
-            tally.totals(),
-        );
-        if args.dry_run {
-            write!(stdout, "{}", dry_run_plan(report, &metadata))?;
-            continue;
-        }
-        for reference in &metadata.references {
-            writeln!(stdout, "{reference}")?;
-        }
-        all.push(metadata);
-    }
-    stdout.flush()?;
-    if args.dry_run {
-        return Ok(());
-    }
-    match all.as_slice() {
-        [single] if !batch => write_ci_outputs(single, args.metadata_file.as_ref(), env),
-        _ => write_batch_outputs(&all, args.metadata_file.as_ref(), env),
-    }
-}
-
-/// A batch's outputs: `images` (every `<repo>@<digest>`, one a line) for
-/// GitHub Actions, each image's summary, and a JSON array for
-/// `--metadata-file`; `digest` and `image` describe a single publish only.
-fn write_batch_outputs(all: &[Metadata], metadata_file: Option<&PathBuf>, env: &Env) -> Result<()> {
-    let append = |path: &str, text: &str| -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open `{path}`"))?;
-        f.write_all(text.as_bytes())
-            .with_context(|| format!("cannot write `{path}`"))
-    };
-    if let Some(path) = env.get(env::GITHUB_OUTPUT) {
-        let mut text = String::from("images<<MANIFOLD_EOF_IMAGES\n");
-        for m in all {
-            for reference in &m.references {
-                text.push_str(reference);
-                text.push('\n');
-            }
-        }
-        text.push_str("MANIFOLD_EOF_IMAGES\n");
-        append(path, &text)?;
-    }
-    if let Some(path) = env.get(env::GITHUB_STEP_SUMMARY) {
-        for m in all {
-            append(path, &m.step_summary())?;
-        }
-    }
-    if let Some(path) = metadata_file {
-        let json = serde_json::to_vec_pretty(all)?;
-        std::fs::write(path, json)
-            .with_context(|| format!("cannot write the metadata file `{}`", path.display()))?;
-    }
-    Ok(())
+    let version = plan.version.as_ref().map(|v| v.text.clone());
+    outputs::print_reports(
+        &reports,
+        version,
+        tally.totals(),
+        args.dry_run,
+        batch,
+        args.metadata_file.as_ref(),
+        env,
+    )
 }
 
 /// `$XDG_CACHE_HOME/manifold`, else `~/.cache/manifold`.
@@ -640,63 +608,6 @@ fn cache_dir(env: &Env) -> Option<PathBuf> {
         .map(PathBuf::from)
         .or_else(|| env.get(env::HOME).map(|h| PathBuf::from(h).join(".cache")))
         .map(|d| d.join("manifold"))
-}
-
-/// What `--dry-run` prints: what would be pushed where.
-fn dry_run_plan(report: &publish::Report, metadata: &Metadata) -> String {
-    use std::fmt::Write as _;
-    let mut out = String::from("dry run: nothing was written\n");
-    for image in &report.images {
-        let _ = writeln!(
-            out,
-            "image {} {} from {}",
-            image.platform, image.manifest.digest, image.input
-        );
-    }
-    let _ = writeln!(out, "index {}", report.index.digest);
-    if let Ok(index) = serde_json::from_slice::<crate::oci::ImageIndex>(&report.index.bytes) {
-        for (key, value) in &index.annotations {
-            let _ = writeln!(out, "annotation {key}={value}");
-        }
-    }
-    for d in &report.destinations {
-        let _ = writeln!(out, "destination {}@{}", d.destination, report.index.digest);
-        let _ = writeln!(out, "  tags {}", d.tags.join(" "));
-        for (tag, reason) in &d.withheld {
-            let _ = writeln!(out, "  withheld {tag}: {reason}");
-        }
-    }
-    let _ = writeln!(
-        out,
-        "blobs: {} bytes to upload, {} bytes already present",
-        metadata.totals.bytes_uploaded, metadata.totals.bytes_skipped
-    );
-    out
-}
-
-/// GitHub Actions outputs and summary, and `--metadata-file`.
-fn write_ci_outputs(metadata: &Metadata, metadata_file: Option<&PathBuf>, env: &Env) -> Result<()> {
-    let append = |path: &str, text: &str| -> Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .with_context(|| format!("cannot open `{path}`"))?;
-        f.write_all(text.as_bytes())
-            .with_context(|| format!("cannot write `{path}`"))
-    };
-    if let Some(path) = env.get(env::GITHUB_OUTPUT) {
-        append(path, &metadata.github_output())?;
-    }
-    if let Some(path) = env.get(env::GITHUB_STEP_SUMMARY) {
-        append(path, &metadata.step_summary())?;
-    }
-    if let Some(path) = metadata_file {
-        let json = serde_json::to_vec_pretty(metadata)?;
-        std::fs::write(path, json)
-            .with_context(|| format!("cannot write the metadata file `{}`", path.display()))?;
-    }
-    Ok(())
 }
 
 async fn run_tags(args: TagsArgs, env: &Env) -> Result<()> {
