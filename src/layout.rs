@@ -188,6 +188,52 @@ impl Layout {
         Ok((digest, size, true))
     }
 
+    /// Streams a blob whose digest is known into the layout (to a temp
+    /// name, renamed once the bytes hash to `expected`); returns its size
+    /// and false if it was already there. The stream is read chunk by
+    /// chunk, never held whole.
+    pub async fn write_blob_stream<S>(
+        &self,
+        expected: &Digest,
+        stream: S,
+    ) -> Result<(u64, bool), LayoutError>
+    where
+        S: futures::Stream<Item = io::Result<bytes::Bytes>> + Send,
+    {
+        use futures::TryStreamExt as _;
+        use tokio::io::AsyncWriteExt as _;
+        if self.has_blob(expected) {
+            let size = fs::metadata(self.blob_path(expected))
+                .map_err(self.io_err(format!("read blob `{expected}`")))?
+                .len();
+            return Ok((size, false));
+        }
+        let path = self.blob_path(expected);
+        let io_err = || self.io_err(format!("write blob `{expected}`"));
+        let parent = path.parent().expect("a blob path has a parent");
+        let tmp = tempfile::NamedTempFile::new_in(parent).map_err(io_err())?;
+        let file = tmp.as_file().try_clone().map_err(io_err())?;
+        let mut out = tokio::io::BufWriter::new(tokio::fs::File::from_std(file));
+        let mut hasher = crate::digest::Hasher::new();
+        futures::pin_mut!(stream);
+        while let Some(chunk) = stream.try_next().await.map_err(io_err())? {
+            hasher.update(&chunk);
+            out.write_all(&chunk).await.map_err(io_err())?;
+        }
+        out.flush().await.map_err(io_err())?;
+        drop(out);
+        let (actual, size) = hasher.finish();
+        if &actual != expected {
+            return Err(LayoutError::DigestMismatch {
+                dir: self.dir.clone(),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        tmp.persist(&path).map_err(|e| io_err()(e.error))?;
+        Ok((size, true))
+    }
+
     /// Writes a manifest or index as a blob (by digest; no tag).
     pub async fn put_manifest(&self, manifest: &RawManifest) -> Result<bool, LayoutError> {
         self.write_blob_bytes(&manifest.bytes)

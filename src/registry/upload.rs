@@ -95,7 +95,7 @@ impl BlobBody {
         Ok(match self.open().await? {
             BodySource::Bytes(b) => Box::pin(futures::stream::iter([Ok(b)])),
             BodySource::Spool(s) => Box::pin(s.stream()),
-            BodySource::Stream(s) => Box::pin(s),
+            BodySource::Stream(s) => Box::into_pin(s),
         })
     }
 
@@ -119,13 +119,13 @@ impl BlobBody {
                         reason: format!("the blob is {length} bytes, its descriptor says {size}"),
                     });
                 }
-                Ok(BodySource::Stream(Checked::new(
+                Ok(BodySource::Stream(Box::new(Checked::new(
                     Box::pin(stream),
                     url,
                     digest.clone(),
                     *size,
                     true,
-                )))
+                ))))
             }
             BlobBody::File { path, digest, size } => {
                 let url = Url::from_file_path(path)
@@ -135,13 +135,13 @@ impl BlobBody {
                     .await
                     .map_err(|e| file_error(path, e))?;
                 let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
-                Ok(BodySource::Stream(Checked::new(
+                Ok(BodySource::Stream(Box::new(Checked::new(
                     Box::pin(stream),
                     url,
                     digest.clone(),
                     *size,
                     false,
-                )))
+                ))))
             }
         }
     }
@@ -543,6 +543,7 @@ impl RegistryClient {
 
     /// Uploads `source` into `session` in `PATCH`es of `chunk` bytes (the
     /// last may be shorter), then commits with `PUT ?digest=`.
+    #[allow(clippy::too_many_arguments)]
     async fn upload_chunked(
         &self,
         repo: &str,
@@ -562,7 +563,7 @@ impl RegistryClient {
             BodySource::Bytes(b) => Box::pin(futures::stream::iter([Ok(b)])),
             BodySource::Spool(s) => Box::pin(s.stream()),
             // Checked: it ends with an error unless every byte was the blob's.
-            BodySource::Stream(s) => Box::pin(s),
+            BodySource::Stream(s) => Box::into_pin(s),
         };
         let mut buf = bytes::BytesMut::new();
         let mut ended = false;
@@ -844,7 +845,7 @@ enum BodySource {
     Bytes(Bytes),
     Spool(Spool),
     /// A remote or file blob, checked as it flows.
-    Stream(Checked),
+    Stream(Box<Checked>),
 }
 
 /// Appends `digest=` to a session URL, with `&` when it has a query.
@@ -983,5 +984,116 @@ mod tests {
             with_digest(&signed, &d).as_str(),
             format!("http://r/v2/a/blobs/uploads/u1?_state=abc%3D&digest={d}")
         );
+    }
+
+    fn checked(parts: &[&'static [u8]], digest: Digest, size: u64, remote: bool) -> Checked {
+        let items: Vec<std::io::Result<Bytes>> =
+            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Checked::new(
+            Box::pin(futures::stream::iter(items)),
+            Url::parse("http://127.0.0.1:1/v2/a/blobs/x").unwrap(),
+            digest,
+            size,
+            remote,
+        )
+    }
+
+    async fn drain(mut c: Checked) -> (Vec<u8>, Option<std::io::Error>, Option<SourceFailure>) {
+        let mut got = Vec::new();
+        let mut err = None;
+        while let Some(item) = c.try_next().await.transpose() {
+            match item {
+                Ok(b) => got.extend_from_slice(&b),
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(c.next().await.is_none(), "nothing after the end");
+        let failure = Checked::take_failure(&c.failure);
+        (got, err, failure)
+    }
+
+    use futures::StreamExt as _;
+
+    #[tokio::test]
+    async fn a_checked_source_passes_the_right_blob_and_stops_a_wrong_one() {
+        let blob: &'static [u8] = b"hello, layer";
+        let digest = Digest::of(blob);
+        let (got, err, failure) =
+            drain(checked(&[&blob[..5], &blob[5..]], digest.clone(), 12, true)).await;
+        assert_eq!(got, blob);
+        assert!(err.is_none() && failure.is_none());
+
+        // Same length, other bytes: the last chunk is held back.
+        let (got, err, failure) =
+            drain(checked(&[b"hello, ", b"LAYER"], digest.clone(), 12, true)).await;
+        assert_eq!(got, b"hello, ");
+        assert!(err.is_some());
+        let failure = failure.unwrap();
+        assert!(!failure.retry, "a wrong blob is not retried");
+        assert!(
+            matches!(&failure.error, RegistryError::DigestMismatch { expected, .. } if *expected == digest),
+            "{}",
+            failure.error
+        );
+
+        // Longer than its descriptor.
+        let (_, err, failure) = drain(checked(&[blob, b"!"], digest.clone(), 12, true)).await;
+        assert!(err.is_some());
+        assert!(failure
+            .unwrap()
+            .error
+            .to_string()
+            .contains("longer than its 12 bytes"));
+
+        // Shorter: a cut connection, retried for a registry, not for a file.
+        let (_, _, failure) = drain(checked(&[&blob[..4]], digest.clone(), 12, true)).await;
+        let failure = failure.unwrap();
+        assert!(failure.retry);
+        assert!(
+            failure
+                .error
+                .to_string()
+                .contains("ended after 4 of its 12 bytes"),
+            "{}",
+            failure.error
+        );
+        let (_, _, failure) = drain(checked(&[&blob[..4]], digest, 12, false)).await;
+        assert!(!failure.unwrap().retry);
+    }
+
+    #[tokio::test]
+    async fn a_file_body_is_read_and_checked_on_each_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, b"file blob").unwrap();
+        let body = BlobBody::File {
+            path: path.clone(),
+            digest: Digest::of(b"file blob"),
+            size: 9,
+        };
+        for _ in 0..2 {
+            let bytes: Vec<Bytes> = body
+                .open_stream()
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            assert_eq!(bytes.concat(), b"file blob");
+        }
+        std::fs::write(&path, b"file blub").unwrap();
+        let read: Result<Vec<Bytes>, _> = body.open_stream().await.unwrap().try_collect().await;
+        assert!(read
+            .unwrap_err()
+            .to_string()
+            .contains("sent content with digest"));
+        std::fs::remove_file(&path).unwrap();
+        let Err(e) = body.open_stream().await else {
+            panic!("a missing file opened")
+        };
+        assert!(format!("{:?}", e).contains("blob"), "{e:?}");
     }
 }
