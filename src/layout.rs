@@ -367,4 +367,49 @@ mod tests {
             "{err}"
         );
     }
+
+    #[tokio::test]
+    async fn streamed_blobs_are_checked_before_they_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::open_or_create(dir.path()).unwrap();
+        let chunks = || {
+            futures::stream::iter(
+                [&b"streamed "[..], &b"layer"[..]].map(|c| Ok(bytes::Bytes::from_static(c))),
+            )
+        };
+        let digest = Digest::of(b"streamed layer");
+        assert_eq!(
+            layout.write_blob_stream(&digest, chunks()).await.unwrap(),
+            (14, true)
+        );
+        assert_eq!(
+            fs::read(dir.path().join("blobs/sha256").join(digest.hex())).unwrap(),
+            b"streamed layer"
+        );
+        assert_eq!(
+            layout.write_blob_stream(&digest, chunks()).await.unwrap(),
+            (14, false),
+            "second write skipped"
+        );
+
+        // Another digest: refused, and nothing is left behind.
+        let other = Digest::of(b"another layer");
+        let err = layout
+            .write_blob_stream(&other, chunks())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LayoutError::DigestMismatch { .. }), "{err}");
+        // A failing stream: the same.
+        let failing = futures::stream::iter([
+            Ok(bytes::Bytes::from_static(b"part")),
+            Err(io::Error::other("the source broke off")),
+        ]);
+        let err = layout.write_blob_stream(&other, failing).await.unwrap_err();
+        assert!(matches!(err, LayoutError::Io { .. }), "{err}");
+        let names: Vec<_> = fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from(digest.hex())]);
+    }
 }

@@ -13,7 +13,9 @@
 //!
 //! Redirects are followed by hand, for GET and HEAD only, and
 //! `Authorization` is attached only to URLs on the registry's own origin, so
-//! credentials never follow a blob to object storage. Blob uploads live in
+//! credentials never follow a blob to object storage. A blob of any size is
+//! read as a stream (`get_blob_stream`, no total timeout), so a layer copied
+//! between registries is never held whole. Blob uploads live in
 //! `upload.rs`; which blobs to push, and in what order, is the caller's
 //! business.
 

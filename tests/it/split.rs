@@ -10,7 +10,9 @@ use manifold::digest::Digest;
 use manifold::oci::{ImageIndex, ImageManifest};
 
 use manifold::reference::Registry;
-use manifold::registry::{BlobBody, ClientOptions, Credentials, RegistryClient, RegistryError};
+use manifold::registry::{
+    BlobBody, ClientOptions, Credentials, RegistryClient, RegistryError, Secret,
+};
 
 use crate::harness::{Auth, FaultProxy, FaultRates, QuirkServer, TestRegistry};
 use crate::publish::{testdata, Run};
@@ -869,4 +871,59 @@ async fn a_source_serving_other_bytes_fails_the_copy_clearly() {
         .filter(|l| l.starts_with("GET /v2/acme/liar/blobs/"))
         .count();
     assert_eq!(gets, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_redirecting_to_storage_is_followed_without_credentials() {
+    let blob = b"a layer kept in object storage".to_vec();
+    let digest = Digest::of(&blob);
+    let stored = blob.clone();
+    let storage = QuirkServer::start(move |_| (200, Vec::new(), stored.clone()));
+    let location = format!("http://{}/bucket/blob?X-Sig=abc", storage.host());
+    let source = QuirkServer::start(move |req| match req.authorization {
+        None => (
+            401,
+            vec![("WWW-Authenticate".into(), "Basic realm=\"src\"".into())],
+            Vec::new(),
+        ),
+        Some(_) if req.method == "GET" && req.target.contains("/blobs/") => {
+            (307, vec![("Location".into(), location.clone())], Vec::new())
+        }
+        Some(_) => (200, Vec::new(), Vec::new()),
+    });
+    let creds = Credentials::basic("tester", Secret::new("s3cret-pass"), "test");
+    let target = TestRegistry::start(Auth::None);
+    let body = BlobBody::Remote {
+        client: source.client_with(creds),
+        repo: "acme/src".into(),
+        digest: digest.clone(),
+        size: blob.len() as u64,
+    };
+    let outcome = target
+        .client()
+        .upload_blob("acme/dest", body, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(outcome.digest(), &digest);
+    assert!(target
+        .client()
+        .blob_exists("acme/dest", &digest)
+        .await
+        .unwrap());
+    let fetched = storage.requests.lock().unwrap().clone();
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(fetched[0].target, "/bucket/blob?X-Sig=abc");
+    assert_eq!(
+        fetched[0].authorization, None,
+        "credentials followed the redirect"
+    );
+    assert!(
+        source
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.target.contains("/blobs/") && r.authorization.is_some()),
+        "the registry itself got the credentials"
+    );
 }
