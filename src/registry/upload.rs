@@ -128,8 +128,11 @@ impl BlobBody {
                 ))))
             }
             BlobBody::File { path, digest, size } => {
-                let url = Url::from_file_path(path)
-                    .or_else(|()| Url::parse("file:///"))
+                // For messages: the file's full path as a `file:` URL.
+                let url = std::path::absolute(path)
+                    .ok()
+                    .and_then(|p| Url::from_file_path(p).ok())
+                    .or_else(|| Url::parse("file:///").ok())
                     .expect("`file:///` is a URL");
                 let file = tokio::fs::File::open(path)
                     .await
