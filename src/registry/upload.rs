@@ -414,6 +414,9 @@ impl RegistryClient {
         let (session, min_chunk) = self.start_session(repo).await?;
         // The digest may have become known since the HEAD (or a failed try).
         let known = body.known();
+        // Opened before this registry's jobs permit is taken (in
+        // `send_body`), never while holding one: the source may be this
+        // same client, whose GET needs a permit too.
         let source = body.open().await?;
         let failure = match &source {
             BodySource::Stream(s) => Some(s.failure.clone()),
