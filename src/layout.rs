@@ -188,6 +188,52 @@ impl Layout {
         Ok((digest, size, true))
     }
 
+    /// Streams a blob whose digest is known into the layout (to a temp
+    /// name, renamed once the bytes hash to `expected`); returns its size
+    /// and false if it was already there. The stream is read chunk by
+    /// chunk, never held whole.
+    pub async fn write_blob_stream<S>(
+        &self,
+        expected: &Digest,
+        stream: S,
+    ) -> Result<(u64, bool), LayoutError>
+    where
+        S: futures::Stream<Item = io::Result<bytes::Bytes>> + Send,
+    {
+        use futures::TryStreamExt as _;
+        use tokio::io::AsyncWriteExt as _;
+        if self.has_blob(expected) {
+            let size = fs::metadata(self.blob_path(expected))
+                .map_err(self.io_err(format!("read blob `{expected}`")))?
+                .len();
+            return Ok((size, false));
+        }
+        let path = self.blob_path(expected);
+        let io_err = || self.io_err(format!("write blob `{expected}`"));
+        let parent = path.parent().expect("a blob path has a parent");
+        let tmp = tempfile::NamedTempFile::new_in(parent).map_err(io_err())?;
+        let file = tmp.as_file().try_clone().map_err(io_err())?;
+        let mut out = tokio::io::BufWriter::new(tokio::fs::File::from_std(file));
+        let mut hasher = crate::digest::Hasher::new();
+        futures::pin_mut!(stream);
+        while let Some(chunk) = stream.try_next().await.map_err(io_err())? {
+            hasher.update(&chunk);
+            out.write_all(&chunk).await.map_err(io_err())?;
+        }
+        out.flush().await.map_err(io_err())?;
+        drop(out);
+        let (actual, size) = hasher.finish();
+        if &actual != expected {
+            return Err(LayoutError::DigestMismatch {
+                dir: self.dir.clone(),
+                expected: expected.clone(),
+                actual,
+            });
+        }
+        tmp.persist(&path).map_err(|e| io_err()(e.error))?;
+        Ok((size, true))
+    }
+
     /// Writes a manifest or index as a blob (by digest; no tag).
     pub async fn put_manifest(&self, manifest: &RawManifest) -> Result<bool, LayoutError> {
         self.write_blob_bytes(&manifest.bytes)
@@ -320,5 +366,50 @@ mod tests {
             err.to_string().contains("is not an OCI image layout"),
             "{err}"
         );
+    }
+
+    #[tokio::test]
+    async fn streamed_blobs_are_checked_before_they_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::open_or_create(dir.path()).unwrap();
+        let chunks = || {
+            futures::stream::iter(
+                [&b"streamed "[..], &b"layer"[..]].map(|c| Ok(bytes::Bytes::from_static(c))),
+            )
+        };
+        let digest = Digest::of(b"streamed layer");
+        assert_eq!(
+            layout.write_blob_stream(&digest, chunks()).await.unwrap(),
+            (14, true)
+        );
+        assert_eq!(
+            fs::read(dir.path().join("blobs/sha256").join(digest.hex())).unwrap(),
+            b"streamed layer"
+        );
+        assert_eq!(
+            layout.write_blob_stream(&digest, chunks()).await.unwrap(),
+            (14, false),
+            "second write skipped"
+        );
+
+        // Another digest: refused, and nothing is left behind.
+        let other = Digest::of(b"another layer");
+        let err = layout
+            .write_blob_stream(&other, chunks())
+            .await
+            .unwrap_err();
+        assert!(matches!(err, LayoutError::DigestMismatch { .. }), "{err}");
+        // A failing stream: the same.
+        let failing = futures::stream::iter([
+            Ok(bytes::Bytes::from_static(b"part")),
+            Err(io::Error::other("the source broke off")),
+        ]);
+        let err = layout.write_blob_stream(&other, failing).await.unwrap_err();
+        assert!(matches!(err, LayoutError::Io { .. }), "{err}");
+        let names: Vec<_> = fs::read_dir(dir.path().join("blobs/sha256"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from(digest.hex())]);
     }
 }

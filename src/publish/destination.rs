@@ -124,6 +124,48 @@ impl Destination {
         Ok(digest)
     }
 
+    /// Puts a blob that already exists elsewhere (another registry's, or a
+    /// file) and whose digest and size are known: streamed from its source
+    /// into the registry or the layout's blob file, checked against the
+    /// digest on the way, never held whole or spooled. A dry run only
+    /// reports it.
+    pub async fn push_stream(&self, body: BlobBody, reporter: &dyn Reporter) -> Result<Digest> {
+        let name = self.to_string();
+        let (digest, size) = match &body {
+            BlobBody::Remote { digest, size, .. } | BlobBody::File { digest, size, .. } => {
+                (digest.clone(), *size)
+            }
+            BlobBody::Bytes(_) | BlobBody::Spool(_) => {
+                anyhow::bail!("push_stream takes a remote or file blob")
+            }
+        };
+        let (digest, size, outcome) = match self {
+            Destination::Registry { client, repository } => {
+                let progress = |n: i64| reporter.on_upload_progress(&name, n);
+                let outcome = client
+                    .upload_blob(&repository.path, body, &progress)
+                    .await
+                    .with_context(|| format!("cannot copy layer `{digest}` to `{repository}`"))?;
+                from_upload(outcome)
+            }
+            Destination::Layout(layout) => {
+                if layout.has_blob(&digest) {
+                    (digest, size, BlobOutcome::AlreadyPresent)
+                } else {
+                    let stream = body
+                        .open_stream()
+                        .await
+                        .with_context(|| format!("cannot read layer `{digest}`"))?;
+                    let (size, written) = layout.write_blob_stream(&digest, stream).await?;
+                    (digest, size, written_outcome(written))
+                }
+            }
+            Destination::DryRun(inner) => Self::planned(inner, digest, size).await?,
+        };
+        reporter.on_blob_done(&name, &digest, size, outcome);
+        Ok(digest)
+    }
+
     /// Mounts `digest` from `source` (a repository of the same registry that
     /// has it) into this destination; uploads from `spool` when the registry
     /// declines or the two are not on one registry.

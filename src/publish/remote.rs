@@ -10,13 +10,13 @@
 //! mounts it from there; only then are bytes copied. An index brings in each
 //! of its image children with the platform it lists.
 //!
-//! Limits: the registry client has no streaming blob GET yet, so a layer
-//! copied across registries is fetched into memory, capped at
-//! [`MAX_COPY_IN_MEMORY`] and one blob at a time in the whole process (a
-//! streamed GET → PUT needs `RegistryClient` support); layout blobs go
-//! through a spool file. Manifests of the other family than the index
-//! (Docker v2s2 in an OCI index, OCI under `--format docker`) are refused
-//! rather than mixed.
+//! Bytes are streamed, never held whole nor spooled: a registry's blob goes
+//! GET → PUT ([`BlobBody::Remote`], GET again on each try of the upload), a
+//! layout's blob from its file ([`BlobBody::File`]), hashed on the way and
+//! refused when it is not its digest's. Concurrency is bounded by each
+//! registry client's `--jobs` cap. Manifests of the other family than the
+//! index (Docker v2s2 in an OCI index, OCI under `--format docker`) are
+//! refused rather than mixed.
 //!
 //! Tags and the index are `publish`'s business; this module returns the
 //! per-architecture images as [`PublishedImage`]s.
@@ -30,14 +30,13 @@ use bytes::Bytes;
 
 use crate::digest::Digest;
 use crate::input::InputSpec;
-use crate::layer::spool;
 use crate::manifest::Format;
 use crate::oci::{
     self, ConfigSummary, Descriptor, ImageIndex, ImageManifest, Platform, RawManifest,
 };
 use crate::progress::{BlobOutcome, Reporter};
 use crate::reference::{Reference, Repository};
-use crate::registry::RegistryClient;
+use crate::registry::{BlobBody, RegistryClient};
 
 use super::destination::Destination;
 use super::image::PublishedImage;
@@ -48,13 +47,6 @@ pub type SourceClients = Arc<HashMap<String, RegistryClient>>;
 
 /// Image configs larger than this are refused (real ones are kilobytes).
 pub const MAX_CONFIG_BYTES: u64 = 8 << 20;
-
-/// A blob copied across registries is held in memory up to this size.
-pub const MAX_COPY_IN_MEMORY: u64 = 512 << 20;
-
-/// One in-memory cross-registry copy at a time, so memory stays bounded by
-/// [`MAX_COPY_IN_MEMORY`] however many blobs and images are in flight.
-static IN_MEMORY_COPIES: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
 
 /// Annotation marking an index child as an attestation, not an image.
 const REFERENCE_TYPE: &str = "vnd.docker.reference.type";
@@ -109,7 +101,7 @@ pub enum RemoteError {
     #[error("`{reference}`: the image config names no architecture\nhint: give the platform before the input, as in `linux/amd64=docker://{reference}`")]
     NoPlatform { reference: String },
 
-    #[error("blob `{digest}` of `{reference}` is {size} bytes, more than the {limit} bytes copied across registries in memory\nhint: copy it within one registry (it is then mounted), or with `skopeo copy` first")]
+    #[error("blob `{digest}` of `{reference}` is {size} bytes, more than the {limit} bytes a config or manifest may have")]
     TooLarge {
         reference: String,
         digest: Digest,
@@ -132,7 +124,8 @@ pub enum ImageSource {
         client: RegistryClient,
         repository: Repository,
     },
-    /// An OCI image layout directory; blobs are its files.
+    /// An OCI image layout directory; blobs are its files, streamed from
+    /// there (`spool_dir` is no longer needed for them).
     Layout { dir: PathBuf, spool_dir: PathBuf },
 }
 
@@ -223,52 +216,21 @@ impl ImageSource {
         Ok(bytes)
     }
 
-    /// A layer's bytes for a destination that lacks it: a spool copied from
-    /// the layout's file, or (registry) the blob in memory, capped.
-    async fn fetch(&self, descriptor: &Descriptor) -> Result<Fetched> {
+    /// A layer's bytes for a destination that lacks it, as a body read
+    /// anew on each try: a GET of the source registry, or the layout's file.
+    fn body(&self, descriptor: &Descriptor) -> BlobBody {
         match self {
-            ImageSource::Registry { .. } => {
-                if descriptor.size > MAX_COPY_IN_MEMORY {
-                    return Err(RemoteError::TooLarge {
-                        reference: self.to_string(),
-                        digest: descriptor.digest.clone(),
-                        size: descriptor.size,
-                        limit: MAX_COPY_IN_MEMORY,
-                    }
-                    .into());
-                }
-                Ok(Fetched::Bytes(
-                    self.small_blob(&descriptor.digest, MAX_COPY_IN_MEMORY)
-                        .await?,
-                ))
-            }
-            ImageSource::Layout { dir, spool_dir } => {
-                let path = Self::blob_path(dir, &descriptor.digest);
-                let (spool_dir, expected) = (spool_dir.clone(), descriptor.digest.clone());
-                let reference = self.to_string();
-                let spool = tokio::task::spawn_blocking(move || -> Result<spool::Spool> {
-                    let mut file = std::fs::File::open(&path)
-                        .with_context(|| format!("cannot open blob `{}`", path.display()))?;
-                    let (mut writer, spool) = spool::create(&spool_dir).with_context(|| {
-                        format!("cannot create a spool file in `{}`", spool_dir.display())
-                    })?;
-                    std::io::copy(&mut file, &mut writer)
-                        .with_context(|| format!("cannot read blob `{}`", path.display()))?;
-                    let (actual, _) = writer.finish();
-                    if actual != expected {
-                        return Err(RemoteError::DigestMismatch {
-                            reference,
-                            digest: expected,
-                            actual,
-                        }
-                        .into());
-                    }
-                    Ok(spool)
-                })
-                .await
-                .context("a blob reader panicked")??;
-                Ok(Fetched::Spool(spool))
-            }
+            ImageSource::Registry { client, repository } => BlobBody::Remote {
+                client: client.clone(),
+                repo: repository.path.clone(),
+                digest: descriptor.digest.clone(),
+                size: descriptor.size,
+            },
+            ImageSource::Layout { dir, .. } => BlobBody::File {
+                path: Self::blob_path(dir, &descriptor.digest),
+                digest: descriptor.digest.clone(),
+                size: descriptor.size,
+            },
         }
     }
 }
@@ -285,11 +247,6 @@ impl InFlight {
             Err(_) => Arc::default(),
         }
     }
-}
-
-enum Fetched {
-    Bytes(Bytes),
-    Spool(spool::Spool),
 }
 
 /// The image manifest type an index of `format` may list, and the error for
@@ -576,15 +533,13 @@ async fn copy_image(
 async fn copy_blob(
     source: &ImageSource,
     descriptor: Descriptor,
-    mut bytes: Option<Bytes>,
+    bytes: Option<Bytes>,
     destinations: &[Destination],
     reporter: &dyn Reporter,
 ) -> Result<()> {
     let digest = &descriptor.digest;
     // Repositories known to hold the blob, for mounts.
     let mut holders: Vec<Repository> = Vec::new();
-    let mut spooled: Option<spool::Spool> = None;
-    let mut permit = None;
     if let ImageSource::Registry { repository, .. } = source {
         holders.push(repository.clone());
     }
@@ -621,28 +576,15 @@ async fn copy_blob(
             reporter.on_blob_done(&name, digest, descriptor.size, BlobOutcome::Planned);
             continue;
         }
-        // Bytes are needed: fetch once, push to each destination that lacks them.
-        if bytes.is_none() && spooled.is_none() {
-            if let ImageSource::Registry { .. } = source {
-                // Held until the last destination has the bytes.
-                permit = Some(
-                    IN_MEMORY_COPIES
-                        .acquire()
-                        .await
-                        .context("the blob copies were stopped")?,
-                );
+        // Bytes are needed: a config is in memory already; a layer streams
+        // from the source into each destination that lacks it.
+        let pushed = match &bytes {
+            Some(b) => destination.push_bytes(b.clone(), reporter).await?,
+            None => {
+                destination
+                    .push_stream(source.body(&descriptor), reporter)
+                    .await?
             }
-            match source.fetch(&descriptor).await? {
-                Fetched::Bytes(b) => bytes = Some(b),
-                Fetched::Spool(s) => spooled = Some(s),
-            }
-        }
-        let pushed = if let Some(b) = &bytes {
-            destination.push_bytes(b.clone(), reporter).await?
-        } else if let Some(s) = &spooled {
-            destination.push_spool(s.clone(), reporter).await?
-        } else {
-            anyhow::bail!("blob `{digest}` of `{source}` could not be fetched");
         };
         if &pushed != digest {
             return Err(RemoteError::DigestMismatch {
@@ -656,7 +598,6 @@ async fn copy_blob(
             holders.push(repository.clone());
         }
     }
-    drop(permit);
     Ok(())
 }
 

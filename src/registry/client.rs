@@ -13,7 +13,9 @@
 //!
 //! Redirects are followed by hand, for GET and HEAD only, and
 //! `Authorization` is attached only to URLs on the registry's own origin, so
-//! credentials never follow a blob to object storage. Blob uploads live in
+//! credentials never follow a blob to object storage. A blob of any size is
+//! read as a stream (`get_blob_stream`, no total timeout), so a layer copied
+//! between registries is never held whole. Blob uploads live in
 //! `upload.rs`; which blobs to push, and in what order, is the caller's
 //! business.
 
@@ -145,6 +147,9 @@ pub(super) struct Req {
     pub scopes: Vec<String>,
     /// Whether `send` retries it (idempotent requests only).
     pub retry: bool,
+    /// A blob GET whose body is streamed by the caller: no total timeout,
+    /// which would cut a large layer that takes minutes to read.
+    pub streamed: bool,
 }
 
 impl Req {
@@ -156,6 +161,7 @@ impl Req {
             headers: HeaderMap::new(),
             body: None,
             scopes,
+            streamed: false,
         }
     }
 
@@ -508,8 +514,10 @@ impl RegistryClient {
             .inner
             .http
             .request(req.method.clone(), req.url.clone())
-            .timeout(self.inner.timeout)
             .headers(req.headers.clone());
+        if !req.streamed {
+            rb = rb.timeout(self.inner.timeout);
+        }
         if let Some(a) = authorization {
             rb = rb.header(AUTHORIZATION, a);
         }
@@ -672,6 +680,37 @@ impl RegistryClient {
             });
         }
         Ok(body)
+    }
+
+    /// A blob of any size as a stream of its bytes, and its length when the
+    /// registry says it. Redirects (object storage) are followed without
+    /// `Authorization` on another origin, and the request is retried like
+    /// any GET until the body starts; after that, a failure is an error item
+    /// of the stream and the caller retries as a whole (see `upload.rs`).
+    /// The bytes are not checked against `digest` here: the caller hashes
+    /// them as they flow.
+    pub async fn get_blob_stream(
+        &self,
+        repo: &str,
+        digest: &Digest,
+    ) -> Result<
+        (
+            impl futures::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+            Option<u64>,
+        ),
+        RegistryError,
+    > {
+        use futures::TryStreamExt as _;
+        let url = self.url(&format!("{repo}/blobs/{digest}"));
+        let mut req = Req::new(Method::GET, url.clone(), Self::push_scopes(repo));
+        req.streamed = true;
+        let resp = self.send(req).await?;
+        if !resp.status().is_success() {
+            return Err(self.status_error(&Method::GET, &url, resp).await);
+        }
+        let length = resp.content_length();
+        let stream = resp.bytes_stream().map_err(std::io::Error::other);
+        Ok((stream, length))
     }
 
     /// `HEAD` a manifest by tag or digest: its descriptor, or `None`.

@@ -13,18 +13,32 @@
 //! memory, never the blob, so a chunk the registry took only part of (its
 //! `Range` on a 202 or 416 says so) is finished from where it stands.
 //!
+//! Blobs that already exist elsewhere stream straight through, with no temp
+//! file and never more than one chunk in memory: [`BlobBody::Remote`] (a
+//! blob of another registry, GET → PUT) and [`BlobBody::File`] (a file, such
+//! as an OCI layout's blob). Their digest and size are known, so they take
+//! the monolithic path (one `PUT ?digest=` with `Content-Length`) or the
+//! chunked one. What flows through is hashed and counted, and a source that
+//! serves other bytes than its digest fails the upload clearly (before the
+//! registry's own check on the final `PUT`).
+//!
 //! A failed upload is retried as a unit, with a new session, by reading the
-//! spool again from the start: a streamed body cannot be replayed request by
+//! spool (or GETting the source blob, or reopening the file) again from the
+//! start: a streamed body cannot be replayed request by
 //! request, and after a cut request distribution's session state (`_state`,
 //! which carries the offset) no longer matches what it stored, so that
 //! session cannot be resumed. The wait honours `Retry-After`. Progress is
 //! reported as bytes sent; a failed try takes its bytes back with a negative
 //! count.
 
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{FutureExt as _, TryStreamExt as _};
+use futures::{FutureExt as _, Stream, TryStreamExt as _};
 use reqwest::header::{HeaderMap, HeaderValue, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, RANGE};
 use reqwest::{Method, Response, StatusCode};
 use url::Url;
@@ -43,6 +57,278 @@ pub enum BlobBody {
     Bytes(Bytes),
     /// A spool, finished or still being written.
     Spool(Spool),
+    /// A blob of another registry (or repository), streamed from a GET on
+    /// each try.
+    Remote {
+        client: RegistryClient,
+        repo: String,
+        digest: Digest,
+        size: u64,
+    },
+    /// A file holding the blob, reopened on each try.
+    File {
+        path: PathBuf,
+        digest: Digest,
+        size: u64,
+    },
+}
+
+impl BlobBody {
+    /// Digest and size when known before reading.
+    fn known(&self) -> Option<(Digest, u64)> {
+        match self {
+            BlobBody::Bytes(b) => Some((Digest::of(b), b.len() as u64)),
+            BlobBody::Spool(s) => s.finished(),
+            BlobBody::Remote { digest, size, .. } | BlobBody::File { digest, size, .. } => {
+                Some((digest.clone(), *size))
+            }
+        }
+    }
+
+    /// Opens a remote or file body as a checked stream of its bytes: an
+    /// error item ends it when the source fails, or when the bytes do not
+    /// hash to the digest or count to the size. Other bodies are opened as
+    /// themselves.
+    pub async fn open_stream(
+        &self,
+    ) -> Result<Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>, RegistryError> {
+        Ok(match self.open().await? {
+            BodySource::Bytes(b) => Box::pin(futures::stream::iter([Ok(b)])),
+            BodySource::Spool(s) => Box::pin(s.stream()),
+            BodySource::Stream(s) => Box::into_pin(s),
+        })
+    }
+
+    /// What one try reads from.
+    async fn open(&self) -> Result<BodySource, RegistryError> {
+        match self {
+            BlobBody::Bytes(b) => Ok(BodySource::Bytes(b.clone())),
+            BlobBody::Spool(s) => Ok(BodySource::Spool(s.clone())),
+            BlobBody::Remote {
+                client,
+                repo,
+                digest,
+                size,
+            } => {
+                let url = client.url(&format!("{repo}/blobs/{digest}"));
+                let (stream, length) = client.get_blob_stream(repo, digest).await?;
+                if let Some(length) = length.filter(|l| l != size) {
+                    return Err(RegistryError::Protocol {
+                        method: "GET".into(),
+                        url: RedactedUrl::new(&url),
+                        reason: format!("the blob is {length} bytes, its descriptor says {size}"),
+                    });
+                }
+                Ok(BodySource::Stream(Box::new(Checked::new(
+                    Box::pin(stream),
+                    url,
+                    digest.clone(),
+                    *size,
+                    true,
+                ))))
+            }
+            BlobBody::File { path, digest, size } => {
+                // For messages: the file's full path as a `file:` URL.
+                let url = std::path::absolute(path)
+                    .ok()
+                    .and_then(|p| Url::from_file_path(p).ok())
+                    .or_else(|| Url::parse("file:///").ok())
+                    .expect("`file:///` is a URL");
+                let file = tokio::fs::File::open(path)
+                    .await
+                    .map_err(|e| file_error(path, e))?;
+                let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+                Ok(BodySource::Stream(Box::new(Checked::new(
+                    Box::pin(stream),
+                    url,
+                    digest.clone(),
+                    *size,
+                    false,
+                ))))
+            }
+        }
+    }
+}
+
+fn file_error(path: &std::path::Path, e: std::io::Error) -> RegistryError {
+    RegistryError::Spool(std::io::Error::new(
+        e.kind(),
+        format!("`{}`: {e}", path.display()),
+    ))
+}
+
+/// A source stream that counts and hashes what flows through and ends with
+/// an error when the source fails or its bytes are not the blob. The error
+/// itself is kept in `failure` for the uploader: once inside a request body
+/// it reaches reqwest only as text.
+struct Checked {
+    inner: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>,
+    url: Url,
+    digest: Digest,
+    size: u64,
+    /// `None` once the last byte was counted and checked.
+    hasher: Option<crate::digest::Hasher>,
+    /// Ended, by the source or by an error item: nothing more is yielded.
+    ended: bool,
+    failure: Arc<Mutex<Option<SourceFailure>>>,
+    /// A registry source: a read failure is worth another try.
+    remote: bool,
+}
+
+/// Why a checked source stream ended early.
+struct SourceFailure {
+    error: RegistryError,
+    /// A source that broke off mid-body (a new GET may succeed); a wrong
+    /// blob or an unreadable file is final.
+    retry: bool,
+}
+
+impl Checked {
+    fn new(
+        inner: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>,
+        url: Url,
+        digest: Digest,
+        size: u64,
+        remote: bool,
+    ) -> Checked {
+        Checked {
+            inner,
+            url,
+            digest,
+            size,
+            hasher: Some(crate::digest::Hasher::new()),
+            ended: false,
+            failure: Arc::default(),
+            remote,
+        }
+    }
+
+    fn fail(&mut self, error: RegistryError, retry: bool) -> std::io::Error {
+        let text = error.to_string();
+        self.ended = true;
+        if let Ok(mut slot) = self.failure.lock() {
+            slot.get_or_insert(SourceFailure { error, retry });
+        }
+        std::io::Error::new(std::io::ErrorKind::InvalidData, text)
+    }
+
+    /// The failure that ended the stream, if any.
+    fn take_failure(slot: &Mutex<Option<SourceFailure>>) -> Option<SourceFailure> {
+        slot.lock().ok()?.take()
+    }
+}
+
+impl Checked {
+    /// Checks the whole blob once its last byte is in: before that byte is
+    /// passed on, so a request with a `Content-Length` never completes with
+    /// a wrong blob (hyper may stop polling once the length is reached).
+    fn verify(&mut self, hasher: crate::digest::Hasher) -> Result<(), std::io::Error> {
+        let (actual, _) = hasher.finish();
+        if actual != self.digest {
+            let error = RegistryError::DigestMismatch {
+                url: RedactedUrl::new(&self.url),
+                expected: self.digest.clone(),
+                actual,
+            };
+            return Err(self.fail(error, false));
+        }
+        Ok(())
+    }
+}
+
+impl Stream for Checked {
+    type Item = std::io::Result<Bytes>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if this.ended {
+            return Poll::Ready(None);
+        }
+        match this.inner.as_mut().poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Some(Ok(chunk))) if chunk.is_empty() => Poll::Ready(Some(Ok(chunk))),
+            Poll::Ready(Some(Ok(chunk))) => {
+                let Some(hasher) = this.hasher.as_mut() else {
+                    // Bytes after the last one the descriptor counts.
+                    let error = RegistryError::Protocol {
+                        method: "GET".into(),
+                        url: RedactedUrl::new(&this.url),
+                        reason: format!("the blob is longer than its {} bytes", this.size),
+                    };
+                    return Poll::Ready(Some(Err(this.fail(error, false))));
+                };
+                hasher.update(&chunk);
+                let len = hasher.len();
+                if len > this.size {
+                    let error = RegistryError::Protocol {
+                        method: "GET".into(),
+                        url: RedactedUrl::new(&this.url),
+                        reason: format!("the blob is longer than its {} bytes", this.size),
+                    };
+                    return Poll::Ready(Some(Err(this.fail(error, false))));
+                }
+                if len == this.size {
+                    if let Some(hasher) = this.hasher.take() {
+                        if let Err(e) = this.verify(hasher) {
+                            return Poll::Ready(Some(Err(e)));
+                        }
+                    }
+                }
+                Poll::Ready(Some(Ok(chunk)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                let url = RedactedUrl::new(&this.url);
+                let http = e.get_ref().is_some_and(|i| i.is::<reqwest::Error>());
+                let error = match e.into_inner().map(|b| b.downcast::<reqwest::Error>()) {
+                    Some(Ok(re)) if http => RegistryError::Transport {
+                        method: "GET".into(),
+                        url,
+                        attempts: 1,
+                        source: *re,
+                    },
+                    Some(Ok(re)) => {
+                        RegistryError::Spool(std::io::Error::other(format!("`{url}`: {re}")))
+                    }
+                    Some(Err(other)) => {
+                        RegistryError::Spool(std::io::Error::other(format!("`{url}`: {other}")))
+                    }
+                    None => RegistryError::Spool(std::io::Error::other(format!(
+                        "`{url}`: the read failed"
+                    ))),
+                };
+                // A registry that breaks off may serve the blob on a new GET;
+                // a file that cannot be read will not be readable next time.
+                let retry = this.remote;
+                Poll::Ready(Some(Err(this.fail(error, retry))))
+            }
+            Poll::Ready(None) => {
+                this.ended = true;
+                match this.hasher.take() {
+                    // The whole blob was seen (and checked) already.
+                    None => Poll::Ready(None),
+                    // An empty blob is checked here.
+                    Some(h) if this.size == 0 => match this.verify(h) {
+                        Ok(()) => Poll::Ready(None),
+                        Err(e) => Poll::Ready(Some(Err(e))),
+                    },
+                    Some(h) => {
+                        let error = RegistryError::Protocol {
+                            method: "GET".into(),
+                            url: RedactedUrl::new(&this.url),
+                            reason: format!(
+                                "the blob ended after {} of its {} bytes",
+                                h.len(),
+                                this.size
+                            ),
+                        };
+                        // A short body from a registry is a cut connection.
+                        let retry = this.remote;
+                        Poll::Ready(Some(Err(this.fail(error, retry))))
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// What happened to a blob.
@@ -74,11 +360,7 @@ impl RegistryClient {
         body: BlobBody,
         on_progress: &(dyn Fn(i64) + Send + Sync),
     ) -> Result<UploadOutcome, RegistryError> {
-        let known = match &body {
-            BlobBody::Bytes(b) => Some((Digest::of(b), b.len() as u64)),
-            BlobBody::Spool(s) => s.finished(),
-        };
-        if let Some((digest, size)) = &known {
+        if let Some((digest, size)) = &body.known() {
             if self.blob_exists(repo, digest).await? {
                 return Ok(UploadOutcome::AlreadyPresent {
                     digest: digest.clone(),
@@ -91,8 +373,9 @@ impl RegistryClient {
         let mut fell_back = false;
         loop {
             let mut sent = 0u64;
+            let mut source_cut = false;
             let result = self
-                .upload_once(repo, &body, chunk, on_progress, &mut sent)
+                .upload_once(repo, &body, chunk, on_progress, &mut sent, &mut source_cut)
                 .await;
             match result {
                 Ok(outcome) => return Ok(outcome),
@@ -100,7 +383,7 @@ impl RegistryClient {
                     if sent > 0 {
                         on_progress(-(sent as i64));
                     }
-                    if e.is_transient() {
+                    if e.is_transient() || source_cut {
                         if let Some(delay) = retry.next_delay(e.retry_after()) {
                             tracing::debug!(error = %e, ?delay, "retrying the upload with a new session");
                             tokio::time::sleep(delay).await;
@@ -126,22 +409,48 @@ impl RegistryClient {
         chunk: Option<u64>,
         on_progress: &(dyn Fn(i64) + Send + Sync),
         sent: &mut u64,
+        source_cut: &mut bool,
     ) -> Result<UploadOutcome, RegistryError> {
         let (session, min_chunk) = self.start_session(repo).await?;
         // The digest may have become known since the HEAD (or a failed try).
-        let (known, source) = match body {
-            BlobBody::Bytes(b) => (
-                Some((Digest::of(b), b.len() as u64)),
-                BodySource::Bytes(b.clone()),
-            ),
-            BlobBody::Spool(s) => (s.finished(), BodySource::Spool(s.clone())),
+        let known = body.known();
+        // Opened before this registry's jobs permit is taken (in
+        // `send_body`), never while holding one: the source may be this
+        // same client, whose GET needs a permit too.
+        let source = body.open().await?;
+        let failure = match &source {
+            BodySource::Stream(s) => Some(s.failure.clone()),
+            _ => None,
         };
-        if let Some(chunk) = chunk {
+        let result = if let Some(chunk) = chunk {
             let size = chunk_size_for(self.inner.registry.host(), chunk, min_chunk);
-            return self
-                .upload_chunked(repo, session, source, size, on_progress, sent)
-                .await;
+            self.upload_chunked(repo, session, source, known, size, on_progress, sent)
+                .await
+        } else {
+            self.upload_whole(repo, session, source, known, on_progress, sent)
+                .await
+        };
+        // A source that failed mid-body explains the failed request better
+        // than the request's own error does.
+        match (result, failure.as_deref().and_then(Checked::take_failure)) {
+            (Err(_), Some(f)) => {
+                *source_cut = f.retry;
+                Err(f.error)
+            }
+            (result, _) => result,
         }
+    }
+
+    /// Monolithic when the digest is known, else one streamed `PATCH`.
+    async fn upload_whole(
+        &self,
+        repo: &str,
+        session: Url,
+        source: BodySource,
+        known: Option<(Digest, u64)>,
+        on_progress: &(dyn Fn(i64) + Send + Sync),
+        sent: &mut u64,
+    ) -> Result<UploadOutcome, RegistryError> {
         let scopes = Self::push_scopes(repo);
         match (known, source) {
             (Some((digest, size)), req_body) => {
@@ -204,10 +513,10 @@ impl RegistryClient {
                 self.commit_upload(repo, &next, &digest).await?;
                 Ok(UploadOutcome::Uploaded { digest, size })
             }
-            (None, BodySource::Bytes(_)) => Err(RegistryError::Protocol {
+            (None, BodySource::Bytes(_) | BodySource::Stream(_)) => Err(RegistryError::Protocol {
                 method: "PUT".into(),
                 url: RedactedUrl::new(&session),
-                reason: "in-memory blob without a digest".into(),
+                reason: "a blob without a digest that is not a spool".into(),
             }),
         }
     }
@@ -240,21 +549,27 @@ impl RegistryClient {
 
     /// Uploads `source` into `session` in `PATCH`es of `chunk` bytes (the
     /// last may be shorter), then commits with `PUT ?digest=`.
+    #[allow(clippy::too_many_arguments)]
     async fn upload_chunked(
         &self,
         repo: &str,
         mut session: Url,
         source: BodySource,
+        known: Option<(Digest, u64)>,
         chunk: u64,
         on_progress: &(dyn Fn(i64) + Send + Sync),
         sent: &mut u64,
     ) -> Result<UploadOutcome, RegistryError> {
         let chunk = usize::try_from(chunk).unwrap_or(usize::MAX);
-        let mut stream: std::pin::Pin<
-            Box<dyn futures::Stream<Item = std::io::Result<Bytes>> + Send>,
-        > = match &source {
-            BodySource::Bytes(b) => Box::pin(futures::stream::iter([Ok(b.clone())])),
+        let spool = match &source {
+            BodySource::Spool(s) => Some(s.clone()),
+            _ => None,
+        };
+        let mut stream: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>> = match source {
+            BodySource::Bytes(b) => Box::pin(futures::stream::iter([Ok(b)])),
             BodySource::Spool(s) => Box::pin(s.stream()),
+            // Checked: it ends with an error unless every byte was the blob's.
+            BodySource::Stream(s) => Box::into_pin(s),
         };
         let mut buf = bytes::BytesMut::new();
         let mut ended = false;
@@ -280,9 +595,16 @@ impl RegistryClient {
                 on_progress(piece.len() as i64);
             }
         }
-        let (digest, size) = match &source {
-            BodySource::Bytes(b) => (Digest::of(b), b.len() as u64),
-            BodySource::Spool(s) => s.done().await.map_err(RegistryError::Spool)?,
+        let (digest, size) = match (spool, known) {
+            (Some(s), _) => s.done().await.map_err(RegistryError::Spool)?,
+            (None, Some(known)) => known,
+            (None, None) => {
+                return Err(RegistryError::Protocol {
+                    method: "PUT".into(),
+                    url: RedactedUrl::new(&session),
+                    reason: "a blob without a digest that is not a spool".into(),
+                })
+            }
         };
         if *sent != size {
             return Err(RegistryError::Protocol {
@@ -455,7 +777,7 @@ impl RegistryClient {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u64>();
         let spool = match &body {
             BodySource::Spool(s) => Some(s.clone()),
-            BodySource::Bytes(_) => None,
+            _ => None,
         };
         let body = match body {
             BodySource::Bytes(b) => {
@@ -464,6 +786,12 @@ impl RegistryClient {
             }
             BodySource::Spool(spool) => {
                 let stream = spool.stream().inspect_ok(move |chunk| {
+                    let _ = tx.send(chunk.len() as u64);
+                });
+                reqwest::Body::wrap_stream(stream)
+            }
+            BodySource::Stream(checked) => {
+                let stream = checked.inspect_ok(move |chunk| {
                     let _ = tx.send(chunk.len() as u64);
                 });
                 reqwest::Body::wrap_stream(stream)
@@ -518,9 +846,12 @@ impl RegistryClient {
     }
 }
 
+/// What one try reads from.
 enum BodySource {
     Bytes(Bytes),
     Spool(Spool),
+    /// A remote or file blob, checked as it flows.
+    Stream(Box<Checked>),
 }
 
 /// Appends `digest=` to a session URL, with `&` when it has a query.
@@ -659,5 +990,116 @@ mod tests {
             with_digest(&signed, &d).as_str(),
             format!("http://r/v2/a/blobs/uploads/u1?_state=abc%3D&digest={d}")
         );
+    }
+
+    fn checked(parts: &[&'static [u8]], digest: Digest, size: u64, remote: bool) -> Checked {
+        let items: Vec<std::io::Result<Bytes>> =
+            parts.iter().map(|p| Ok(Bytes::from_static(p))).collect();
+        Checked::new(
+            Box::pin(futures::stream::iter(items)),
+            Url::parse("http://127.0.0.1:1/v2/a/blobs/x").unwrap(),
+            digest,
+            size,
+            remote,
+        )
+    }
+
+    async fn drain(mut c: Checked) -> (Vec<u8>, Option<std::io::Error>, Option<SourceFailure>) {
+        let mut got = Vec::new();
+        let mut err = None;
+        while let Some(item) = c.try_next().await.transpose() {
+            match item {
+                Ok(b) => got.extend_from_slice(&b),
+                Err(e) => {
+                    err = Some(e);
+                    break;
+                }
+            }
+        }
+        assert!(c.next().await.is_none(), "nothing after the end");
+        let failure = Checked::take_failure(&c.failure);
+        (got, err, failure)
+    }
+
+    use futures::StreamExt as _;
+
+    #[tokio::test]
+    async fn a_checked_source_passes_the_right_blob_and_stops_a_wrong_one() {
+        let blob: &'static [u8] = b"hello, layer";
+        let digest = Digest::of(blob);
+        let (got, err, failure) =
+            drain(checked(&[&blob[..5], &blob[5..]], digest.clone(), 12, true)).await;
+        assert_eq!(got, blob);
+        assert!(err.is_none() && failure.is_none());
+
+        // Same length, other bytes: the last chunk is held back.
+        let (got, err, failure) =
+            drain(checked(&[b"hello, ", b"LAYER"], digest.clone(), 12, true)).await;
+        assert_eq!(got, b"hello, ");
+        assert!(err.is_some());
+        let failure = failure.unwrap();
+        assert!(!failure.retry, "a wrong blob is not retried");
+        assert!(
+            matches!(&failure.error, RegistryError::DigestMismatch { expected, .. } if *expected == digest),
+            "{}",
+            failure.error
+        );
+
+        // Longer than its descriptor.
+        let (_, err, failure) = drain(checked(&[blob, b"!"], digest.clone(), 12, true)).await;
+        assert!(err.is_some());
+        assert!(failure
+            .unwrap()
+            .error
+            .to_string()
+            .contains("longer than its 12 bytes"));
+
+        // Shorter: a cut connection, retried for a registry, not for a file.
+        let (_, _, failure) = drain(checked(&[&blob[..4]], digest.clone(), 12, true)).await;
+        let failure = failure.unwrap();
+        assert!(failure.retry);
+        assert!(
+            failure
+                .error
+                .to_string()
+                .contains("ended after 4 of its 12 bytes"),
+            "{}",
+            failure.error
+        );
+        let (_, _, failure) = drain(checked(&[&blob[..4]], digest, 12, false)).await;
+        assert!(!failure.unwrap().retry);
+    }
+
+    #[tokio::test]
+    async fn a_file_body_is_read_and_checked_on_each_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        std::fs::write(&path, b"file blob").unwrap();
+        let body = BlobBody::File {
+            path: path.clone(),
+            digest: Digest::of(b"file blob"),
+            size: 9,
+        };
+        for _ in 0..2 {
+            let bytes: Vec<Bytes> = body
+                .open_stream()
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            assert_eq!(bytes.concat(), b"file blob");
+        }
+        std::fs::write(&path, b"file blub").unwrap();
+        let read: Result<Vec<Bytes>, _> = body.open_stream().await.unwrap().try_collect().await;
+        assert!(read
+            .unwrap_err()
+            .to_string()
+            .contains("sent content with digest"));
+        std::fs::remove_file(&path).unwrap();
+        let Err(e) = body.open_stream().await else {
+            panic!("a missing file opened")
+        };
+        assert!(format!("{:?}", e).contains("blob"), "{e:?}");
     }
 }

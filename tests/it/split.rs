@@ -9,7 +9,12 @@ use std::process::Command;
 use manifold::digest::Digest;
 use manifold::oci::{ImageIndex, ImageManifest};
 
-use crate::harness::{Auth, TestRegistry};
+use manifold::reference::Registry;
+use manifold::registry::{
+    BlobBody, ClientOptions, Credentials, RegistryClient, RegistryError, Secret,
+};
+
+use crate::harness::{Auth, FaultProxy, FaultRates, QuirkServer, TestRegistry};
 use crate::publish::{testdata, Run};
 
 /// `manifold publish --no-tags` of one input: the printed `<repo>@<digest>`.
@@ -557,4 +562,368 @@ fn a_layout_written_by_skopeo_is_published_with_the_same_manifests() {
     let (_, copied) = index_at(&target, &format!("{copy}:1"));
     assert_eq!(copied.manifests, original.manifests);
     skopeo_copy_all(&format!("{copy}:1"));
+}
+
+/// A docker-archive with one layer of `size` random bytes (incompressible,
+/// so the pushed blob is about as large), built with the `tar` crate.
+fn random_archive(dir: &Path, size: usize, seed: u64) -> std::path::PathBuf {
+    use rand::{RngCore as _, SeedableRng as _};
+    let mut data = vec![0u8; size];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size as u64);
+    header.set_mode(0o644);
+    header.set_mtime(1_700_000_000);
+    header.set_cksum();
+    layer
+        .append_data(&mut header, "data.bin", &data[..])
+        .unwrap();
+    let layer = layer.into_inner().unwrap();
+    let diff_id = Digest::of(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [diff_id.to_string()] },
+    })
+    .to_string();
+    let manifest = serde_json::json!([{
+        "Config": "config.json",
+        "RepoTags": [],
+        "Layers": ["layer.tar"],
+    }])
+    .to_string();
+    let path = dir.join("random.tar");
+    let mut archive = tar::Builder::new(std::fs::File::create(&path).unwrap());
+    for (name, bytes) in [
+        ("manifest.json", manifest.as_bytes()),
+        ("config.json", config.as_bytes()),
+        ("layer.tar", &layer[..]),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(1_700_000_000);
+        header.set_cksum();
+        archive.append_data(&mut header, name, bytes).unwrap();
+    }
+    archive.finish().unwrap();
+    path
+}
+
+/// The layers of the one image behind a one-image index.
+fn layers_of(registry: &TestRegistry, by_digest: &str) -> Vec<manifold::oci::Descriptor> {
+    let repo = by_digest.split_once('@').unwrap().0;
+    let child = child_of(registry, by_digest);
+    let raw = registry.skopeo_inspect_raw(&format!("{repo}@{child}"));
+    let manifest: ImageManifest = serde_json::from_slice(&raw).unwrap();
+    manifest.layers
+}
+
+/// GETs of the blob `digest` in `registry`'s log.
+fn blob_gets(registry: &TestRegistry, digest: &Digest) -> usize {
+    registry.count_requests(&format!("GET /v2/acme/big/blobs/{digest}"))
+}
+
+#[test]
+fn a_large_layer_streams_across_registries_monolithic_chunked_and_into_a_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = random_archive(dir.path(), 16 << 20, 8);
+    let source = TestRegistry::start(Auth::None);
+    let by_digest = push_by_digest(&source.repo("acme/big"), &archive);
+    let layers = layers_of(&source, &by_digest);
+    assert_eq!(layers.len(), 1);
+    let layer = &layers[0];
+    assert!(layer.size > 16 << 20, "random bytes do not compress");
+    assert_eq!(blob_gets(&source, &layer.digest), 0);
+    let input = format!("docker://{by_digest}");
+
+    // Monolithic: one GET of the source, one PUT ?digest= carrying it.
+    let target = TestRegistry::start(Auth::None);
+    let far = target.repo("acme/far");
+    Run::new(&["publish", "--repo", &far, "--tag", "1", &input]).success();
+    assert_eq!(
+        blob_gets(&source, &layer.digest),
+        1,
+        "the layer is read once"
+    );
+    let puts: Vec<String> = target
+        .request_log()
+        .into_iter()
+        .filter(|l| {
+            l.starts_with("PUT /v2/acme/far/blobs/uploads/")
+                && l.contains(&layer.digest.hex()[..12])
+        })
+        .collect();
+    assert_eq!(puts.len(), 1, "{puts:?}");
+    assert_eq!(target.count_requests("PATCH /v2/acme/far/"), 0);
+    skopeo_copy_all(&format!("{far}:1"));
+
+    // Chunked: 4 MiB PATCHes read from the source stream.
+    let chunked = target.repo("acme/chunked");
+    Run::new(&[
+        "publish",
+        "--chunk-size",
+        "4MiB",
+        "--repo",
+        &chunked,
+        "--tag",
+        "1",
+        &input,
+    ])
+    .success();
+    assert_eq!(blob_gets(&source, &layer.digest), 2);
+    let patches = target.count_requests("PATCH /v2/acme/chunked/blobs/uploads/");
+    assert!(
+        patches >= 5,
+        "{patches} PATCHes for a 16 MiB layer in 4 MiB chunks"
+    );
+    skopeo_copy_all(&format!("{chunked}:1"));
+
+    // Into an OCI layout: the blob file holds exactly the layer.
+    let layout = dir.path().join("layout");
+    Run::new(&[
+        "publish",
+        "--repo",
+        &format!("oci:{}", layout.display()),
+        "--tag",
+        "1",
+        &input,
+    ])
+    .success();
+    assert_eq!(blob_gets(&source, &layer.digest), 3);
+    let file = std::fs::read(layout.join("blobs/sha256").join(layer.digest.hex())).unwrap();
+    assert_eq!(file.len() as u64, layer.size);
+    assert_eq!(Digest::of(&file), layer.digest);
+    let stray: Vec<_> = std::fs::read_dir(layout.join("blobs/sha256"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.len() != 64)
+        .collect();
+    assert!(stray.is_empty(), "temp files left: {stray:?}");
+
+    // And from that layout (its files, no spool) into a third registry.
+    let third = TestRegistry::start(Auth::None);
+    let from_layout = third.repo("acme/from-layout");
+    Run::new(&[
+        "publish",
+        "--repo",
+        &from_layout,
+        "--tag",
+        "1",
+        &format!("oci:{}:1", layout.display()),
+    ])
+    .success();
+    skopeo_copy_all(&format!("{from_layout}:1"));
+}
+
+#[test]
+fn a_cross_registry_copy_survives_faults_at_the_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = random_archive(dir.path(), 6 << 20, 9);
+    let source = TestRegistry::start(Auth::None);
+    let by_digest = push_by_digest(&source.repo("acme/big"), &archive);
+    let layer = layers_of(&source, &by_digest).remove(0);
+
+    let target = TestRegistry::start(Auth::None);
+    let rates = FaultRates {
+        unavailable: 0.1,
+        too_many: 0.0,
+        drop: 0.1,
+        cut_body: 0.3,
+        slow: 0.0,
+    };
+    let proxy = FaultProxy::start(target.port(), 8, rates);
+    let repo = format!("{}/acme/faulty", proxy.host());
+    Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "1",
+        "--max-retries",
+        "12",
+        "--retry-base-ms",
+        "20",
+        &format!("docker://{by_digest}"),
+    ])
+    .success();
+    let counts = proxy.counts();
+    assert!(counts.failures() > 0, "no fault was injected: {counts:?}");
+    // Which requests the faults hit depends on timing here (blobs go up
+    // concurrently); `a_cut_upload_reads_the_source_again` pins the re-read.
+    let gets = blob_gets(&source, &layer.digest);
+    assert!(gets >= 1);
+    eprintln!("{counts:?}; the layer was read {gets} time(s)");
+    // Straight from the registry, not through the proxy.
+    skopeo_copy_all(&format!("{}/acme/faulty:1", target.host()));
+}
+
+/// Random bytes pushed into `registry` as a blob of `repo`.
+async fn pushed_blob(registry: &TestRegistry, repo: &str, size: usize) -> (Digest, u64) {
+    use rand::{RngCore as _, SeedableRng as _};
+    let mut data = vec![0u8; size];
+    rand::rngs::StdRng::seed_from_u64(size as u64).fill_bytes(&mut data);
+    let outcome = registry
+        .client()
+        .upload_blob(repo, BlobBody::Bytes(data.into()), &|_| {})
+        .await
+        .unwrap();
+    (outcome.digest().clone(), size as u64)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cut_upload_reads_the_source_again() {
+    let source = TestRegistry::start(Auth::None);
+    let (digest, size) = pushed_blob(&source, "acme/big", 1 << 20).await;
+    let target = TestRegistry::start(Auth::None);
+    let rates = FaultRates {
+        unavailable: 0.0,
+        too_many: 0.0,
+        drop: 0.0,
+        cut_body: 0.5,
+        slow: 0.0,
+    };
+    // One upload at a time through the proxy: each seed cuts the same
+    // requests every run. Some seed cuts the layer's PUT.
+    let mut reread = None;
+    for seed in 1..=10 {
+        let proxy = FaultProxy::start(target.port(), seed, rates);
+        let opts = ClientOptions {
+            max_retries: 20,
+            retry_base: std::time::Duration::from_millis(5),
+            ..ClientOptions::default()
+        };
+        let client = RegistryClient::new(
+            &Registry::parse(&proxy.host()).unwrap(),
+            Credentials::anonymous(),
+            &opts,
+        )
+        .unwrap();
+        let repo = format!("acme/seed{seed}");
+        let gets_before = source.count_requests(&format!("GET /v2/acme/big/blobs/{digest}"));
+        let body = BlobBody::Remote {
+            client: source.client(),
+            repo: "acme/big".into(),
+            digest: digest.clone(),
+            size,
+        };
+        let outcome = client.upload_blob(&repo, body, &|_| {}).await.unwrap();
+        assert_eq!(outcome.digest(), &digest);
+        assert!(target.client().blob_exists(&repo, &digest).await.unwrap());
+        let gets = source.count_requests(&format!("GET /v2/acme/big/blobs/{digest}")) - gets_before;
+        let puts = target
+            .request_log()
+            .iter()
+            .filter(|l| l.starts_with(&format!("PUT /v2/{repo}/blobs/uploads/")))
+            .count();
+        // A cut PUT reaches the registry too (half its body): every try
+        // GET the source anew, none reused bytes of an earlier one.
+        assert_eq!(gets, puts, "one source GET per upload try");
+        if gets > 1 {
+            reread = Some((seed, gets, proxy.counts()));
+            break;
+        }
+    }
+    let (seed, gets, counts) = reread.expect("no seed cut the upload");
+    eprintln!("seed {seed}: the source was read {gets} times; {counts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_serving_other_bytes_fails_the_copy_clearly() {
+    let right = b"the right blob".to_vec();
+    let digest = Digest::of(&right);
+    let quirk = QuirkServer::start(|req| {
+        if req.method == "GET" && req.target.contains("/blobs/") {
+            (200, Vec::new(), b"the wrong blob".to_vec())
+        } else {
+            (200, Vec::new(), Vec::new())
+        }
+    });
+    let target = TestRegistry::start(Auth::None);
+    let body = BlobBody::Remote {
+        client: quirk.client(),
+        repo: "acme/liar".into(),
+        digest: digest.clone(),
+        size: right.len() as u64,
+    };
+    let err = target
+        .client()
+        .upload_blob("acme/dest", body, &|_| {})
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::DigestMismatch { expected, actual, .. }
+            if *expected == digest && *actual == Digest::of(b"the wrong blob")),
+        "{err}"
+    );
+    assert!(err.to_string().contains("/v2/acme/liar/blobs/"), "{err}");
+    assert!(!target
+        .client()
+        .blob_exists("acme/dest", &digest)
+        .await
+        .unwrap());
+    // Tried once: a wrong blob is not worth another GET.
+    let gets = quirk
+        .request_lines()
+        .iter()
+        .filter(|l| l.starts_with("GET /v2/acme/liar/blobs/"))
+        .count();
+    assert_eq!(gets, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_source_redirecting_to_storage_is_followed_without_credentials() {
+    let blob = b"a layer kept in object storage".to_vec();
+    let digest = Digest::of(&blob);
+    let stored = blob.clone();
+    let storage = QuirkServer::start(move |_| (200, Vec::new(), stored.clone()));
+    let location = format!("http://{}/bucket/blob?X-Sig=abc", storage.host());
+    let source = QuirkServer::start(move |req| match req.authorization {
+        None => (
+            401,
+            vec![("WWW-Authenticate".into(), "Basic realm=\"src\"".into())],
+            Vec::new(),
+        ),
+        Some(_) if req.method == "GET" && req.target.contains("/blobs/") => {
+            (307, vec![("Location".into(), location.clone())], Vec::new())
+        }
+        Some(_) => (200, Vec::new(), Vec::new()),
+    });
+    let creds = Credentials::basic("tester", Secret::new("s3cret-pass"), "test");
+    let target = TestRegistry::start(Auth::None);
+    let body = BlobBody::Remote {
+        client: source.client_with(creds),
+        repo: "acme/src".into(),
+        digest: digest.clone(),
+        size: blob.len() as u64,
+    };
+    let outcome = target
+        .client()
+        .upload_blob("acme/dest", body, &|_| {})
+        .await
+        .unwrap();
+    assert_eq!(outcome.digest(), &digest);
+    assert!(target
+        .client()
+        .blob_exists("acme/dest", &digest)
+        .await
+        .unwrap());
+    let fetched = storage.requests.lock().unwrap().clone();
+    assert_eq!(fetched.len(), 1);
+    assert_eq!(fetched[0].target, "/bucket/blob?X-Sig=abc");
+    assert_eq!(
+        fetched[0].authorization, None,
+        "credentials followed the redirect"
+    );
+    assert!(
+        source
+            .requests
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|r| r.target.contains("/blobs/") && r.authorization.is_some()),
+        "the registry itself got the credentials"
+    );
 }
