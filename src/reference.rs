@@ -66,6 +66,15 @@ impl Registry {
         if !HOST.is_match(host) {
             return Err(err(host, "the registry is not a `host[:port]`"));
         }
+        // The URL parser is stricter than the grammar (a port above 65535; a
+        // last label that reads as a number, `quay.0x`, makes the host an
+        // IPv4 address): refuse here what `api_base` could never build.
+        if Url::parse(&format!("https://{host}/")).is_err() {
+            return Err(err(
+                host,
+                "the registry is not a valid host name or address",
+            ));
+        }
         let lower = host.to_ascii_lowercase();
         let host = match lower.as_str() {
             "docker.io" | "index.docker.io" | "registry-1.docker.io" => DOCKER_HUB.to_owned(),
@@ -421,5 +430,24 @@ mod tests {
         assert_eq!(r.to_string(), "ghcr.io/owner/repo");
         assert!(!lowered, "only the path counts: hosts are case-insensitive");
         assert!(Repository::parse("ghcr.io/owner/repo:tag").is_err());
+    }
+
+    /// Found by the `reference` fuzzer: hosts the grammar takes but the URL
+    /// parser refuses made `api_base` panic.
+    #[test]
+    fn hosts_without_a_url_are_refused() {
+        for input in [
+            "quay.0X/a__bd.e",
+            "registry.1/x",
+            "1.2.3.4.5/x",
+            "localhost:99999/x",
+        ] {
+            let e = Reference::parse(input).expect_err(input);
+            assert!(e.reason.contains("valid host"), "{input}: {e}");
+        }
+        for host in ["quay.io", "127.0.0.1:5000", "[::1]:5000", "localhost:65535"] {
+            let r = Registry::parse(host).expect(host);
+            assert!(r.api_base().host_str().is_some(), "{host}");
+        }
     }
 }
