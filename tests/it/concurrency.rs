@@ -5,7 +5,7 @@ use std::process::{Command, Stdio};
 
 use manifold::digest::Digest;
 
-use crate::harness::{Auth, TestRegistry};
+use crate::harness::{skopeo_copy_all, Auth, TestRegistry};
 use crate::publish::testdata;
 
 #[test]
@@ -70,22 +70,6 @@ fn racing_publishers_leave_every_tag_on_a_complete_index() {
             "{tag} points at a published index"
         );
         // Complete: skopeo pulls every manifest and blob and checks them.
-        let dir = tempfile::tempdir().unwrap();
-        let copy = Command::new("skopeo")
-            .args([
-                "--insecure-policy",
-                "copy",
-                "--all",
-                "--src-tls-verify=false",
-            ])
-            .arg(format!("docker://{repo}:{tag}"))
-            .arg(format!("oci:{}:x", dir.path().display()))
-            .output()
-            .unwrap();
-        assert!(
-            copy.status.success(),
-            "{}",
-            String::from_utf8_lossy(&copy.stderr)
-        );
+        skopeo_copy_all(&format!("{repo}:{tag}"), None);
     }
 }

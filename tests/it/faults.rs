@@ -3,36 +3,11 @@
 //! connections, bodies cut mid-upload) and as many slowed, the publish must
 //! still succeed and skopeo must pull back exactly what was published.
 
-use std::path::Path;
-use std::process::Command;
-
 use manifold::digest::Digest;
 use manifold::oci::ImageIndex;
 
-use crate::harness::{Auth, FaultProxy, FaultRates, TestRegistry};
+use crate::harness::{skopeo_copy_all, Auth, FaultProxy, FaultRates, TestRegistry};
 use crate::publish::{testdata, Run};
-
-/// `skopeo copy --all` straight from the registry (not through the proxy),
-/// which checks every digest on the way.
-fn skopeo_copy_all(reference: &str, dir: &Path, creds: Option<(String, String)>) {
-    let out = Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "copy",
-            "--all",
-            "--src-tls-verify=false",
-        ])
-        .args(creds.map(|(u, p)| format!("--src-creds={u}:{p}")))
-        .arg(format!("docker://{reference}"))
-        .arg(format!("oci:{}:copied", dir.display()))
-        .output()
-        .expect("skopeo runs");
-    assert!(
-        out.status.success(),
-        "skopeo copy --all {reference} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn publish_through_faults(seed: u64, auth: Auth, extra: &[&str]) {
     let registry = TestRegistry::start(auth.clone());
@@ -105,8 +80,7 @@ fn publish_through_faults(seed: u64, auth: Auth, extra: &[&str]) {
     assert_eq!(Digest::of(&raw), digest);
     let index: ImageIndex = serde_json::from_slice(&raw).unwrap();
     assert_eq!(index.manifests.len(), 2);
-    let dir = tempfile::tempdir().unwrap();
-    skopeo_copy_all(&format!("{direct}:1.0.0"), dir.path(), auth.creds());
+    skopeo_copy_all(&format!("{direct}:1.0.0"), auth.creds());
 }
 
 #[test]

@@ -382,6 +382,35 @@ pub fn skopeo_inspect_raw(reference: &str, creds: Option<(String, String)>) -> V
     out.stdout
 }
 
+/// `skopeo copy --all` of `source` (a `docker://` or `oci:` reference; a bare
+/// `host/repo:tag` means `docker://`) into a temp OCI layout. skopeo checks
+/// every manifest and blob digest on the way, so success means complete.
+pub fn skopeo_copy_all(source: &str, creds: Option<(String, String)>) {
+    let source = if source.starts_with("docker://") || source.starts_with("oci:") {
+        source.to_owned()
+    } else {
+        format!("docker://{source}")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("skopeo")
+        .args([
+            "--insecure-policy",
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+        ])
+        .args(skopeo_creds("--src-creds", &creds))
+        .arg(&source)
+        .arg(format!("oci:{}:copied", dir.path().display()))
+        .output()
+        .expect("skopeo runs");
+    assert!(
+        out.status.success(),
+        "skopeo copy --all {source} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 pub fn skopeo_copy_to_oci(reference: &str, dir: &Path, creds: Option<(String, String)>) {
     let out = Command::new("skopeo")
         .args(["--insecure-policy", "copy", "--src-tls-verify=false"])

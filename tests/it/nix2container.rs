@@ -16,7 +16,7 @@ use manifold::digest::Digest;
 use manifold::oci::{ImageIndex, ImageManifest, MEDIA_TYPE_LAYER, MEDIA_TYPE_LAYER_GZIP};
 use serde_json::{json, Value};
 
-use crate::harness::{Auth, TestRegistry};
+use crate::harness::{skopeo_copy_all, Auth, TestRegistry};
 use crate::publish::{testdata, Run};
 
 fn fixture(name: &str) -> Value {
@@ -251,26 +251,6 @@ fn index_digest(stdout: &str) -> Digest {
     line.rsplit_once('@').unwrap().1.parse().unwrap()
 }
 
-fn skopeo_copy_all(reference: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "copy",
-            "--all",
-            "--src-tls-verify=false",
-        ])
-        .arg(reference)
-        .arg(format!("oci:{}:copied", dir.path().display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo copy --all {reference}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn two_arch_images_publish_and_republish_without_reading_the_store() {
     let store = Store::build();
@@ -325,7 +305,7 @@ fn two_arch_images_publish_and_republish_without_reading_the_store() {
     // The shared libc layer is one blob.
     assert_eq!(images[0].2.layers[0].digest, images[1].2.layers[0].digest);
     // skopeo pulls everything and checks every digest (and diff_id) on the way.
-    skopeo_copy_all(&format!("docker://{repo}:1.0.0"));
+    skopeo_copy_all(&format!("docker://{repo}:1.0.0"), None);
 
     // A fresh runner (new HOME) with no readable store: everything comes
     // from the known-layer map.
@@ -386,7 +366,7 @@ fn uncompressed_layers_are_skipped_by_head_alone() {
         })
         .collect();
     assert_eq!(layers, want, "plain tars under image.json's digests");
-    skopeo_copy_all(&format!("docker://{repo}:1"));
+    skopeo_copy_all(&format!("docker://{repo}:1"), None);
 
     // Another tag: the known-layer map (read from tag `2`) is empty, so only
     // the HEAD on image.json's digests can spare reading the locked store.
@@ -541,8 +521,8 @@ fn layer_path_layers_go_to_an_oci_layout_and_a_registry() {
             store.digest("hello-arm64").to_string()
         ])
     );
-    skopeo_copy_all(&format!("docker://{repo}:latest"));
-    skopeo_copy_all(&format!("oci:{}:latest", layout.display()));
+    skopeo_copy_all(&format!("docker://{repo}:latest"), None);
+    skopeo_copy_all(&format!("oci:{}:latest", layout.display()), None);
 
     // Again, with the store locked and the recompressed ready blob gone: the
     // base blob is found by HEAD, the others through the known-layer map.

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use manifold::digest::Digest;
 use manifold::oci::{ImageIndex, ImageManifest};
 
-use crate::harness::{Auth, TestRegistry};
+use crate::harness::{skopeo_copy_all, Auth, TestRegistry};
 
 /// The repository's testdata directory.
 pub fn testdata(name: &str) -> PathBuf {
@@ -82,29 +82,6 @@ impl Run {
         );
         String::from_utf8(out.stdout).unwrap()
     }
-}
-
-fn skopeo_copy_all(reference: &str, dir: &Path, creds: Option<(String, String)>) {
-    let mut cmd = Command::new("skopeo");
-    cmd.args([
-        "--insecure-policy",
-        "copy",
-        "--all",
-        "--src-tls-verify=false",
-    ]);
-    if let Some((u, p)) = creds {
-        cmd.arg(format!("--src-creds={u}:{p}"));
-    }
-    let out = cmd
-        .arg(reference)
-        .arg(format!("oci:{}:copied", dir.display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo copy --all {reference} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The config digest and diff_ids of a plain docker-archive, read with a
@@ -203,8 +180,7 @@ fn publish_and_verify(auth: Auth) {
     }
 
     // skopeo pulls everything back and checks every digest on the way.
-    let dir = tempfile::tempdir().unwrap();
-    skopeo_copy_all(&format!("docker://{repo}:1.0.0"), dir.path(), auth.creds());
+    skopeo_copy_all(&format!("docker://{repo}:1.0.0"), auth.creds());
 }
 
 #[test]
@@ -313,10 +289,8 @@ fn an_oci_layout_gets_the_same_index_as_a_registry() {
     assert_eq!(digests[0], digests[1]);
     assert!(lines[0].starts_with("oci:"));
     // skopeo reads the layout (and checks every digest while copying).
-    let copy = tempfile::tempdir().unwrap();
     skopeo_copy_all(
         &format!("oci:{}:latest", out.path().join("layout").display()),
-        copy.path(),
         None,
     );
 }
@@ -486,12 +460,7 @@ fn a_second_repository_on_one_registry_mounts_instead_of_uploading() {
     assert!(mounts >= 1, "{:#?}", registry.request_log());
     assert_eq!(patches_to_second, 0, "{:#?}", registry.request_log());
     for repo in [&first, &second] {
-        let dir = tempfile::tempdir().unwrap();
-        skopeo_copy_all(
-            &format!("docker://{repo}:1.0.0"),
-            dir.path(),
-            Auth::token().creds(),
-        );
+        skopeo_copy_all(&format!("docker://{repo}:1.0.0"), Auth::token().creds());
     }
 }
 
@@ -532,8 +501,7 @@ fn the_docker_format_pushes_a_manifest_list_of_v2s2_manifests() {
             .iter()
             .all(|l| l.media_type == manifold::oci::MEDIA_TYPE_DOCKER_LAYER_GZIP));
     }
-    let dir = tempfile::tempdir().unwrap();
-    skopeo_copy_all(&format!("docker://{repo}:1.0.0"), dir.path(), None);
+    skopeo_copy_all(&format!("docker://{repo}:1.0.0"), None);
 
     let zstd = Run::new(&[
         "publish",

@@ -14,7 +14,7 @@ use manifold::registry::{
     BlobBody, ClientOptions, Credentials, RegistryClient, RegistryError, Secret,
 };
 
-use crate::harness::{Auth, FaultProxy, FaultRates, QuirkServer, TestRegistry};
+use crate::harness::{skopeo_copy_all, Auth, FaultProxy, FaultRates, QuirkServer, TestRegistry};
 use crate::publish::{testdata, Run};
 
 /// `manifold publish --no-tags` of one input: the printed `<repo>@<digest>`.
@@ -47,26 +47,6 @@ fn platforms(index: &ImageIndex) -> Vec<String> {
         .iter()
         .map(|m| m.platform.as_ref().unwrap().to_string())
         .collect()
-}
-
-fn skopeo_copy_all(reference: &str) {
-    let dir = tempfile::tempdir().unwrap();
-    let out = Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "copy",
-            "--all",
-            "--src-tls-verify=false",
-        ])
-        .arg(format!("docker://{reference}"))
-        .arg(format!("oci:{}:copied", dir.path().display()))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "skopeo copy --all {reference} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// The child manifest digest of each one-image index pushed by a runner.
@@ -159,7 +139,7 @@ fn runners_push_by_digest_and_the_final_job_assembles_with_no_upload() {
     // The per-architecture manifests are the runners' own, byte for byte.
     assert_eq!(index.manifests[0].digest, child_of(&registry, &first));
     assert_eq!(index.manifests[1].digest, child_of(&registry, &second));
-    skopeo_copy_all(&format!("{repo}:1.0.0"));
+    skopeo_copy_all(&format!("{repo}:1.0.0"), None);
 }
 
 #[test]
@@ -192,7 +172,7 @@ fn assembling_in_another_repository_mounts_and_across_registries_copies() {
     );
     let (_, index) = index_at(&source, &format!("{other}:1"));
     assert_eq!(platforms(&index), ["linux/amd64", "linux/arm64"]);
-    skopeo_copy_all(&format!("{other}:1"));
+    skopeo_copy_all(&format!("{other}:1"), None);
 
     // Another registry: the bytes are copied; skopeo pulls everything back.
     let target = TestRegistry::start(Auth::None);
@@ -207,7 +187,7 @@ fn assembling_in_another_repository_mounts_and_across_registries_copies() {
         far_index.manifests, index.manifests,
         "same children, same digests"
     );
-    skopeo_copy_all(&format!("{far}:1"));
+    skopeo_copy_all(&format!("{far}:1"), None);
 
     // A platform prefix picks one child of an index.
     let pick = target.repo("acme/pick");
@@ -351,7 +331,7 @@ platforms = ["linux/amd64"]
         0,
         "the second image streamed layers:\n{log:#?}"
     );
-    skopeo_copy_all(&format!("{second}:all"));
+    skopeo_copy_all(&format!("{second}:all"), None);
 }
 
 #[test]
@@ -391,7 +371,7 @@ fn an_oci_layout_is_an_input() {
     .success();
     let (_, index) = index_at(&registry, &format!("{repo}:x"));
     assert_eq!(index.manifests, layout_index.manifests);
-    skopeo_copy_all(&format!("{repo}:x"));
+    skopeo_copy_all(&format!("{repo}:x"), None);
 
     // A missing name is refused, naming what the layout has.
     let out = Run::new(&[
@@ -474,7 +454,7 @@ fn a_docker_v2s2_image_is_refused_rather_than_mixed_into_an_oci_index() {
     let original = registry.skopeo_inspect_raw(&format!("{repo}:old"));
     assert_eq!(list.manifests[0].digest, Digest::of(&original));
     assert_eq!(platforms(&list), ["linux/amd64"]);
-    skopeo_copy_all(&format!("{docker}:1"));
+    skopeo_copy_all(&format!("{docker}:1"), None);
 }
 
 #[test]
@@ -561,7 +541,7 @@ fn a_layout_written_by_skopeo_is_published_with_the_same_manifests() {
     .success();
     let (_, copied) = index_at(&target, &format!("{copy}:1"));
     assert_eq!(copied.manifests, original.manifests);
-    skopeo_copy_all(&format!("{copy}:1"));
+    skopeo_copy_all(&format!("{copy}:1"), None);
 }
 
 /// A docker-archive with one layer of `size` random bytes (incompressible,
@@ -658,7 +638,7 @@ fn a_large_layer_streams_across_registries_monolithic_chunked_and_into_a_layout(
         .collect();
     assert_eq!(puts.len(), 1, "{puts:?}");
     assert_eq!(target.count_requests("PATCH /v2/acme/far/"), 0);
-    skopeo_copy_all(&format!("{far}:1"));
+    skopeo_copy_all(&format!("{far}:1"), None);
 
     // Chunked: 4 MiB PATCHes read from the source stream.
     let chunked = target.repo("acme/chunked");
@@ -679,7 +659,7 @@ fn a_large_layer_streams_across_registries_monolithic_chunked_and_into_a_layout(
         patches >= 5,
         "{patches} PATCHes for a 16 MiB layer in 4 MiB chunks"
     );
-    skopeo_copy_all(&format!("{chunked}:1"));
+    skopeo_copy_all(&format!("{chunked}:1"), None);
 
     // Into an OCI layout: the blob file holds exactly the layer.
     let layout = dir.path().join("layout");
@@ -715,7 +695,7 @@ fn a_large_layer_streams_across_registries_monolithic_chunked_and_into_a_layout(
         &format!("oci:{}:1", layout.display()),
     ])
     .success();
-    skopeo_copy_all(&format!("{from_layout}:1"));
+    skopeo_copy_all(&format!("{from_layout}:1"), None);
 }
 
 #[test]
@@ -757,7 +737,7 @@ fn a_cross_registry_copy_survives_faults_at_the_destination() {
     assert!(gets >= 1);
     eprintln!("{counts:?}; the layer was read {gets} time(s)");
     // Straight from the registry, not through the proxy.
-    skopeo_copy_all(&format!("{}/acme/faulty:1", target.host()));
+    skopeo_copy_all(&format!("{}/acme/faulty:1", target.host()), None);
 }
 
 /// Random bytes pushed into `registry` as a blob of `repo`.
