@@ -235,14 +235,7 @@ async fn publish_input(
         return remote::publish_remote(spec, destinations, options.format, sources, reporter).await;
     }
     if is_layout {
-        return oci_input::publish_layout(
-            spec,
-            destinations,
-            options.spool_dir,
-            options.format,
-            reporter,
-        )
-        .await;
+        return oci_input::publish_layout(spec, destinations, options.format, reporter).await;
     }
     Ok(vec![
         image::publish_image(spec, destinations, options, reporter).await?,

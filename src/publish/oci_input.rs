@@ -140,14 +140,13 @@ pub fn pick_entry(dir: &Path, tag: Option<&str>) -> Result<Descriptor, OciInputE
 pub async fn publish_layout(
     spec: InputSpec,
     destinations: Arc<Vec<Destination>>,
-    spool_dir: PathBuf,
     format: Format,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Vec<PublishedImage>> {
     let (dir, tag) = split_dir_and_tag(&spec.path);
     reporter.on_input_started(&spec.text);
     let entry = pick_entry(&dir, tag.as_deref())?;
-    let source = ImageSource::Layout { dir, spool_dir };
+    let source = ImageSource::Layout { dir };
     let top = source.manifest(&entry).await?;
     remote::publish_existing(&spec, &source, top, &destinations, format, &*reporter).await
 }

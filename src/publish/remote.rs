@@ -125,15 +125,15 @@ pub enum ImageSource {
         repository: Repository,
     },
     /// An OCI image layout directory; blobs are its files, streamed from
-    /// there (`spool_dir` is no longer needed for them).
-    Layout { dir: PathBuf, spool_dir: PathBuf },
+    /// there.
+    Layout { dir: PathBuf },
 }
 
 impl std::fmt::Display for ImageSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             ImageSource::Registry { repository, .. } => write!(f, "{repository}"),
-            ImageSource::Layout { dir, .. } => write!(f, "oci:{}", dir.display()),
+            ImageSource::Layout { dir } => write!(f, "oci:{}", dir.display()),
         }
     }
 }
@@ -182,7 +182,7 @@ impl ImageSource {
                 .get_blob(&repository.path, digest, max)
                 .await
                 .with_context(|| format!("cannot read blob `{name}`"))?,
-            ImageSource::Layout { dir, .. } => {
+            ImageSource::Layout { dir } => {
                 let path = Self::blob_path(dir, digest);
                 let len = tokio::fs::metadata(&path)
                     .await
@@ -226,7 +226,7 @@ impl ImageSource {
                 digest: descriptor.digest.clone(),
                 size: descriptor.size,
             },
-            ImageSource::Layout { dir, .. } => BlobBody::File {
+            ImageSource::Layout { dir } => BlobBody::File {
                 path: Self::blob_path(dir, &descriptor.digest),
                 digest: descriptor.digest.clone(),
                 size: descriptor.size,
