@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{Digest, HashingWriter};
 use crate::layer::Spool;
-use crate::oci::{self, Descriptor, ImageIndex, RawManifest};
+use crate::oci::{self, ImageIndex, RawManifest};
 
 /// Errors writing an OCI image layout; each names the directory.
 #[derive(Debug, thiserror::Error)]
@@ -251,10 +251,10 @@ impl Layout {
     ) -> Result<(), LayoutError> {
         let _guard = self.index_lock.lock().await;
         let mut index = self.read_index()?;
-        let ref_name = |d: &Descriptor| d.annotations.get(oci::ANNOTATION_REF_NAME).cloned();
-        index.manifests.retain(|d| match ref_name(d) {
-            Some(name) => !tags.contains(&name),
-            None => d.digest != manifest.digest || !tags.is_empty(),
+        index.manifests.retain(|d| {
+            d.annotations
+                .get(oci::ANNOTATION_REF_NAME)
+                .is_none_or(|name| !tags.contains(name))
         });
         if tags.is_empty() && !index.manifests.iter().any(|d| d.digest == manifest.digest) {
             index.manifests.push(manifest.descriptor());

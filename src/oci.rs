@@ -176,6 +176,22 @@ pub struct ConfigSummary {
     pub config: Option<ContainerConfig>,
 }
 
+impl ConfigSummary {
+    /// The platform the config names (`os` defaults to linux), if it names
+    /// an architecture at all.
+    pub fn platform(&self) -> Option<Platform> {
+        (!self.architecture.is_empty()).then(|| Platform {
+            architecture: self.architecture.clone(),
+            os: if self.os.is_empty() {
+                "linux".to_owned()
+            } else {
+                self.os.clone()
+            },
+            variant: self.variant.clone().filter(|v| !v.is_empty()),
+        })
+    }
+}
+
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct RootFs {
     #[serde(default)]

@@ -144,19 +144,15 @@ pub fn exit_code(error: &anyhow::Error) -> u8 {
             || cause
                 .downcast_ref::<tags::TagError>()
                 .is_some_and(|e| e.is_usage_error())
-            || cause.is::<crate::input::InputError>() && is_usage_input_error(cause)
+            || cause
+                .downcast_ref::<crate::input::InputError>()
+                .is_some_and(|e| e.is_usage_error())
     });
     if usage {
         2
     } else {
         1
     }
-}
-
-fn is_usage_input_error(cause: &(dyn std::error::Error + 'static)) -> bool {
-    cause
-        .downcast_ref::<crate::input::InputError>()
-        .is_some_and(|e| e.is_usage_error())
 }
 
 /// A closed stdout (`manifold tags | head -1`) is not a failure.

@@ -209,21 +209,21 @@ impl Destination {
         spool: Spool,
         reporter: &dyn Reporter,
     ) -> Result<Digest> {
-        let mut groups: Vec<Vec<&Destination>> = Vec::new();
+        // Only plain registry destinations share uploads (a dry run or a
+        // layout stands alone).
+        let registry_of = |d: &Destination| match d {
+            Destination::Registry { repository, .. } => Some(repository.registry.to_string()),
+            _ => None,
+        };
+        let mut groups: Vec<(Option<String>, Vec<&Destination>)> = Vec::new();
         for destination in destinations {
-            let host = destination.registry().map(|(_, r)| r.registry.to_string());
-            let same = groups.iter_mut().find(|g| {
-                host.is_some()
-                    && matches!(g[0], Destination::Registry { .. })
-                    && matches!(destination, Destination::Registry { .. })
-                    && g[0].registry().map(|(_, r)| r.registry.to_string()) == host
-            });
-            match same {
-                Some(group) => group.push(destination),
-                None => groups.push(vec![destination]),
+            let key = registry_of(destination);
+            match groups.iter_mut().find(|(k, _)| key.is_some() && *k == key) {
+                Some((_, group)) => group.push(destination),
+                None => groups.push((key, vec![destination])),
             }
         }
-        let per_group = groups.into_iter().map(|group| {
+        let per_group = groups.into_iter().map(|(_, group)| {
             let spool = spool.clone();
             async move {
                 let first = group[0];

@@ -254,16 +254,7 @@ fn platform_of(
     config: &ConfigSummary,
     reporter: &dyn Reporter,
 ) -> Result<Platform> {
-    let from_config = (!config.architecture.is_empty()).then(|| Platform {
-        architecture: config.architecture.clone(),
-        os: if config.os.is_empty() {
-            "linux".to_owned()
-        } else {
-            config.os.clone()
-        },
-        variant: config.variant.clone().filter(|v| !v.is_empty()),
-    });
-    match (&spec.platform, from_config) {
+    match (&spec.platform, config.platform()) {
         (Some(given), Some(found)) => {
             if given.architecture != found.architecture || given.os != found.os {
                 reporter.on_notice(&format!(
@@ -283,7 +274,9 @@ fn platform_of(
     }
 }
 
-struct CancelOnDrop(Arc<AtomicBool>);
+/// Sets its flag when dropped: a publish future that is dropped (an error
+/// elsewhere, an interrupt) stops the blocking reader or builders it started.
+pub(super) struct CancelOnDrop(pub(super) Arc<AtomicBool>);
 
 impl Drop for CancelOnDrop {
     fn drop(&mut self) {

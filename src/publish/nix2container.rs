@@ -44,7 +44,7 @@ use crate::oci::{self, ConfigSummary, Descriptor, Platform};
 use crate::progress::{BlobOutcome, Reporter};
 
 use super::destination::Destination;
-use super::image::{ImageOptions, PublishedImage};
+use super::image::{CancelOnDrop, ImageOptions, PublishedImage};
 
 /// Layers synthesised at once (each takes a tar thread and an encoder
 /// thread; the machine's cores are shared with the uploads).
@@ -624,14 +624,6 @@ impl Read for PipeReader {
         buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
         self.pos += n;
         Ok(n)
-    }
-}
-
-struct CancelOnDrop(Arc<AtomicBool>);
-
-impl Drop for CancelOnDrop {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }
 

@@ -474,16 +474,10 @@ async fn copy_image(
         })?;
     let platform = match platform {
         Some(p) => p,
-        None if !config.architecture.is_empty() => Platform {
-            architecture: config.architecture.clone(),
-            os: if config.os.is_empty() {
-                "linux".to_owned()
-            } else {
-                config.os.clone()
-            },
-            variant: config.variant.clone().filter(|v| !v.is_empty()),
+        None => match config.platform() {
+            Some(p) => p,
+            None => return Err(RemoteError::NoPlatform { reference: name }.into()),
         },
-        None => return Err(RemoteError::NoPlatform { reference: name }.into()),
     };
 
     let config_descriptor = manifest.config.clone();
