@@ -42,6 +42,10 @@ use super::retry::{is_transient_error, is_transient_status, retry_after, RetryPo
 pub const MANIFEST_LIMIT: u64 = 4 * 1024 * 1024;
 /// How many redirects a GET or HEAD follows.
 const MAX_REDIRECTS: usize = 5;
+
+/// Tries again of a manifest PUT answered "blob unknown" (about 1.75 s in
+/// all): enough for storage to settle, short for a blob really missing.
+const BLOB_UNKNOWN_RETRIES: u32 = 3;
 /// Pure Nix shells point `SSL_CERT_FILE` here; it never exists.
 const NIX_NO_CERT_FILE: &str = "/no-cert-file.crt";
 
@@ -803,14 +807,37 @@ impl RegistryClient {
         manifest: &RawManifest,
     ) -> Result<(), RegistryError> {
         let url = self.url(&format!("{repo}/manifests/{reference}"));
-        let mut req = Req::new(Method::PUT, url.clone(), Self::push_scopes(repo))
-            .header(reqwest::header::CONTENT_TYPE, &manifest.media_type);
-        req.body = Some(manifest.bytes.clone());
-        let resp = self.send(req).await?;
-        if !resp.status().is_success() {
-            return Err(self.status_error(&Method::PUT, &url, resp).await);
+        let policy = RetryPolicy {
+            max_retries: self.inner.policy.max_retries.min(BLOB_UNKNOWN_RETRIES),
+            ..self.inner.policy
+        };
+        let mut retry = RetryState::new(policy);
+        loop {
+            let mut req = Req::new(Method::PUT, url.clone(), Self::push_scopes(repo))
+                .header(reqwest::header::CONTENT_TYPE, &manifest.media_type);
+            req.body = Some(manifest.bytes.clone());
+            let resp = self.send(req).await?;
+            if resp.status().is_success() {
+                return check_digest_header(&resp, &manifest.digest, &url);
+            }
+            let err = self.status_error(&Method::PUT, &url, resp).await;
+            // Every referenced blob was in place before this PUT, so "blob
+            // unknown" is the registry not seeing it *yet*: storage that is
+            // eventually consistent (S3, GCS), or distribution's filesystem
+            // driver, which truncates and rewrites a blob's link file when
+            // another publisher pushes the same blob, so a concurrent read
+            // finds it empty. A few short retries see it settle; a blob that
+            // is really missing still fails, with the registry's answer.
+            let codes = err.codes();
+            if codes.contains(&"MANIFEST_BLOB_UNKNOWN") || codes.contains(&"BLOB_UNKNOWN") {
+                if let Some(delay) = retry.next_delay(None) {
+                    tracing::debug!(?delay, "manifest blob not visible yet; retrying");
+                    tokio::time::sleep(delay).await;
+                    continue;
+                }
+            }
+            return Err(err);
         }
-        check_digest_header(&resp, &manifest.digest, &url)
     }
 
     /// Every tag of `repo` (empty when it does not exist yet).

@@ -598,6 +598,57 @@ async fn transient_statuses_are_retried_honouring_retry_after() {
     assert_eq!(server.request_lines().len(), 2, "ping and one GET");
 }
 
+/// Eventually consistent storage (and distribution's filesystem driver while
+/// another publisher rewrites a blob's link) can answer a manifest PUT with
+/// "blob unknown" for a blob that is in place: it is tried again, briefly.
+#[tokio::test]
+async fn a_manifest_citing_a_blob_not_visible_yet_is_put_again() {
+    let manifest = RawManifest::canonical(
+        &serde_json::json!({"schemaVersion": 2, "manifests": []}),
+        MEDIA_TYPE_INDEX,
+    );
+    let target = format!("/v2/q/manifests/{}", manifest.digest);
+    let puts = Arc::new(AtomicI64::new(0));
+    let (p, digest) = (puts.clone(), manifest.digest.to_string());
+    let server = QuirkServer::start(move |r| match (r.method.as_str(), r.target.as_str()) {
+        ("GET", "/v2/") => (200, vec![], vec![]),
+        ("PUT", t) if t == target && p.fetch_add(1, Ordering::SeqCst) == 0 => (
+            400,
+            vec![],
+            br#"{"errors":[{"code":"DIGEST_INVALID"},{"code":"MANIFEST_BLOB_UNKNOWN"}]}"#.to_vec(),
+        ),
+        ("PUT", t) if t == target => (
+            201,
+            vec![("Docker-Content-Digest".into(), digest.clone())],
+            vec![],
+        ),
+        _ => (404, vec![], vec![]),
+    });
+    let client = server.client();
+    client
+        .put_manifest("q", &manifest.digest.to_string(), &manifest)
+        .await
+        .unwrap();
+    assert_eq!(puts.load(Ordering::SeqCst), 2);
+
+    // Other refusals stay final: one try.
+    let server = QuirkServer::start(|r| match r.target.as_str() {
+        "/v2/" => (200, vec![], vec![]),
+        _ => (
+            400,
+            vec![],
+            br#"{"errors":[{"code":"MANIFEST_INVALID"}]}"#.to_vec(),
+        ),
+    });
+    let e = server
+        .client()
+        .put_manifest("q", "v1", &manifest)
+        .await
+        .unwrap_err();
+    assert_eq!(e.codes(), ["MANIFEST_INVALID"]);
+    assert_eq!(server.request_lines().len(), 2, "ping and one PUT");
+}
+
 #[tokio::test]
 async fn a_failed_upload_is_retried_as_a_unit_and_gives_its_bytes_back() {
     let data = Bytes::from(payload(4000, 9));
