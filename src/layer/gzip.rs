@@ -280,7 +280,7 @@ fn fill(
     mut buf: Vec<u8>,
     on_raw: &mut dyn FnMut(&[u8]),
 ) -> io::Result<Vec<u8>> {
-    buf.clear();
+    // Recycled blocks come back full length: zero only new memory.
     buf.resize(BLOCK_SIZE, 0);
     let mut len = 0;
     while len < BLOCK_SIZE {

@@ -7,12 +7,18 @@
 //! start: nothing is compressed twice and no blob is held in memory. The file
 //! is unlinked at creation, so it disappears with its last handle, even when
 //! the process is killed.
+//!
+//! The last few MiB written are also kept in memory: an upload that keeps up
+//! with the writer (the usual case) takes them from there, without reading
+//! the file back or copying them again. Retries and slow readers read the
+//! file.
 
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::Stream;
@@ -38,10 +44,44 @@ impl State {
     }
 }
 
+/// How many of the last bytes written stay in memory for readers.
+const RECENT_LIMIT: usize = 4 << 20;
+
+/// The newest writes, oldest first, at most [`RECENT_LIMIT`] bytes (plus the
+/// write that crossed it).
+#[derive(Default)]
+struct Recent {
+    chunks: VecDeque<(u64, Bytes)>,
+    bytes: usize,
+}
+
+impl Recent {
+    fn push(&mut self, offset: u64, chunk: Bytes) {
+        self.bytes += chunk.len();
+        self.chunks.push_back((offset, chunk));
+        while self.bytes > RECENT_LIMIT && self.chunks.len() > 1 {
+            if let Some((_, old)) = self.chunks.pop_front() {
+                self.bytes -= old.len();
+            }
+        }
+    }
+
+    /// Up to `max` bytes from `offset` on, if they are still here.
+    fn get(&self, offset: u64, max: usize) -> Option<Bytes> {
+        let (start, chunk) = self
+            .chunks
+            .iter()
+            .find(|(start, chunk)| *start <= offset && offset < start + chunk.len() as u64)?;
+        let from = (offset - start) as usize;
+        Some(chunk.slice(from..chunk.len().min(from + max)))
+    }
+}
+
 /// The writing half. Dropping it without [`SpoolWriter::finish`] fails every
 /// reader.
 pub struct SpoolWriter {
     file: Arc<File>,
+    recent: Arc<Mutex<Recent>>,
     state: watch::Sender<State>,
     hasher: Option<Hasher>,
     written: u64,
@@ -51,21 +91,28 @@ pub struct SpoolWriter {
 #[derive(Clone)]
 pub struct Spool {
     file: Arc<File>,
+    recent: Arc<Mutex<Recent>>,
     state: watch::Receiver<State>,
 }
 
 /// Creates an empty spool in `dir`.
 pub fn create(dir: &Path) -> io::Result<(SpoolWriter, Spool)> {
     let file = Arc::new(tempfile::tempfile_in(dir)?);
+    let recent = Arc::new(Mutex::new(Recent::default()));
     let (tx, rx) = watch::channel(State::Writing { written: 0 });
     Ok((
         SpoolWriter {
             file: file.clone(),
+            recent: recent.clone(),
             state: tx,
             hasher: Some(Hasher::new()),
             written: 0,
         },
-        Spool { file, state: rx },
+        Spool {
+            file,
+            recent,
+            state: rx,
+        },
     ))
 }
 
@@ -73,6 +120,9 @@ impl SpoolWriter {
     /// Marks the spool complete; returns the digest and size of its bytes.
     pub fn finish(mut self) -> (Digest, u64) {
         let (digest, written) = self.hasher.take().expect("finish once").finish();
+        // A finished spool may wait long for its uploads (or retries): its
+        // memory goes now, the file has every byte.
+        self.forget_recent();
         self.state.send_replace(State::Done {
             written,
             digest: digest.clone(),
@@ -83,6 +133,7 @@ impl SpoolWriter {
     /// Marks the spool failed; readers get `reason` as an error.
     pub fn fail(mut self, reason: impl Into<String>) {
         self.hasher = None;
+        self.forget_recent();
         self.state.send_replace(State::Failed {
             written: self.written,
             reason: reason.into(),
@@ -90,8 +141,15 @@ impl SpoolWriter {
     }
 }
 
+impl SpoolWriter {
+    fn forget_recent(&self) {
+        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = Recent::default();
+    }
+}
+
 impl Drop for SpoolWriter {
     fn drop(&mut self) {
+        self.forget_recent();
         if self.hasher.is_some() {
             self.state.send_replace(State::Failed {
                 written: self.written,
@@ -107,6 +165,10 @@ impl Write for SpoolWriter {
         if let Some(h) = &mut self.hasher {
             h.update(buf);
         }
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(self.written, Bytes::copy_from_slice(buf));
         self.written += buf.len() as u64;
         let written = self.written;
         self.state.send_replace(State::Writing { written });
@@ -165,6 +227,15 @@ impl Spool {
                 let written = state.written();
                 if offset < written {
                     let len = (written - offset).min(READ_CHUNK) as usize;
+                    let recent = spool
+                        .recent
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(offset, len);
+                    if let Some(chunk) = recent {
+                        let next = offset + chunk.len() as u64;
+                        return Ok(Some((chunk, (spool, next))));
+                    }
                     let file = spool.file.clone();
                     let buf = tokio::task::spawn_blocking(move || {
                         let mut buf = vec![0u8; len];
@@ -244,6 +315,54 @@ mod tests {
         // A second reader (a retry) sees the same bytes.
         let again = read_all(&spool).await.unwrap();
         assert_eq!(Digest::of(&again), digest);
+    }
+
+    #[test]
+    fn recent_keeps_the_newest_writes_within_its_limit() {
+        let mut recent = Recent::default();
+        let chunk = |n: u8| Bytes::from(vec![n; 1 << 20]);
+        for i in 0..6u8 {
+            recent.push(u64::from(i) << 20, chunk(i));
+        }
+        // 4 MiB kept: the first two writes are gone.
+        assert_eq!(recent.bytes, RECENT_LIMIT);
+        assert!(recent.get(0, 10).is_none());
+        assert!(recent.get((2 << 20) - 1, 10).is_none());
+        let got = recent.get((2 << 20) + 5, 100).unwrap();
+        assert_eq!(got.len(), 100);
+        assert!(got.iter().all(|b| *b == 2));
+        // A read stops at the end of the write it starts in.
+        assert_eq!(recent.get((6 << 20) - 3, 100).unwrap().len(), 3);
+        assert!(recent.get(6 << 20, 1).is_none());
+    }
+
+    #[tokio::test]
+    async fn a_reader_behind_the_memory_window_reads_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, spool) = create(dir.path()).unwrap();
+        let data: Vec<u8> = (0..(3 * RECENT_LIMIT as u32))
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let (head, tail) = data.split_at(2 * RECENT_LIMIT);
+        for chunk in head.chunks(300_000) {
+            w.write_all(chunk).unwrap();
+        }
+        // Starts 8 MiB behind: the start is only in the file, the rest
+        // follows the writer.
+        let reader = tokio::spawn({
+            let s = spool.clone();
+            async move { read_all(&s).await.unwrap() }
+        });
+        let tail = tail.to_vec();
+        let writer = std::thread::spawn(move || {
+            for chunk in tail.chunks(300_000) {
+                w.write_all(chunk).unwrap();
+            }
+            w.finish()
+        });
+        let (digest, _) = writer.join().unwrap();
+        assert_eq!(reader.await.unwrap(), data);
+        assert_eq!(Digest::of(&data), digest);
     }
 
     #[tokio::test]
