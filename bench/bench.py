@@ -133,6 +133,15 @@ class Registry:
             self.log_file.close()
             self.log_file = None
 
+    def cpu_seconds(self):
+        """User + system CPU the registry process has used so far."""
+        try:
+            with open("/proc/%d/stat" % self.proc.pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError, AttributeError):
+            return None
+
     def blob_size(self, hexdigest):
         path = os.path.join(self.storage, "docker/registry/v2/blobs/sha256", hexdigest[:2], hexdigest, "data")
         try:
@@ -293,7 +302,7 @@ def run_publish(script, state, env_extra, timeout):
     inner = ('mkdir -p /var/lib/containers/cache && mount --bind "$STATE/cache" /var/lib/containers/cache '
              '&& exec bash -c %s' % shlex.quote(body))
     timefile = os.path.join(state, "time")
-    cmd = ["/usr/bin/time", "-f", "%e %M", "-o", timefile, "unshare", "-m", "bash", "-c", inner]
+    cmd = ["/usr/bin/time", "-f", "%e %U %S %M", "-o", timefile, "unshare", "-m", "bash", "-c", inner]
     errpath = os.path.join(state, "stderr")
     with open(errpath, "w") as err:
         t0 = time.monotonic()
@@ -303,16 +312,22 @@ def run_publish(script, state, env_extra, timeout):
         except subprocess.TimeoutExpired:
             rc = "timeout"
         wall = time.monotonic() - t0
-    rss = None
+    rss = cpu = None
     try:
         with open(timefile) as f:
-            rss = int(f.read().split()[-1])
+            # The last line: `time` writes "Command exited with …" before it.
+            _, user, system, rss = f.read().split("\n")[-2].split()
+        rss, cpu = int(rss), float(user) + float(system)
     except (OSError, ValueError, IndexError):
         pass
     with open(errpath, errors="replace") as f:
         tail = f.read()[-2000:]
     shutil.rmtree(runroot, ignore_errors=True)
-    return rc, wall, rss, tail
+    return rc, wall, rss, cpu, tail
+
+
+def cpu_delta(before, after):
+    return None if before is None or after is None else round(after - before, 2)
 
 
 def gzip_archive_probe(workdir, fixture):
@@ -369,6 +384,8 @@ def summarize(results, tools, scenarios=None):
                 "median_mb_pushed": median([r["pushed"]["bytes"] / 1e6 for r in good]),
                 "median_blob_uploads": median([r["pushed"]["blob_uploads"] for r in good]),
                 "median_peak_rss_mb": median([r["peak_rss_kib"] / 1024 if r["peak_rss_kib"] else None for r in good]),
+                "median_cpu_s": median([r.get("cpu_s") for r in good]),
+                "median_registry_cpu_s": median([r.get("registry_cpu_s") for r in good]),
             }
         ref = rows.get("skopeo", {}).get("median_s")
         for tool in tools:
@@ -386,16 +403,18 @@ def print_tables(summary, tools, runs, title="scenario", prec=".1f"):
     for scen in summary:
         print()
         print("%s: %s  (median of %d runs)" % (title, scen, runs))
-        print("  %-17s %9s %11s %9s %10s %8s %10s %5s" % (
-            "tool", "median s", "min-max s", "vs skopeo", "MB pushed", "uploads", "peak RSS", "ok"))
+        print("  %-17s %9s %11s %9s %10s %8s %10s %13s %5s" % (
+            "tool", "median s", "min-max s", "vs skopeo", "MB pushed", "uploads", "peak RSS",
+            "CPU s: tool+reg", "ok"))
         for tool in tools:
             r = summary[scen][tool]
             spread = "-" if r["min_s"] is None else "%s-%s" % (format(r["min_s"], prec), format(r["max_s"], prec))
-            print("  %-17s %9s %11s %9s %10s %8s %10s %5s" % (
+            print("  %-17s %9s %11s %9s %10s %8s %10s %15s %5s" % (
                 LABELS[tool], fmt(r["median_s"], prec), spread,
                 "-" if r["ratio_vs_skopeo"] is None else "%.2fx" % r["ratio_vs_skopeo"],
                 fmt(r["median_mb_pushed"], ".1f"), fmt(r["median_blob_uploads"], ".0f"),
                 "-" if r["median_peak_rss_mb"] is None else "%.0f MB" % r["median_peak_rss_mb"],
+                "%s+%s" % (fmt(r["median_cpu_s"], ".1f"), fmt(r["median_registry_cpu_s"], ".1f")),
                 "%d/%d" % (r["ok"], r["runs"])))
 
 
@@ -465,7 +484,9 @@ def run_n2c(a, tools, work, manifold):
                     if hide:
                         os.rename(store, hidden)
                     try:
-                        rc, wall, rss, tail = run_publish(script, state, {}, a.timeout)
+                        reg_cpu = registry.cpu_seconds()
+                        rc, wall, rss, cpu, tail = run_publish(script, state, {}, a.timeout)
+                        reg_cpu = cpu_delta(reg_cpu, registry.cpu_seconds())
                     finally:
                         if hide:
                             os.rename(hidden, store)
@@ -475,6 +496,7 @@ def run_n2c(a, tools, work, manifold):
                     res = {
                         "run": run, "tool": tool, "scenario": scen, "ok": problem == "",
                         "error": problem or None, "wall_s": round(wall, 3), "peak_rss_kib": rss,
+                        "cpu_s": cpu, "registry_cpu_s": reg_cpu,
                         "pushed": pushed, "stored_new_bytes": registry.stored_bytes() - before,
                         "store_hidden": hide,
                     }
@@ -617,13 +639,16 @@ def main():
                         repo = "%s/%s" % (registry.host, REPO_PATH)
                         images = ["amd64" + suffix, "arm64" + suffix]
                         script = pipeline(tool, fixture, images, repo, tag, manifold, gzip_ok)
-                        rc, wall, rss, tail = run_publish(script, state, {}, a.timeout)
+                        reg_cpu = registry.cpu_seconds()
+                        rc, wall, rss, cpu, tail = run_publish(script, state, {}, a.timeout)
+                        reg_cpu = cpu_delta(reg_cpu, registry.cpu_seconds())
                         problem = "exit %s: %s" % (rc, tail.strip()[-600:]) if rc != 0 else verify(registry.host, [tag, "latest"])
                         pushed = registry.pushed()
                         registry.stop()
                         res = {
                             "run": run, "tool": tool, "scenario": scen, "ok": problem == "",
                             "error": problem or None, "wall_s": round(wall, 3), "peak_rss_kib": rss,
+                        "cpu_s": cpu, "registry_cpu_s": reg_cpu,
                             "pushed": pushed, "stored_new_bytes": registry.stored_bytes() - before,
                         }
                         results.append(res)
@@ -670,6 +695,10 @@ def main():
         print_n2c(n2c_out)
     print()
     print("MB pushed: sizes of the blobs whose upload completed (registry log), re-uploads included")
+    print("CPU s: user+system seconds of the publish (the tool with its children: stream scripts,")
+    print("       podman, gzip) + of the registry process; (tool+reg)/wall near %d means every core"
+          % (os.cpu_count() or 1))
+    print("       was busy: the push is CPU-bound, and only less work makes it faster")
     print("results: %s" % a.out)
     failed = [r for r in results if not r["ok"]] + [r for r in (n2c_out or {}).get("results", []) if not r["ok"]]
     if failed:
