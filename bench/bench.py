@@ -546,7 +546,7 @@ def n2c_strace_check(registry, session, n2c, tag, manifold, store, timeout):
         repo = "%s/%s" % (registry.host, REPO_PATH)
         script = "strace -f -qq -e trace=%%file -o %s %s" % (
             shlex.quote(trace), n2c_pipeline("manifold", n2c, repo, tag, manifold))
-        rc, _, _, tail = run_publish(script, state, {}, timeout)
+        rc, _, _, _, tail = run_publish(script, state, {}, timeout)
         if rc != 0:
             raise SystemExit("strace check of the nix2container rerun failed: exit %s: %s" % (rc, tail[-600:]))
         with open(trace, errors="replace") as f:
