@@ -17,8 +17,8 @@
 //!   [`ReadEvent::LayerStarted`] lets uploads follow the spool at once. A
 //!   candidate the manifest never cites is dropped with its spool.
 //!
-//! A member named `<64 hex>/layer.tar` or `blobs/sha256/<64 hex>` gives a
-//! *hint* of its diff_id. The hint only chooses whether the destination may
+//! A member named `<64 hex>/layer.tar`, `blobs/sha256/<64 hex>` or
+//! `<64 hex>.tar` gives a *hint* of its diff_id. The hint only chooses whether the destination may
 //! already have the layer ([`ReadOptions::known`]); such a member is then
 //! only hashed, and it must hash to its hint. At the end `manifest.json` and
 //! the config are parsed and every `Layers[i]` is checked against
@@ -567,12 +567,17 @@ fn resolve_relative(link: &str, target: &str) -> String {
     parts.join("/")
 }
 
-/// The diff_id a member's name claims: `<64 hex>/layer.tar` (streamLayeredImage)
-/// or `blobs/sha256/<64 hex>` (docker save ≥ 25, uncompressed layers).
+/// The diff_id a member's name claims: `<64 hex>/layer.tar` (streamLayeredImage),
+/// `blobs/sha256/<64 hex>` (docker save ≥ 25, uncompressed layers) or
+/// `<64 hex>.tar` (skopeo's and podman's docker-archives, which name layers by
+/// their uncompressed digest). Old `docker save` names are v1 IDs, not
+/// diff_ids: they only miss the known-layer map, and a hint that does match a
+/// known layer must still hash to it.
 fn hint_of(name: &str) -> Option<Digest> {
     let hex = name
         .strip_suffix("/layer.tar")
-        .or_else(|| name.strip_prefix("blobs/sha256/"))?;
+        .or_else(|| name.strip_prefix("blobs/sha256/"))
+        .or_else(|| name.strip_suffix(".tar").filter(|hex| !hex.contains('/')))?;
     Digest::from_hex(hex).ok()
 }
 
@@ -1215,7 +1220,13 @@ mod tests {
         );
         let d = Digest::of(b"x");
         assert_eq!(hint_of(&format!("{}/layer.tar", d.hex())), Some(d.clone()));
-        assert_eq!(hint_of(&format!("blobs/sha256/{}", d.hex())), Some(d));
+        assert_eq!(
+            hint_of(&format!("blobs/sha256/{}", d.hex())),
+            Some(d.clone())
+        );
+        assert_eq!(hint_of(&format!("{}.tar", d.hex())), Some(d.clone()));
+        assert_eq!(hint_of(&format!("x/{}.tar", d.hex())), None);
+        assert_eq!(hint_of("layer.tar"), None);
         assert_eq!(hint_of("abc/layer.tar"), None);
         assert_eq!(hint_of("c.json"), None);
     }

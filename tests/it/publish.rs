@@ -260,6 +260,55 @@ fn a_re_run_uploads_no_layer_and_gives_the_same_digest() {
     );
 }
 
+/// skopeo and podman write docker-archives with layers named
+/// `<diff_id hex>.tar`: a re-run finds them in the known-layer map and
+/// neither compresses nor uploads them.
+#[test]
+fn a_re_run_of_a_skopeo_written_archive_only_hashes_its_layers() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/skopeo-archive");
+    let dir = tempfile::tempdir().unwrap();
+    let archive = dir.path().join("fd.tar");
+    let status = Command::new("skopeo")
+        .args(["copy", "-q"])
+        .arg(format!(
+            "docker-archive:{}",
+            testdata("fd-amd64.tar").display()
+        ))
+        .arg(format!("docker-archive:{}", archive.display()))
+        .status()
+        .expect("skopeo runs");
+    assert!(status.success());
+    let (_, diff_ids) = archive_facts(&archive);
+    let args = [
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "v1",
+        archive.to_str().unwrap(),
+    ];
+    let first = Run::new(&args).success();
+    let uploads = registry.blob_upload_requests();
+    let out = Run::new(&args).output();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), first);
+    assert!(
+        stderr.contains(&format!(
+            "{} layer(s) already published will be reused",
+            diff_ids.len()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        stderr.matches("already published\n").count(),
+        diff_ids.len(),
+        "{stderr}"
+    );
+    assert_eq!(registry.blob_upload_requests(), uploads);
+}
+
 #[test]
 fn an_oci_layout_gets_the_same_index_as_a_registry() {
     let registry = TestRegistry::start(Auth::None);
