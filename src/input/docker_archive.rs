@@ -18,9 +18,10 @@
 //!   candidate the manifest never cites is dropped with its spool.
 //!
 //! A member named `<64 hex>/layer.tar`, `blobs/sha256/<64 hex>` or
-//! `<64 hex>.tar` gives a *hint* of its diff_id. The hint only chooses whether the destination may
-//! already have the layer ([`ReadOptions::known`]); such a member is then
-//! only hashed, and it must hash to its hint. At the end `manifest.json` and
+//! `<64 hex>.tar` gives a *hint* of its diff_id. The hint only chooses
+//! whether the destination may already have the layer
+//! ([`ReadOptions::known`]); such a member is then only hashed, and it must
+//! hash to its hint. At the end `manifest.json` and
 //! the config are parsed and every `Layers[i]` is checked against
 //! `rootfs.diff_ids[i]` with the hashes computed from the bytes.
 //!

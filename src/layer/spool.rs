@@ -47,8 +47,8 @@ impl State {
 /// How many of the last bytes written stay in memory for readers.
 const RECENT_LIMIT: usize = 4 << 20;
 
-/// The newest writes, oldest first, at most [`RECENT_LIMIT`] bytes (plus the
-/// write that crossed it).
+/// The newest writes, oldest first: at most [`RECENT_LIMIT`] bytes, or the
+/// last write alone when it is larger.
 #[derive(Default)]
 struct Recent {
     chunks: VecDeque<(u64, Bytes)>,
@@ -130,6 +130,10 @@ impl SpoolWriter {
         (digest, written)
     }
 
+    fn forget_recent(&self) {
+        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = Recent::default();
+    }
+
     /// Marks the spool failed; readers get `reason` as an error.
     pub fn fail(mut self, reason: impl Into<String>) {
         self.hasher = None;
@@ -138,12 +142,6 @@ impl SpoolWriter {
             written: self.written,
             reason: reason.into(),
         });
-    }
-}
-
-impl SpoolWriter {
-    fn forget_recent(&self) {
-        *self.recent.lock().unwrap_or_else(|e| e.into_inner()) = Recent::default();
     }
 }
 
