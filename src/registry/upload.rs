@@ -473,7 +473,7 @@ impl RegistryClient {
                         sent,
                     )
                     .await?;
-                if resp.status() != StatusCode::CREATED && !resp.status().is_success() {
+                if !resp.status().is_success() {
                     return Err(self.status_error(&Method::PUT, &url, resp).await);
                 }
                 check_digest_header(&resp, &digest, &url)?;

@@ -6,7 +6,9 @@
 use manifold::digest::Digest;
 use manifold::oci::ImageIndex;
 
-use crate::harness::{skopeo_copy_all, Auth, FaultProxy, FaultRates, TestRegistry};
+use crate::harness::{
+    client_at, payload, skopeo_copy_all, Auth, FaultProxy, FaultRates, TestRegistry,
+};
 use crate::publish::{testdata, Run};
 
 fn publish_through_faults(seed: u64, auth: Auth, extra: &[&str]) {
@@ -103,23 +105,10 @@ fn publish_survives_faults_seed_4_chunked() {
     publish_through_faults(4, Auth::None, &["--chunk-size", "256KiB"]);
 }
 
-fn payload(n: usize, seed: u8) -> Vec<u8> {
-    let mut x: u32 = 0x9e37_79b9 ^ u32::from(seed);
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunked_uploads_patch_with_inclusive_ranges() {
     use manifold::layer::spool;
-    use manifold::reference::Registry;
-    use manifold::registry::{BlobBody, ClientOptions, Credentials, RegistryClient};
+    use manifold::registry::{BlobBody, ClientOptions, Credentials};
     use std::io::Write as _;
 
     let reg = TestRegistry::start(Auth::None);
@@ -127,12 +116,7 @@ async fn chunked_uploads_patch_with_inclusive_ranges() {
         chunk_size: Some(100_000),
         ..ClientOptions::default()
     };
-    let client = RegistryClient::new(
-        &Registry::parse(&reg.host()).unwrap(),
-        Credentials::anonymous(),
-        &opts,
-    )
-    .unwrap();
+    let client = client_at(&reg.host(), Credentials::anonymous(), &opts);
     // A spool still being written: chunks follow it as it grows.
     let dir = tempfile::tempdir().unwrap();
     let (mut writer, spool) = spool::create(dir.path()).unwrap();
@@ -403,8 +387,7 @@ async fn token_requests_are_retried() {
 #[tokio::test]
 async fn a_chunk_resumes_where_the_registry_stands() {
     use crate::harness::QuirkServer;
-    use manifold::reference::Registry;
-    use manifold::registry::{BlobBody, ClientOptions, Credentials, RegistryClient};
+    use manifold::registry::{BlobBody, ClientOptions, Credentials};
     use std::sync::{Arc, Mutex};
 
     let data = payload(300_000, 11);
@@ -464,12 +447,7 @@ async fn a_chunk_resumes_where_the_registry_stands() {
         max_retries: 0,
         ..ClientOptions::default()
     };
-    let client = RegistryClient::new(
-        &Registry::parse(&server.host()).unwrap(),
-        Credentials::anonymous(),
-        &opts,
-    )
-    .unwrap();
+    let client = client_at(&server.host(), Credentials::anonymous(), &opts);
     client
         .upload_blob("a", BlobBody::Bytes(data.into()), &|_| {})
         .await

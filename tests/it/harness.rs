@@ -354,6 +354,23 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
     line.split_whitespace().nth(1)?.parse().ok()
 }
 
+/// Runs `skopeo --insecure-policy ARGS…` and returns its stdout; fails the
+/// test with skopeo's stderr unless it succeeds.
+pub fn skopeo<S: AsRef<std::ffi::OsStr>>(args: impl IntoIterator<Item = S>) -> Vec<u8> {
+    let args: Vec<_> = args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+    let out = Command::new("skopeo")
+        .arg("--insecure-policy")
+        .args(&args)
+        .output()
+        .expect("skopeo runs");
+    assert!(
+        out.status.success(),
+        "skopeo {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 // Credentials on skopeo's command line are fine here only: test passwords.
 fn skopeo_creds(flag: &str, creds: &Option<(String, String)>) -> Vec<String> {
     match creds {
@@ -363,67 +380,50 @@ fn skopeo_creds(flag: &str, creds: &Option<(String, String)>) -> Vec<String> {
 }
 
 pub fn skopeo_inspect_raw(reference: &str, creds: Option<(String, String)>) -> Vec<u8> {
-    let out = Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "inspect",
-            "--raw",
-            "--tls-verify=false",
-        ])
-        .args(skopeo_creds("--creds", &creds))
-        .arg(format!("docker://{reference}"))
-        .output()
-        .expect("skopeo runs");
-    assert!(
-        out.status.success(),
-        "skopeo inspect {reference} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    let mut args = vec![
+        "inspect".to_owned(),
+        "--raw".into(),
+        "--tls-verify=false".into(),
+    ];
+    args.extend(skopeo_creds("--creds", &creds));
+    args.push(format!("docker://{reference}"));
+    skopeo(args)
 }
 
 /// `skopeo copy --all` of `source` (a `docker://` or `oci:` reference; a bare
-/// `host/repo:tag` means `docker://`) into a temp OCI layout. skopeo checks
-/// every manifest and blob digest on the way, so success means complete.
-pub fn skopeo_copy_all(source: &str, creds: Option<(String, String)>) {
+/// `host/repo:tag` means `docker://`) into the OCI layout `dest` (`DIR:TAG`).
+/// skopeo checks every manifest and blob digest on the way, so success means
+/// complete.
+pub fn skopeo_copy_all_to(source: &str, creds: Option<(String, String)>, dest: &str) {
     let source = if source.starts_with("docker://") || source.starts_with("oci:") {
         source.to_owned()
     } else {
         format!("docker://{source}")
     };
+    let mut args = vec![
+        "copy".to_owned(),
+        "--all".into(),
+        "--src-tls-verify=false".into(),
+    ];
+    args.extend(skopeo_creds("--src-creds", &creds));
+    args.extend([source, format!("oci:{dest}")]);
+    skopeo(args);
+}
+
+/// [`skopeo_copy_all_to`] a temp layout, only to check the image is complete.
+pub fn skopeo_copy_all(source: &str, creds: Option<(String, String)>) {
     let dir = tempfile::tempdir().unwrap();
-    let out = Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "copy",
-            "--all",
-            "--src-tls-verify=false",
-        ])
-        .args(skopeo_creds("--src-creds", &creds))
-        .arg(&source)
-        .arg(format!("oci:{}:copied", dir.path().display()))
-        .output()
-        .expect("skopeo runs");
-    assert!(
-        out.status.success(),
-        "skopeo copy --all {source} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    skopeo_copy_all_to(source, creds, &format!("{}:copied", dir.path().display()));
 }
 
 pub fn skopeo_copy_to_oci(reference: &str, dir: &Path, creds: Option<(String, String)>) {
-    let out = Command::new("skopeo")
-        .args(["--insecure-policy", "copy", "--src-tls-verify=false"])
-        .args(skopeo_creds("--src-creds", &creds))
-        .arg(format!("docker://{reference}"))
-        .arg(format!("oci:{}", dir.display()))
-        .output()
-        .expect("skopeo runs");
-    assert!(
-        out.status.success(),
-        "skopeo copy {reference} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut args = vec!["copy".to_owned(), "--src-tls-verify=false".into()];
+    args.extend(skopeo_creds("--src-creds", &creds));
+    args.extend([
+        format!("docker://{reference}"),
+        format!("oci:{}", dir.display()),
+    ]);
+    skopeo(args);
 }
 
 /// A token issuer per registries.md §8: ES256 JWTs with `x5c`, Basic
@@ -700,9 +700,26 @@ impl QuirkServer {
     }
 
     pub fn client_with_options(&self, creds: Credentials, opts: &ClientOptions) -> RegistryClient {
-        RegistryClient::new(&Registry::parse(&self.host()).expect("host"), creds, opts)
-            .expect("client")
+        client_at(&self.host(), creds, opts)
     }
+}
+
+/// A client for the registry (or proxy, or quirk server) at `host`.
+pub fn client_at(host: &str, creds: Credentials, opts: &ClientOptions) -> RegistryClient {
+    RegistryClient::new(&Registry::parse(host).expect("host"), creds, opts).expect("client")
+}
+
+/// Bytes that do not compress to nothing and differ per seed.
+pub fn payload(len: usize, seed: u8) -> Vec<u8> {
+    let mut x = 0x9e37_79b9u32 ^ u32::from(seed);
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
 }
 
 impl Drop for QuirkServer {

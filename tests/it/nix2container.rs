@@ -16,7 +16,7 @@ use manifold::digest::Digest;
 use manifold::oci::{ImageIndex, ImageManifest, MEDIA_TYPE_LAYER, MEDIA_TYPE_LAYER_GZIP};
 use serde_json::{json, Value};
 
-use crate::harness::{skopeo_copy_all, Auth, TestRegistry};
+use crate::harness::{skopeo, skopeo_copy_all, Auth, TestRegistry};
 use crate::publish::{testdata, Run};
 
 fn fixture(name: &str) -> Value {
@@ -201,25 +201,16 @@ fn two_arch_inputs(store: &Store) -> (PathBuf, PathBuf) {
 
 /// The config of the image manifest `digest`, read with skopeo.
 fn config_of(repo: &str, digest: &Digest, manifest: &ImageManifest) -> Value {
-    let out = Command::new("skopeo")
-        .args([
-            "--insecure-policy",
-            "inspect",
-            "--config",
-            "--raw",
-            "--tls-verify=false",
-        ])
-        .arg(format!("docker://{repo}@{digest}"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(Digest::of(&out.stdout), manifest.config.digest);
+    let config = skopeo([
+        "inspect",
+        "--config",
+        "--raw",
+        "--tls-verify=false",
+        &format!("docker://{repo}@{digest}"),
+    ]);
+    assert_eq!(Digest::of(&config), manifest.config.digest);
     assert_eq!(manifest.config.media_type, manifold::oci::MEDIA_TYPE_CONFIG);
-    serde_json::from_slice(&out.stdout).unwrap()
+    serde_json::from_slice(&config).unwrap()
 }
 
 /// (platform, manifest digest, manifest) of every index entry.

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use manifold::digest::Digest;
 use manifold::oci::{ImageIndex, ImageManifest};
 
-use crate::harness::{skopeo_copy_all, Auth, TestRegistry};
+use crate::harness::{skopeo, skopeo_copy_all, Auth, TestRegistry};
 
 /// The repository's testdata directory.
 pub fn testdata(name: &str) -> PathBuf {
@@ -269,16 +269,12 @@ fn a_re_run_of_a_skopeo_written_archive_only_hashes_its_layers() {
     let repo = registry.repo("acme/skopeo-archive");
     let dir = tempfile::tempdir().unwrap();
     let archive = dir.path().join("fd.tar");
-    let status = Command::new("skopeo")
-        .args(["copy", "-q"])
-        .arg(format!(
-            "docker-archive:{}",
-            testdata("fd-amd64.tar").display()
-        ))
-        .arg(format!("docker-archive:{}", archive.display()))
-        .status()
-        .expect("skopeo runs");
-    assert!(status.success());
+    skopeo([
+        "copy",
+        "-q",
+        &format!("docker-archive:{}", testdata("fd-amd64.tar").display()),
+        &format!("docker-archive:{}", archive.display()),
+    ]);
     let (_, diff_ids) = archive_facts(&archive);
     let args = [
         "publish",

@@ -16,7 +16,7 @@ use manifold::oci::{
 };
 use manifold::registry::{BlobBody, Credentials, RegistryClient, Secret, UploadOutcome};
 
-use crate::harness::{Auth, QuirkServer, TestRegistry};
+use crate::harness::{payload, Auth, QuirkServer, TestRegistry};
 
 /// Runs one async test body against a registry of each auth kind.
 macro_rules! each_auth {
@@ -43,19 +43,6 @@ each_auth!(
 );
 
 fn no_progress(_: i64) {}
-
-/// Bytes that do not compress to nothing and differ per call.
-fn payload(len: usize, seed: u8) -> Vec<u8> {
-    let mut x = 0x9e37_79b9u32 ^ u32::from(seed);
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 17;
-            x ^= x << 5;
-            x as u8
-        })
-        .collect()
-}
 
 async fn ping_and_blob_round_trip(reg: TestRegistry) {
     let client = reg.client();
