@@ -261,21 +261,7 @@ async fn mount_everywhere(
         if destination.has_blob(digest).await.unwrap_or(false) {
             continue;
         }
-        let Destination::Registry { client, repository } = destination else {
-            return false;
-        };
-        let mut mounted = false;
-        for from in holders.iter().filter(|h| h.registry == repository.registry) {
-            if client
-                .mount_blob(&repository.path, digest, &from.path)
-                .await
-                .unwrap_or(false)
-            {
-                mounted = true;
-                break;
-            }
-        }
-        if !mounted {
+        if !destination.mount_from_any(holders, digest).await {
             return false;
         }
         reporter.on_blob_done(

@@ -166,6 +166,37 @@ impl Destination {
         Ok(digest)
     }
 
+    /// Whether `digest` could be mounted into this destination from `from`,
+    /// a repository that has it. Only a registry destination on the same
+    /// registry can mount; a refusal or an error means "upload instead".
+    pub async fn mount_from(&self, from: &Repository, digest: &Digest) -> bool {
+        let Destination::Registry { client, repository } = self else {
+            return false;
+        };
+        if repository.registry != from.registry {
+            return false;
+        }
+        client
+            .mount_blob(&repository.path, digest, &from.path)
+            .await
+            .unwrap_or_else(|e| {
+                tracing::debug!(
+                    "mounting `{digest}` from `{from}` into `{repository}` failed: {e}"
+                );
+                false
+            })
+    }
+
+    /// [`Destination::mount_from`] the first of `holders` that works.
+    pub async fn mount_from_any(&self, holders: &[Repository], digest: &Digest) -> bool {
+        for from in holders {
+            if self.mount_from(from, digest).await {
+                return true;
+            }
+        }
+        false
+    }
+
     /// Mounts `digest` from `source` (a repository of the same registry that
     /// has it) into this destination; uploads from `spool` when the registry
     /// declines or the two are not on one registry.
@@ -176,26 +207,11 @@ impl Destination {
         spool: Spool,
         reporter: &dyn Reporter,
     ) -> Result<Digest> {
-        if let (
-            Destination::Registry { client, repository },
-            Destination::Registry {
-                repository: from, ..
-            },
-        ) = (self, source)
-        {
-            if repository.registry == from.registry {
-                let mounted = client
-                    .mount_blob(&repository.path, digest, &from.path)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::debug!("mounting `{digest}` into `{repository}` failed: {e}");
-                        false
-                    });
-                if mounted {
-                    let size = spool.finished().map(|(_, size)| size).unwrap_or(0);
-                    reporter.on_blob_done(&self.to_string(), digest, size, BlobOutcome::Mounted);
-                    return Ok(digest.clone());
-                }
+        if let Destination::Registry { repository, .. } = source {
+            if self.mount_from(repository, digest).await {
+                let size = spool.finished().map(|(_, size)| size).unwrap_or(0);
+                reporter.on_blob_done(&self.to_string(), digest, size, BlobOutcome::Mounted);
+                return Ok(digest.clone());
             }
         }
         self.push_spool(spool, reporter).await

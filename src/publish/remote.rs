@@ -546,21 +546,8 @@ async fn copy_blob(
             }
             continue;
         }
-        if let Destination::Registry { client, repository } = destination {
-            let mut mounted = false;
-            for from in holders.iter().filter(|h| h.registry == repository.registry) {
-                mounted = client
-                    .mount_blob(&repository.path, digest, &from.path)
-                    .await
-                    .unwrap_or_else(|e| {
-                        tracing::debug!("mounting `{digest}` from `{from}` failed: {e}");
-                        false
-                    });
-                if mounted {
-                    break;
-                }
-            }
-            if mounted {
+        if let Destination::Registry { repository, .. } = destination {
+            if destination.mount_from_any(&holders, digest).await {
                 reporter.on_blob_done(&name, digest, descriptor.size, BlobOutcome::Mounted);
                 holders.push(repository.clone());
                 continue;
