@@ -253,8 +253,10 @@ def write_scripts(out_dir, images):
         os.chmod(script, 0o755)
 
 
-def build(out_dir, layer_mb, random_mb):
+def build(out_dir, layer_mb, random_mb, split=1):
     params = {"version": 3, "layer_mb": layer_mb, "random_mb": random_mb}
+    if split > 1:
+        params["split"] = split
     meta_path = os.path.join(out_dir, "images.json")
     try:
         with open(meta_path) as f:
@@ -272,11 +274,15 @@ def build(out_dir, layer_mb, random_mb):
     per_arch = {a: [] for a in ARCHES}
     seen = set()
     for kind, roots in SOURCES:
-        cuts = slices(roots, target, len(ARCHES), seen)
-        for arch, paths in zip(ARCHES, cuts):
-            sha, size, path = files_layer(layers_dir, "%s-%s" % (kind, arch), paths)
-            log("layer %s-%s: %d files, %.1f MB" % (kind, arch, len(paths), size / 1e6))
-            per_arch[arch].append({"sha256": sha, "size": size, "path": path, "comment": "store paths: %s-%s" % (kind, arch)})
+        # --split K: each kind becomes K smaller layers per architecture, the
+        # shape of a streamLayeredImage with many store paths (up to 100 layers).
+        cuts = slices(roots, target // split, len(ARCHES) * split, seen)
+        for n, paths in enumerate(cuts):
+            arch = ARCHES[n // split]
+            name = "%s-%s" % (kind, arch) if split == 1 else "%s%d-%s" % (kind, n % split, arch)
+            sha, size, path = files_layer(layers_dir, name, paths)
+            log("layer %s: %d files, %.1f MB" % (name, len(paths), size / 1e6))
+            per_arch[arch].append({"sha256": sha, "size": size, "path": path, "comment": "store paths: " + name})
     images = {}
     for arch in ARCHES:
         for variant in ("", "-v2"):
@@ -530,6 +536,8 @@ def main():
     b.add_argument("dir")
     b.add_argument("--layer-mb", type=int, default=100)
     b.add_argument("--random-mb", type=int, default=16)
+    b.add_argument("--split", type=int, default=1,
+                   help="cut each real layer into this many smaller ones (many-layer images)")
     s = sub.add_parser("stream")
     s.add_argument("dir")
     s.add_argument("image")
@@ -540,7 +548,7 @@ def main():
     n.add_argument("--random-mb", type=int, default=16)
     a = p.parse_args()
     if a.cmd == "build":
-        build(a.dir, a.layer_mb, a.random_mb)
+        build(a.dir, a.layer_mb, a.random_mb, a.split)
     elif a.cmd == "n2c":
         n2c_build(a.dir, a.gen, a.layer_mb, a.random_mb)
     else:

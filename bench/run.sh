@@ -10,10 +10,13 @@
 # Network: 127.0.0.1 only, apart from apt-get and cargo.
 #
 #   bench/run.sh [--runs N] [--tools manifold,skopeo,flocken] [--build]
-#                [--layer-mb MB] [--random-mb MB] [--keep] [--timeout S]
+#                [--layer-mb MB] [--random-mb MB] [--split K] [--keep] [--timeout S]
 #                [--manifold PATH] [--n2c] [--n2c-only] [--n2c-runs N]
 #                [--n2c-layer-mb MB]
 #
+# --split K cuts each real layer into K smaller ones: with 33, each
+# architecture has 100 layers of about 3 MB, the shape of a streamLayeredImage
+# of many store paths (its own fixture, bench/.cache/fixture-split33).
 # --n2c adds the nix2container scenario (cold, rerun from a fresh runner with
 # the store moved away) on a fake store of about 420 MB (bench/.cache/n2c;
 # needs Go, installs golang-go); --n2c-only runs just that one.
@@ -29,6 +32,7 @@ runs=3
 tools="manifold,skopeo,flocken"
 layer_mb=100
 random_mb=16
+split=1
 build=0
 manifold="$root/target/release/manifold"
 n2c=0
@@ -43,6 +47,7 @@ while [ $# -gt 0 ]; do
         --tools) tools="$2"; shift 2 ;;
         --layer-mb) layer_mb="$2"; shift 2 ;;
         --random-mb) random_mb="$2"; shift 2 ;;
+        --split) split="$2"; shift 2 ;;
         --build) build=1; shift ;;
         --keep) extra+=(--keep); shift ;;
         --timeout) extra+=(--timeout "$2"); shift 2 ;;
@@ -88,9 +93,14 @@ case ",$tools," in
 esac
 
 mkdir -p "$cache"
+fixture="$cache/fixture" results="$cache/results.json"
+if [ "$split" != 1 ]; then
+    fixture="$cache/fixture-split$split" results="$cache/results-split$split.json"
+fi
 case " ${extra[*]-} " in
     *" --n2c-only "*) ;;
-    *) python3 "$here/make_fixture.py" build "$cache/fixture" --layer-mb "$layer_mb" --random-mb "$random_mb" ;;
+    *) python3 "$here/make_fixture.py" build "$fixture" --layer-mb "$layer_mb" --random-mb "$random_mb" \
+           --split "$split" ;;
 esac
 if [ "$n2c" = 1 ]; then
     python3 "$here/make_fixture.py" n2c "$cache/n2c" --gen "$root/testdata/nix2container/gen" \
@@ -99,5 +109,5 @@ if [ "$n2c" = 1 ]; then
 fi
 
 exec python3 "$here/bench.py" --runs "$runs" --tools "$tools" \
-    --fixture "$cache/fixture" --work "$cache/work" --out "$cache/results.json" \
+    --fixture "$fixture" --work "$cache/work" --out "$results" \
     --manifold "$manifold" ${extra[@]+"${extra[@]}"}

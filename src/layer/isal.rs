@@ -62,13 +62,17 @@ const ZSTATE_END: u32 = 11;
 /// Highest level ISA-L knows.
 pub const MAX_LEVEL: u32 = 3;
 
-/// `ISAL_DEF_LVLx_DEFAULT`: the working memory each level asks for.
+/// `ISAL_DEF_LVLx_SMALL`: the working memory each level gets. It holds the
+/// tokens of one deflate block, so it sets how often a fresh Huffman table
+/// is built. ISA-L's default (`_LARGE`, 64 Ki tokens) is about 12 % faster
+/// here, but its output is about 1 % larger: enough to push more bytes than
+/// skopeo's gzip (Go, level 6) plus 5 % on images of many small layers.
 fn level_buf_size(level: u32) -> usize {
     match level {
         0 => 0,
-        1 => 282_624,
-        2 => 331_776,
-        _ => 348_160,
+        1 => 86_016,
+        2 => 135_168,
+        _ => 151_552,
     }
 }
 

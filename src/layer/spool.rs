@@ -210,6 +210,16 @@ impl Spool {
         }
     }
 
+    /// Waits until at least `bytes` are written, or the writer has finished
+    /// or failed, whichever comes first.
+    pub async fn wait_for(&self, bytes: u64) {
+        let mut rx = self.state.clone();
+        // An error means the writer is gone: its last state is final too.
+        let _ = rx
+            .wait_for(|s| !matches!(s, State::Writing { written } if *written < bytes))
+            .await;
+    }
+
     /// Bytes written so far.
     pub fn written(&self) -> u64 {
         self.state.borrow().written()

@@ -1,8 +1,10 @@
 //! One blob upload, the way docker, skopeo and crane do it: HEAD when the
 //! digest is known, POST a session, then either one `PUT ?digest=` with the
 //! body (digest known) or one streamed `PATCH` followed by `PUT ?digest=`
-//! once the spool has finished (digest known only at the end). Also
-//! cross-repository mounts, and the session steps on their own.
+//! once the spool has finished (digest known only at the end). A spool still
+//! being written is waited for until it holds [`STREAM_AFTER`] bytes, so a
+//! small layer goes in one `PUT`. Also cross-repository mounts, and the
+//! session steps on their own.
 //!
 //! Chunked uploads (`PATCH` with `Content-Range: <start>-<end>`, inclusive,
 //! and `Content-Length`, then `PUT ?digest=`) are used when the user asks
@@ -351,6 +353,13 @@ impl UploadOutcome {
 /// through cannot be answered by replaying the request.
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 
+/// A spool still being written is streamed (`PATCH`, then `PUT`) only once it
+/// holds this much; a smaller blob is waited for and sent in one `PUT`. Each
+/// request costs a registry milliseconds of CPU (distribution: about 2.5 ms),
+/// which adds up on an image of a hundred small layers. Within the spool's
+/// in-memory window, so the stream still starts from memory.
+pub const STREAM_AFTER: u64 = 2 << 20;
+
 impl RegistryClient {
     /// Uploads a blob into `repo` (see the module doc). `on_progress` gets
     /// bytes sent, and the negative of a failed try's bytes.
@@ -412,6 +421,9 @@ impl RegistryClient {
         source_cut: &mut bool,
     ) -> Result<UploadOutcome, RegistryError> {
         let (session, min_chunk) = self.start_session(repo).await?;
+        if let BlobBody::Spool(spool) = body {
+            spool.wait_for(STREAM_AFTER).await;
+        }
         // The digest may have become known since the HEAD (or a failed try).
         let known = body.known();
         // Opened before this registry's jobs permit is taken (in

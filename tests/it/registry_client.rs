@@ -14,6 +14,7 @@ use manifold::oci::{
     Descriptor, ImageIndex, ImageManifest, Platform, RawManifest, MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_MANIFEST,
 };
+use manifold::registry::upload::STREAM_AFTER;
 use manifold::registry::{BlobBody, Credentials, RegistryClient, Secret, UploadOutcome};
 
 use crate::harness::{payload, Auth, QuirkServer, TestRegistry};
@@ -167,6 +168,61 @@ async fn streamed_spool_upload(reg: TestRegistry) {
     assert_eq!(
         reg.count_requests("PUT /v2/streamed/other/blobs/uploads/"),
         1
+    );
+}
+
+/// A spool smaller than STREAM_AFTER that is still being written when the
+/// session opens is waited for and sent in one PUT: no PATCH, a request less
+/// per small layer for the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_small_spool_still_being_written_goes_in_one_put() {
+    let reg = TestRegistry::start(Auth::None);
+    let client = reg.client();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, spool) = spool::create(dir.path()).unwrap();
+    let data = payload(50_000, 4);
+    writer.write_all(&data[..1000]).unwrap();
+    let log_of = reg.log_path();
+    let writing = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !std::fs::read_to_string(&log_of)
+            .unwrap_or_default()
+            .contains("POST /v2/small/app/blobs/uploads/")
+        {
+            assert!(std::time::Instant::now() < deadline, "no session started");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        std::thread::sleep(Duration::from_millis(100));
+        writer.write_all(&data[1000..]).unwrap();
+        writer.finish()
+    });
+    let outcome = client
+        .upload_blob("small/app", BlobBody::Spool(spool), &no_progress)
+        .await
+        .unwrap();
+    let (digest, size) = writing.join().unwrap();
+    assert_eq!(
+        outcome,
+        UploadOutcome::Uploaded {
+            digest: digest.clone(),
+            size
+        }
+    );
+    assert_eq!(size, 50_000);
+    assert_eq!(
+        reg.count_requests("PATCH /v2/small/app/"),
+        0,
+        "{:?}",
+        reg.request_log()
+    );
+    assert_eq!(reg.count_requests("PUT /v2/small/app/blobs/uploads/"), 1);
+    assert_eq!(
+        client
+            .get_blob("small/app", &digest, 1 << 20)
+            .await
+            .unwrap()
+            .len(),
+        50_000
     );
 }
 
@@ -489,8 +545,11 @@ async fn tag_pages_are_followed_through_link_headers() {
 #[tokio::test]
 async fn relative_locations_with_queries_and_201_on_patch() {
     // ECR answers a PATCH with 201; Location is relative and carries a query.
-    let data = payload(3000, 8);
+    // Larger than STREAM_AFTER, so the spool is streamed in a PATCH.
+    let head = STREAM_AFTER as usize + 1000;
+    let data = payload(head + 2000, 8);
     let digest = Digest::of(&data);
+    let size = data.len() as u64;
     let want = format!("PUT /v2/q/blobs/uploads/s2?state=x&digest={digest}");
     let server = QuirkServer::start(move |r| match (r.method.as_str(), r.target.as_str()) {
         ("GET", "/v2/") => (200, vec![], vec![]),
@@ -511,7 +570,7 @@ async fn relative_locations_with_queries_and_201_on_patch() {
     });
     let dir = tempfile::tempdir().unwrap();
     let (mut writer, spool) = spool::create(dir.path()).unwrap();
-    writer.write_all(&data[..1000]).unwrap();
+    writer.write_all(&data[..head]).unwrap();
     let client = server.client();
     let upload = tokio::spawn({
         let spool = spool.clone();
@@ -533,10 +592,10 @@ async fn relative_locations_with_queries_and_201_on_patch() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     tokio::time::sleep(Duration::from_millis(200)).await;
-    writer.write_all(&data[1000..]).unwrap();
+    writer.write_all(&data[head..]).unwrap();
     writer.finish();
     let outcome = upload.await.unwrap().unwrap();
-    assert_eq!(outcome, UploadOutcome::Uploaded { digest, size: 3000 });
+    assert_eq!(outcome, UploadOutcome::Uploaded { digest, size });
     let log = server.request_lines();
     assert_eq!(
         log.iter().filter(|r| r.starts_with("PATCH")).count(),
@@ -808,7 +867,10 @@ async fn a_short_lived_token_is_renewed_before_a_streamed_upload() {
 
     let dir = tempfile::tempdir().unwrap();
     let (mut writer, spool) = spool::create(dir.path()).unwrap();
-    writer.write_all(b"some layer bytes").unwrap();
+    // Larger than STREAM_AFTER, so the spool is streamed in a PATCH.
+    writer
+        .write_all(&payload(STREAM_AFTER as usize + 16, 3))
+        .unwrap();
     let upload = tokio::spawn({
         let client = client.clone();
         async move {
