@@ -18,6 +18,7 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::thread::JoinHandle;
@@ -72,6 +73,17 @@ struct Done {
 pub struct Pool {
     jobs: Option<mpsc::Sender<Job>>,
     workers: Vec<JoinHandle<()>>,
+    /// Layers being compressed right now, which share the block budget.
+    active: AtomicUsize,
+}
+
+/// One layer's share of the pool while it is being compressed.
+struct Active<'a>(&'a Pool);
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl Pool {
@@ -90,6 +102,7 @@ impl Pool {
         Ok(Pool {
             jobs: Some(tx),
             workers,
+            active: AtomicUsize::new(0),
         })
     }
 
@@ -107,6 +120,22 @@ impl Pool {
     /// Number of worker threads.
     pub fn threads(&self) -> usize {
         self.workers.len()
+    }
+
+    fn enter(&self) -> Active<'_> {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        Active(self)
+    }
+
+    /// How many blocks one layer may have queued or being compressed. Two
+    /// layers at once (two streams) get enough to keep every worker busy;
+    /// more layers at once share that budget, down to two blocks each, so
+    /// memory stays flat however many platforms are published (each block
+    /// is about 2 MiB with its output).
+    fn in_flight_limit(&self) -> usize {
+        let per_layer = 2 * self.threads() + 2;
+        let active = self.active.load(Ordering::Relaxed).max(1);
+        (2 * per_layer / active).clamp(2, per_layer)
     }
 
     fn submit(&self, job: Job) -> io::Result<()> {
@@ -212,9 +241,7 @@ pub fn compress(
     on_raw: &mut dyn FnMut(&[u8]),
 ) -> io::Result<u64> {
     let codec = Codec::for_level(level);
-    // Memory bound per layer: this many blocks queued or being compressed,
-    // plus the one being read and the one held back to learn if it is last.
-    let max_in_flight = 2 * pool.threads() + 2;
+    let _active = pool.enter();
     let mut in_flight: VecDeque<Receiver<Done>> = VecDeque::new();
     let mut spare: Vec<Vec<u8>> = Vec::new();
     let mut spare_out: Vec<Vec<u8>> = Vec::new();
@@ -245,7 +272,11 @@ pub fn compress(
             reply: tx,
         })?;
         in_flight.push_back(rx);
-        // Write what is ready, and wait when too much is pending.
+        // Memory bound: this many blocks queued or being compressed (see
+        // `Pool::in_flight_limit`), plus the one being read and the one held
+        // back to learn if it is last. Write what is ready, and wait when
+        // too much is pending.
+        let max_in_flight = pool.in_flight_limit();
         while let Some(rx) = in_flight.front() {
             let done = if in_flight.len() >= max_in_flight || last {
                 rx.recv().map_err(|_| gone())?
@@ -412,6 +443,34 @@ mod tests {
             one.len(),
             two.len()
         );
+    }
+
+    #[test]
+    fn layers_at_once_share_the_block_budget() {
+        let pool = Pool::new(2).unwrap();
+        assert_eq!(pool.in_flight_limit(), 6, "one layer: the full share");
+        let guards: Vec<_> = (0..2).map(|_| pool.enter()).collect();
+        assert_eq!(pool.in_flight_limit(), 6, "two layers: each the full share");
+        let more: Vec<_> = (0..4).map(|_| pool.enter()).collect();
+        assert_eq!(
+            pool.in_flight_limit(),
+            2,
+            "six layers: twelve blocks in all"
+        );
+        drop((guards, more));
+        assert_eq!(pool.in_flight_limit(), 6);
+
+        // Eight layers at once on two workers: all finish, each as it would alone.
+        let data = sample(5 * BLOCK_SIZE + 123);
+        let (alone, _) = gz(&pool, &mut &data[..], 2);
+        let outputs: Vec<Vec<u8>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..8)
+                .map(|_| scope.spawn(|| gz(&pool, &mut &data[..], 2).0))
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        assert!(outputs.iter().all(|o| *o == alone));
+        assert_eq!(pool.active.load(Ordering::Relaxed), 0);
     }
 
     #[test]
