@@ -24,7 +24,8 @@
 //! serves other bytes than its digest fails the upload clearly (before the
 //! registry's own check on the final `PUT`).
 //!
-//! A failed upload is retried as a unit, with a new session, by reading the
+//! A failed upload (a transient error, or a session the registry has lost:
+//! `BLOB_UPLOAD_UNKNOWN`) is retried as a unit, with a new session, by reading the
 //! spool (or GETting the source blob, or reopening the file) again from the
 //! start: a streamed body cannot be replayed request by
 //! request, and after a cut request distribution's session state (`_state`,
@@ -353,6 +354,12 @@ impl UploadOutcome {
 /// through cannot be answered by replaying the request.
 const TOKEN_MARGIN: Duration = Duration::from_secs(60);
 
+/// The registry no longer knows the upload session: it expired, or a
+/// replica behind a load balancer never had it. A new session can succeed.
+fn session_lost(e: &RegistryError) -> bool {
+    e.codes().contains(&"BLOB_UPLOAD_UNKNOWN")
+}
+
 /// A spool still being written is streamed (`PATCH`, then `PUT`) only once it
 /// holds this much; a smaller blob is waited for and sent in one `PUT`. Each
 /// request costs a registry milliseconds of CPU (distribution: about 2.5 ms),
@@ -392,7 +399,7 @@ impl RegistryClient {
                     if sent > 0 {
                         on_progress(-(sent as i64));
                     }
-                    if e.is_transient() || source_cut {
+                    if e.is_transient() || source_cut || session_lost(&e) {
                         if let Some(delay) = retry.next_delay(e.retry_after()) {
                             tracing::debug!(error = %e, ?delay, "retrying the upload with a new session");
                             tokio::time::sleep(delay).await;

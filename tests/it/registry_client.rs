@@ -695,6 +695,46 @@ async fn a_manifest_citing_a_blob_not_visible_yet_is_put_again() {
     assert_eq!(server.request_lines().len(), 2, "ping and one PUT");
 }
 
+/// A session the registry has lost (expired, or unknown to the replica the
+/// PUT reached) is not the end: the upload starts again with a new one.
+#[tokio::test]
+async fn a_lost_upload_session_is_replaced() {
+    let data = Bytes::from(payload(4000, 10));
+    let digest = Digest::of(&data);
+    let posts = Arc::new(AtomicI64::new(0));
+    let (p, d) = (posts.clone(), digest.to_string());
+    let server = QuirkServer::start(move |r| {
+        match (r.method.as_str(), r.target.as_str()) {
+        ("GET", "/v2/") => (200, vec![], vec![]),
+        ("HEAD", _) => (404, vec![], vec![]),
+        ("POST", _) => {
+            let n = p.fetch_add(1, Ordering::SeqCst) + 1;
+            let location = format!("/v2/q/blobs/uploads/s{n}");
+            (202, vec![("Location".into(), location)], vec![])
+        }
+        ("PUT", t) if t.starts_with("/v2/q/blobs/uploads/s1") => (
+            404,
+            vec![],
+            br#"{"errors":[{"code":"BLOB_UPLOAD_UNKNOWN","message":"blob upload unknown to registry"}]}"#.to_vec(),
+        ),
+        ("PUT", _) => (201, vec![("Docker-Content-Digest".into(), d.clone())], vec![]),
+        _ => (400, vec![], vec![]),
+    }
+    });
+    let outcome = server
+        .client()
+        .upload_blob("q", BlobBody::Bytes(data), &no_progress)
+        .await
+        .unwrap();
+    assert_eq!(outcome, UploadOutcome::Uploaded { digest, size: 4000 });
+    assert_eq!(
+        posts.load(Ordering::SeqCst),
+        2,
+        "{:?}",
+        server.request_lines()
+    );
+}
+
 #[tokio::test]
 async fn a_failed_upload_is_retried_as_a_unit_and_gives_its_bytes_back() {
     let data = Bytes::from(payload(4000, 9));
