@@ -6,11 +6,14 @@
 //! following its spool, so the network overlaps with compression and the
 //! archive's manifest, which a stream writes last, is needed only at the end.
 //! Then the config and the image manifest (by digest) follow.
+//!
+//! A layer that another input of the same publish is already publishing
+//! (see `in_flight`) is waited for and then only hashed, like a known layer.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{bail, Context, Result};
 use tokio::sync::mpsc;
@@ -20,12 +23,13 @@ use crate::digest::Digest;
 use crate::input::{
     self, ArchiveImage, InputSpec, KnownLayers, LayerBlob, OpenedInput, ReadEvent, ReadOptions,
 };
-use crate::layer::Compression;
+use crate::layer::{Compression, EncodedLayer};
 use crate::manifest;
 use crate::oci::{ConfigSummary, Descriptor, Platform, RawManifest};
 use crate::progress::Reporter;
 
 use super::destination::Destination;
+use super::in_flight::{Claim, Claimed, InFlight};
 
 /// What reading an input needs besides the input itself.
 #[derive(Clone)]
@@ -60,6 +64,7 @@ pub async fn publish_image(
     spec: InputSpec,
     destinations: Arc<Vec<Destination>>,
     options: ImageOptions,
+    in_flight: Arc<InFlight>,
     reporter: Arc<dyn Reporter>,
 ) -> Result<PublishedImage> {
     if super::nix2container::is_nix2container(&spec) {
@@ -71,13 +76,18 @@ pub async fn publish_image(
     // Stops the reader (and so the stream process) if this future is dropped.
     let _stop_reader_on_drop = CancelOnDrop(cancel.clone());
 
+    // Layers this input publishes for every input of the publish; whatever
+    // is still unresolved when this future ends is abandoned.
+    let claims = Claims::default();
+    let _abandon_on_drop = AbandonOnDrop(claims.clone());
+
     let (events_tx, mut events) = mpsc::unbounded_channel();
     let mut reader = {
         let spec = spec.clone();
         let read_options = ReadOptions {
             compression: options.compression,
             spool_dir: options.spool_dir.clone(),
-            known: options.known.clone(),
+            known: claims.sharing(options.known.clone(), in_flight),
         };
         let timeout = options.stream_timeout;
         let reporter = reporter.clone();
@@ -90,6 +100,10 @@ pub async fn publish_image(
     let mut uploads: JoinSet<Result<Digest>> = JoinSet::new();
     let mut started: HashMap<String, usize> = HashMap::new();
     let mut read_so_far: HashMap<String, u64> = HashMap::new();
+    // A claim is resolved once its layer is both encoded and uploaded,
+    // whichever is heard of first.
+    let mut encoded_layers: HashMap<Digest, EncodedLayer> = HashMap::new();
+    let mut uploaded: HashSet<Digest> = HashSet::new();
     loop {
         tokio::select! {
             event = events.recv() => match event {
@@ -110,9 +124,14 @@ pub async fn publish_image(
                         *seen = bytes;
                     }
                 }
-                Some(ReadEvent::LayerFinished { member, .. }) => {
+                Some(ReadEvent::LayerFinished { member, encoded }) => {
                     if let Some(id) = started.get(&member) {
                         reporter.on_layer_done(*id, false);
+                    }
+                    if uploaded.remove(&encoded.digest) {
+                        claims.resolve(&encoded);
+                    } else {
+                        encoded_layers.insert(encoded.digest.clone(), encoded);
                     }
                 }
                 Some(ReadEvent::LayerSkipped { member, .. }) => {
@@ -121,7 +140,14 @@ pub async fn publish_image(
                 }
             },
             Some(done) = uploads.join_next(), if !uploads.is_empty() => {
-                if let Err(upload_error) = flatten(done) {
+                match flatten(done) {
+                    Ok(digest) => match encoded_layers.remove(&digest) {
+                        Some(encoded) => claims.resolve(&encoded),
+                        None => {
+                            uploaded.insert(digest);
+                        }
+                    },
+                    Err(upload_error) => {
                     // When the reader fails, its spools fail their uploads
                     // too, and the reader's error says more: give it a moment.
                     let waited = tokio::time::timeout(std::time::Duration::from_secs(1), &mut reader).await;
@@ -129,6 +155,7 @@ pub async fn publish_image(
                         return Err(read_error);
                     }
                     return Err(upload_error);
+                    }
                 }
             }
         }
@@ -150,7 +177,11 @@ pub async fn publish_image(
         }
     }
     while let Some(done) = uploads.join_next().await {
-        flatten(done).with_context(|| format!("cannot publish the layers of `{name}`"))?;
+        let digest =
+            flatten(done).with_context(|| format!("cannot publish the layers of `{name}`"))?;
+        if let Some(encoded) = encoded_layers.remove(&digest) {
+            claims.resolve(&encoded);
+        }
     }
 
     // Layers reused through the known-layer map are in place everywhere.
@@ -207,6 +238,61 @@ pub async fn publish_image(
         config: image.summary,
         layers,
     })
+}
+
+/// The layers this input has claimed (see `in_flight`); clones share one
+/// list.
+#[derive(Clone, Default)]
+struct Claims(Arc<Mutex<Vec<Claim>>>);
+
+impl Claims {
+    /// `known`, then the layers other inputs of the publish are publishing:
+    /// such a layer is waited for; one nobody has is claimed for this input.
+    fn sharing(&self, known: KnownLayers, in_flight: Arc<InFlight>) -> KnownLayers {
+        let claims = self.clone();
+        Arc::new(move |diff_id: &Digest| {
+            if let Some(descriptor) = known(diff_id) {
+                return Some(descriptor);
+            }
+            match in_flight.claim_or_wait(diff_id) {
+                Claimed::Mine(claim) => {
+                    claims.lock().push(claim);
+                    None
+                }
+                Claimed::Published(descriptor) => Some(descriptor),
+                Claimed::Abandoned => None,
+            }
+        })
+    }
+
+    /// `encoded` is in place at every destination: resolves its claim, if
+    /// this input claimed it under its real diff_id.
+    fn resolve(&self, encoded: &EncodedLayer) {
+        let mut claims = self.lock();
+        if let Some(i) = claims.iter().position(|c| c.diff_id() == &encoded.diff_id) {
+            claims.swap_remove(i).resolve(Descriptor::new(
+                encoded.media_type,
+                encoded.digest.clone(),
+                encoded.size,
+            ));
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<Claim>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Abandons the claims left unresolved when the publish of this input ends
+/// (or is dropped). The reader's copy of the list may outlive it (a blocking
+/// thread stops only at its next read): the other inputs must not wait for
+/// that.
+struct AbandonOnDrop(Claims);
+
+impl Drop for AbandonOnDrop {
+    fn drop(&mut self) {
+        self.0.lock().clear();
+    }
 }
 
 fn flatten(joined: Result<Result<Digest>, tokio::task::JoinError>) -> Result<Digest> {

@@ -7,6 +7,7 @@
 pub mod batch;
 pub mod destination;
 pub mod image;
+pub mod in_flight;
 pub mod known;
 pub mod nix2container;
 pub mod oci_input;
@@ -129,11 +130,13 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
             Arc::new(move |diff_id: &Digest| known.get(diff_id).or_else(|| outer(diff_id)));
     }
 
+    let in_flight = Arc::new(in_flight::InFlight::default());
     let per_input = futures::future::try_join_all(request.inputs.into_iter().map(|spec| {
         publish_input(
             spec,
             destinations.clone(),
             image_options.clone(),
+            in_flight.clone(),
             request.sources.clone(),
             reporter.clone(),
         )
@@ -220,6 +223,7 @@ async fn publish_input(
     spec: InputSpec,
     destinations: Arc<Vec<Destination>>,
     options: ImageOptions,
+    in_flight: Arc<in_flight::InFlight>,
     sources: remote::SourceClients,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Vec<PublishedImage>> {
@@ -238,7 +242,7 @@ async fn publish_input(
         return oci_input::publish_layout(spec, destinations, options.format, reporter).await;
     }
     Ok(vec![
-        image::publish_image(spec, destinations, options, reporter).await?,
+        image::publish_image(spec, destinations, options, in_flight, reporter).await?,
     ])
 }
 

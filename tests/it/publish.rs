@@ -231,6 +231,50 @@ fn base64_encode(s: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(s)
 }
 
+/// The two stream fixtures share two layers (`glibc`, streamed, and
+/// `tzdata`, small): each is compressed and uploaded once, by whichever
+/// input meets it first, and both manifests cite that one blob.
+#[test]
+fn a_layer_two_inputs_share_is_uploaded_once() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/shared");
+    let (amd64, arm64) = (testdata("stream-amd64"), testdata("stream-arm64"));
+    Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "1.0.0",
+        amd64.to_str().unwrap(),
+        arm64.to_str().unwrap(),
+    ])
+    .success();
+
+    let index: ImageIndex =
+        serde_json::from_slice(&registry.skopeo_inspect_raw(&format!("{repo}:1.0.0"))).unwrap();
+    let layers: Vec<Vec<Digest>> = index
+        .manifests
+        .iter()
+        .map(|m| {
+            let raw = registry.skopeo_inspect_raw(&format!("{repo}@{}", m.digest));
+            let manifest: ImageManifest = serde_json::from_slice(&raw).unwrap();
+            manifest.layers.into_iter().map(|l| l.digest).collect()
+        })
+        .collect();
+    let shared: Vec<&Digest> = layers[0].iter().filter(|d| layers[1].contains(d)).collect();
+    assert_eq!(shared.len(), 2, "glibc and tzdata: {layers:?}");
+    let log = registry.request_log();
+    for digest in shared {
+        let puts: Vec<&String> = log
+            .iter()
+            .filter(|l| l.starts_with("PUT ") && l.contains("/blobs/uploads/"))
+            .filter(|l| l.contains(&digest.to_string()))
+            .collect();
+        assert_eq!(puts.len(), 1, "{digest} uploaded once: {log:#?}");
+    }
+    skopeo_copy_all(&format!("docker://{repo}:1.0.0"), None);
+}
+
 #[test]
 fn a_re_run_uploads_no_layer_and_gives_the_same_digest() {
     let registry = TestRegistry::start(Auth::None);
