@@ -148,13 +148,13 @@ pub async fn publish_image(
                         }
                     },
                     Err(upload_error) => {
-                    // When the reader fails, its spools fail their uploads
-                    // too, and the reader's error says more: give it a moment.
-                    let waited = tokio::time::timeout(std::time::Duration::from_secs(1), &mut reader).await;
-                    if let Ok(Ok(Err(read_error))) = waited {
-                        return Err(read_error);
-                    }
-                    return Err(upload_error);
+                        // When the reader fails, its spools fail their uploads
+                        // too, and the reader's error says more: give it a moment.
+                        let waited = tokio::time::timeout(std::time::Duration::from_secs(1), &mut reader).await;
+                        if let Ok(Ok(Err(read_error))) = waited {
+                            return Err(read_error);
+                        }
+                        return Err(upload_error);
                     }
                 }
             }
