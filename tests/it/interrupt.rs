@@ -6,7 +6,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::harness::{Auth, TestRegistry};
-use crate::publish::{testdata, Run};
+use crate::publish::{publish_streams, testdata};
 
 fn interrupt_a_hanging_publish(signal: libc::c_int, expected_code: i32) {
     let registry = TestRegistry::start(Auth::None);
@@ -86,18 +86,7 @@ fn interrupt_a_hanging_publish(signal: libc::c_int, expected_code: i32) {
     assert!(tag_puts.is_empty(), "{tag_puts:?}");
 
     // The next run completes normally.
-    let amd64 = testdata("stream-amd64");
-    let arm64 = testdata("stream-arm64");
-    Run::new(&[
-        "publish",
-        "--repo",
-        &repo,
-        "--tag",
-        "1.0.0",
-        amd64.to_str().unwrap(),
-        arm64.to_str().unwrap(),
-    ])
-    .success();
+    publish_streams(&repo, "1.0.0").success();
     registry.skopeo_inspect_raw(&format!("{repo}:1.0.0"));
 }
 

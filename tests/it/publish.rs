@@ -84,6 +84,21 @@ impl Run {
     }
 }
 
+/// `manifold publish --repo REPO --tag TAG` of the two stream fixtures,
+/// ready to run.
+pub fn publish_streams(repo: &str, tag: &str) -> Run {
+    let (amd64, arm64) = (testdata("stream-amd64"), testdata("stream-arm64"));
+    Run::new(&[
+        "publish",
+        "--repo",
+        repo,
+        "--tag",
+        tag,
+        amd64.to_str().unwrap(),
+        arm64.to_str().unwrap(),
+    ])
+}
+
 /// The config digest and diff_ids of a plain docker-archive, read with a
 /// real tar reader.
 fn archive_facts(path: &Path) -> (Digest, Vec<Digest>) {
@@ -238,17 +253,7 @@ fn base64_encode(s: &str) -> String {
 fn a_layer_two_inputs_share_is_uploaded_once() {
     let registry = TestRegistry::start(Auth::None);
     let repo = registry.repo("acme/shared");
-    let (amd64, arm64) = (testdata("stream-amd64"), testdata("stream-arm64"));
-    Run::new(&[
-        "publish",
-        "--repo",
-        &repo,
-        "--tag",
-        "1.0.0",
-        amd64.to_str().unwrap(),
-        arm64.to_str().unwrap(),
-    ])
-    .success();
+    publish_streams(&repo, "1.0.0").success();
 
     let index: ImageIndex =
         serde_json::from_slice(&registry.skopeo_inspect_raw(&format!("{repo}:1.0.0"))).unwrap();
@@ -279,22 +284,11 @@ fn a_layer_two_inputs_share_is_uploaded_once() {
 fn a_re_run_uploads_no_layer_and_gives_the_same_digest() {
     let registry = TestRegistry::start(Auth::None);
     let repo = registry.repo("acme/rerun");
-    let amd64 = testdata("stream-amd64");
-    let arm64 = testdata("stream-arm64");
-    let args = [
-        "publish",
-        "--repo",
-        &repo,
-        "--tag",
-        "1.0.0",
-        amd64.to_str().unwrap(),
-        arm64.to_str().unwrap(),
-    ];
-    let first = Run::new(&args).success();
+    let first = publish_streams(&repo, "1.0.0").success();
     let uploads_after_first = registry.blob_upload_requests();
     assert!(uploads_after_first > 0);
     // A fresh runner: new HOME, so no local cache; the registry remembers.
-    let second = Run::new(&args).success();
+    let second = publish_streams(&repo, "1.0.0").success();
     assert_eq!(first, second, "same inputs, same index digest");
     assert_eq!(
         registry.blob_upload_requests(),
@@ -482,20 +476,10 @@ fn the_local_cache_skips_layers_for_a_tag_not_yet_pushed() {
     let registry = TestRegistry::start(Auth::None);
     let repo = registry.repo("acme/cached");
     let cache = tempfile::tempdir().unwrap();
-    let amd64 = testdata("stream-amd64");
-    let arm64 = testdata("stream-arm64");
     let publish = |tag: &str| {
-        Run::new(&[
-            "publish",
-            "--repo",
-            &repo,
-            "--tag",
-            tag,
-            amd64.to_str().unwrap(),
-            arm64.to_str().unwrap(),
-        ])
-        .env("XDG_CACHE_HOME", cache.path())
-        .success()
+        publish_streams(&repo, tag)
+            .env("XDG_CACHE_HOME", cache.path())
+            .success()
     };
     publish("1.0.0");
     let uploads = registry.blob_upload_requests();
