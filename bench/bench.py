@@ -30,6 +30,7 @@ have moved resolve to an index with an amd64 and an arm64 manifest of 4 layers.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import re
@@ -327,6 +328,37 @@ def run_publish(script, state, env_extra, timeout):
     return rc, wall, rss, cpu, tail
 
 
+def timed_publish(registry, script, state, timeout, tag, layers, moved_away=None):
+    """Runs one publish against the started `registry`, checks the tags it
+    moved and stops the registry. Returns the measurements every scenario
+    records: ok/error, wall time, peak RSS, CPU of the tool and the registry,
+    blobs pushed, storage growth. `moved_away` is a context manager held
+    around the publish alone (the nix2container rerun hides the store)."""
+    before = registry.stored_bytes()
+    reg_cpu = registry.cpu_seconds()
+    with moved_away or contextlib.nullcontext():
+        rc, wall, rss, cpu, tail = run_publish(script, state, {}, timeout)
+    reg_cpu = cpu_delta(reg_cpu, registry.cpu_seconds())
+    problem = "exit %s: %s" % (rc, tail.strip()[-600:]) if rc != 0 else verify(registry.host, [tag, "latest"], layers)
+    pushed = registry.pushed()
+    registry.stop()
+    return {
+        "ok": problem == "", "error": problem or None, "wall_s": round(wall, 3),
+        "peak_rss_kib": rss, "cpu_s": cpu, "registry_cpu_s": reg_cpu,
+        "pushed": pushed, "stored_new_bytes": registry.stored_bytes() - before,
+    }
+
+
+@contextlib.contextmanager
+def renamed(path, away):
+    """`path` renamed to `away` for the duration, then back."""
+    os.rename(path, away)
+    try:
+        yield
+    finally:
+        os.rename(away, path)
+
+
 def cpu_delta(before, after):
     return None if before is None or after is None else round(after - before, 2)
 
@@ -478,29 +510,13 @@ def run_n2c(a, tools, work, manifold):
                 for scen, tag in N2C_SCENARIOS:
                     registry.start(scen)
                     state = os.path.join(session, scen)
-                    before = registry.stored_bytes()
                     repo = "%s/%s" % (registry.host, REPO_PATH)
                     script = n2c_pipeline(tool, n2c, repo, tag, manifold)
                     hide = tool == "manifold" and scen == "rerun"
-                    if hide:
-                        os.rename(store, hidden)
-                    try:
-                        reg_cpu = registry.cpu_seconds()
-                        rc, wall, rss, cpu, tail = run_publish(script, state, {}, a.timeout)
-                        reg_cpu = cpu_delta(reg_cpu, registry.cpu_seconds())
-                    finally:
-                        if hide:
-                            os.rename(hidden, store)
-                    problem = "exit %s: %s" % (rc, tail.strip()[-600:]) if rc != 0 else verify(registry.host, [tag, "latest"])
-                    pushed = registry.pushed()
-                    registry.stop()
-                    res = {
-                        "run": run, "tool": tool, "scenario": scen, "ok": problem == "",
-                        "error": problem or None, "wall_s": round(wall, 3), "peak_rss_kib": rss,
-                        "cpu_s": cpu, "registry_cpu_s": reg_cpu,
-                        "pushed": pushed, "stored_new_bytes": registry.stored_bytes() - before,
-                        "store_hidden": hide,
-                    }
+                    res = {"run": run, "tool": tool, "scenario": scen, "store_hidden": hide}
+                    res.update(timed_publish(registry, script, state, a.timeout, tag, 4,
+                                             renamed(store, hidden) if hide else None))
+                    pushed, wall, rss = res["pushed"], res["wall_s"], res["peak_rss_kib"]
                     if hide:
                         # The store was not there: a successful publish read no
                         # layer bytes; it must not have uploaded any blob either.
@@ -638,22 +654,12 @@ def main():
                     for scen, suffix, tag in SCENARIOS:
                         registry.start(scen)
                         state = os.path.join(session, scen)
-                        before = registry.stored_bytes()
                         repo = "%s/%s" % (registry.host, REPO_PATH)
                         images = ["amd64" + suffix, "arm64" + suffix]
                         script = pipeline(tool, fixture, images, repo, tag, manifold, gzip_ok)
-                        reg_cpu = registry.cpu_seconds()
-                        rc, wall, rss, cpu, tail = run_publish(script, state, {}, a.timeout)
-                        reg_cpu = cpu_delta(reg_cpu, registry.cpu_seconds())
-                        problem = "exit %s: %s" % (rc, tail.strip()[-600:]) if rc != 0 else verify(registry.host, [tag, "latest"], layer_count)
-                        pushed = registry.pushed()
-                        registry.stop()
-                        res = {
-                            "run": run, "tool": tool, "scenario": scen, "ok": problem == "",
-                            "error": problem or None, "wall_s": round(wall, 3), "peak_rss_kib": rss,
-                        "cpu_s": cpu, "registry_cpu_s": reg_cpu,
-                            "pushed": pushed, "stored_new_bytes": registry.stored_bytes() - before,
-                        }
+                        res = {"run": run, "tool": tool, "scenario": scen}
+                        res.update(timed_publish(registry, script, state, a.timeout, tag, layer_count))
+                        pushed, wall, rss, problem = res["pushed"], res["wall_s"], res["peak_rss_kib"], res["error"]
                         results.append(res)
                         log("run %d %-8s %-8s %6.1fs  %7.1f MB pushed in %d blobs  rss %s MB%s" % (
                             run, tool, scen, wall, pushed["bytes"] / 1e6, pushed["blob_uploads"],

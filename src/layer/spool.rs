@@ -184,21 +184,11 @@ const READ_CHUNK: u64 = 1 << 20;
 impl Spool {
     /// Waits for the writer to finish; the digest and size of the bytes.
     pub async fn done(&self) -> io::Result<(Digest, u64)> {
-        let mut rx = self.state.clone();
-        loop {
-            match &*rx.borrow_and_update() {
-                State::Done { written, digest } => return Ok((digest.clone(), *written)),
-                State::Failed { reason, .. } => return Err(io::Error::other(reason.clone())),
-                State::Writing { .. } => {}
-            }
-            if rx.changed().await.is_err() {
-                // The writer is gone; its last state is final.
-                return match &*rx.borrow() {
-                    State::Done { written, digest } => Ok((digest.clone(), *written)),
-                    State::Failed { reason, .. } => Err(io::Error::other(reason.clone())),
-                    State::Writing { .. } => Err(io::Error::other("spool writer vanished")),
-                };
-            }
+        self.wait_for(u64::MAX).await;
+        match &*self.state.borrow() {
+            State::Done { written, digest } => Ok((digest.clone(), *written)),
+            State::Failed { reason, .. } => Err(io::Error::other(reason.clone())),
+            State::Writing { .. } => Err(io::Error::other("spool writer vanished")),
         }
     }
 
