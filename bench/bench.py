@@ -234,21 +234,31 @@ def crane_tag(host, src, dst):
 # --- the pipelines -----------------------------------------------------------
 
 
-def pipeline(tool, fixture, images, repo, tag, manifold, gzip_archives_ok):
-    """The bash script one publish runs, for `tool`."""
+def pipeline(tool, fixture, images, repo, tag, manifold, gzip_archives_ok, tarballs=False):
+    """The bash script one publish runs, for `tool`: from the stream scripts,
+    or with `tarballs` from buildLayeredImage-style tarball-<image>.tar.gz
+    (make_fixture.py tarballs)."""
     q = shlex.quote
-    streams = [os.path.join(fixture, "stream-" + i) for i in images]
+    if tarballs:
+        inputs = [os.path.join(fixture, "tarball-%s.tar.gz" % i) for i in images]
+    else:
+        inputs = [os.path.join(fixture, "stream-" + i) for i in images]
+    # A gzip archive for a skopeo or podman that cannot read one is
+    # decompressed to a temp file first, as users (and a working podman,
+    # inside) do; with pigz when there is one, as it is faster.
+    unzip = "pigz -dc" if shutil.which("pigz") else "gzip -dc"
     # podman refuses a runroot longer than 50 characters: $RUNROOT is short.
     pod = 'podman --root "$STATE/podman/root" --runroot "$RUNROOT" --storage-driver vfs'
     if tool == "manifold":
         return "%s publish --repo %s --tag %s --tag latest %s" % (
-            q(manifold), q(repo), q(tag), " ".join(q(s) for s in streams))
+            q(manifold), q(repo), q(tag), " ".join(q(i) for i in inputs))
     if tool == "skopeo":
         lines = []
-        for img, s in zip(images, streams):
+        for img, src in zip(images, inputs):
             arch = img.split("-")[0]
-            # skopeo cannot read a pipe: the stream is saved first, as users do.
-            lines.append("%s > \"$TMPDIR/%s.tar\"" % (q(s), arch))
+            # skopeo cannot read a pipe (nor, this one, a gzip archive): the
+            # tar is written to a file first.
+            lines.append("%s %s > \"$TMPDIR/%s.tar\"" % (unzip if tarballs else "", q(src), arch))
             lines.append("skopeo copy -q --dest-tls-verify=false docker-archive:\"$TMPDIR/%s.tar\" docker://%s:%s-%s"
                          % (arch, repo, tag, arch))
         lines.append("%s manifest create bench-list >/dev/null" % pod)
@@ -263,21 +273,25 @@ def pipeline(tool, fixture, images, repo, tag, manifold, gzip_archives_ok):
     if tool == "flocken":
         # flocken's generated docker-manifest script (src/docker-manifest/default.nix):
         # create, per stream `| gzip --fast`
-        # to a file + `manifest add docker-archive:`, inspect, push --all --format oci
+        # to a file + `manifest add docker-archive:` (a tarball is added as
+        # it is), inspect, push --all --format oci
         # to the first tag, `crane tag` for the others.
         # (podman 4.3 has no `manifest create --annotation`: flocken's two
         # annotations are left out.)
         lines = ["%s manifest create bench-list >/dev/null" % pod]
-        for n, s in enumerate(streams, 1):
-            gz = "\"$TMPDIR/image-stream-%d.tar.gz\"" % n
-            lines.append("%s | gzip --fast > %s" % (q(s), gz))
+        for n, src in enumerate(inputs, 1):
+            if tarballs:
+                gz = q(src)
+            else:
+                gz = "\"$TMPDIR/image-stream-%d.tar.gz\"" % n
+                lines.append("%s | gzip --fast > %s" % (q(src), gz))
             if gzip_archives_ok:
                 lines.append("%s manifest add bench-list docker-archive:%s >/dev/null" % (pod, gz))
             else:
                 # This podman cannot read gzip docker-archives (see README): do
                 # what a working one does inside, decompress to a temp file.
                 tar = "\"$TMPDIR/image-stream-%d.tar\"" % n
-                lines.append("gzip -dc %s > %s" % (gz, tar))
+                lines.append("%s %s > %s" % (unzip, gz, tar))
                 lines.append("%s manifest add bench-list docker-archive:%s >/dev/null" % (pod, tar))
         lines.append("%s manifest inspect bench-list >/dev/null" % pod)
         lines.append("%s manifest push -q --all --format oci --tls-verify=false bench-list docker://%s:%s"
@@ -612,6 +626,8 @@ def main():
     p.add_argument("--tools", default=",".join(TOOLS))
     p.add_argument("--timeout", type=int, default=1800, help="seconds for one publish")
     p.add_argument("--keep", action="store_true", help="keep registry storage and logs")
+    p.add_argument("--tarballs", action="store_true",
+                   help="publish the fixture's tarball-<image>.tar.gz (make_fixture.py tarballs), not its streams")
     p.add_argument("--n2c", help="nix2container fixture (make_fixture.py n2c): also run that scenario")
     p.add_argument("--n2c-runs", type=int, help="runs of the nix2container scenario (default --runs)")
     p.add_argument("--n2c-only", action="store_true", help="only the nix2container scenario")
@@ -656,7 +672,7 @@ def main():
                         state = os.path.join(session, scen)
                         repo = "%s/%s" % (registry.host, REPO_PATH)
                         images = ["amd64" + suffix, "arm64" + suffix]
-                        script = pipeline(tool, fixture, images, repo, tag, manifold, gzip_ok)
+                        script = pipeline(tool, fixture, images, repo, tag, manifold, gzip_ok, a.tarballs)
                         res = {"run": run, "tool": tool, "scenario": scen}
                         res.update(timed_publish(registry, script, state, a.timeout, tag, layer_count))
                         pushed, wall, rss, problem = res["pushed"], res["wall_s"], res["peak_rss_kib"], res["error"]
@@ -680,6 +696,7 @@ def main():
         out = {
             "runs": a.runs, "tools": tools, "order": "rotated per run",
             "gzip_docker_archive_supported": gzip_ok,
+            "inputs": "tarballs" if a.tarballs else "streams",
             "fixture": fixture_info,
             "versions": versions(manifold if "manifold" in tools else None),
             "summary": summary, "results": results,

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
 """Builds the benchmark's two-architecture image fixture, and streams it.
 
-Two sub-commands (Python 3 standard library only):
+Sub-commands (Python 3 standard library only):
 
     make_fixture.py build DIR [--layer-mb 100] [--random-mb 16]
     make_fixture.py stream DIR IMAGE          # what the stream scripts run
+    make_fixture.py tarballs DIR              # after build: tarball-IMAGE.tar.gz
     make_fixture.py n2c DIR --gen GODIR [--layer-mb 60] [--random-mb 16]
 
 `build` writes into DIR (a cache directory, never committed):
@@ -29,6 +30,10 @@ Two sub-commands (Python 3 standard library only):
   pre-built layer tarballs instead of tarring store paths (twice) on the fly,
   so the stream itself is cheap: the benchmark measures the publishers.
 
+`tarballs` writes `tarball-<image>.tar.gz` for each image, the stream
+compressed as nixpkgs' `buildLayeredImage` does (`pigz -nTR`, or `gzip -n`
+without pigz): the benchmark's `--tarballs` inputs.
+
 `n2c` builds the nix2container scenario's fixture into DIR (see `n2c_build`):
 a fake Nix store of real files, one nix2container `image.json` per
 architecture whose layer digests come from the Go generator
@@ -47,7 +52,9 @@ import io
 import json
 import os
 import random
+import shutil
 import stat
+import subprocess
 import sys
 import tarfile
 
@@ -299,6 +306,27 @@ def build(out_dir, layer_mb, random_mb, split=1):
     log("fixture: %.1f MB uncompressed over both architectures, in %s" % (total / 1e6, out_dir))
 
 
+def tarballs(out_dir):
+    """Writes tarball-<image>.tar.gz next to each stream script, the way
+    nixpkgs' buildLayeredImage does (`stream | pigz -nTR`, level 6), once."""
+    with open(os.path.join(out_dir, "images.json")) as f:
+        images = json.load(f)["images"]
+    gz = ["pigz", "-nTR"] if shutil.which("pigz") else ["gzip", "-n"]
+    for image in images:
+        path = os.path.join(out_dir, "tarball-%s.tar.gz" % image)
+        if os.path.exists(path):
+            continue
+        log("tarball %s (%s)" % (image, " ".join(gz)))
+        with open(path + ".tmp", "wb") as out:
+            streamer = subprocess.Popen([os.path.join(out_dir, "stream-" + image)],
+                                        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+            rc = subprocess.run(gz, stdin=streamer.stdout, stdout=out).returncode
+            streamer.stdout.close()
+            if streamer.wait() != 0 or rc != 0:
+                raise SystemExit("cannot write %s" % path)
+        os.replace(path + ".tmp", path)
+
+
 def header(name, size):
     return tar_info(name, size=size).tobuf(tarfile.PAX_FORMAT)
 
@@ -541,6 +569,8 @@ def main():
     s = sub.add_parser("stream")
     s.add_argument("dir")
     s.add_argument("image")
+    t = sub.add_parser("tarballs", help="buildLayeredImage-style .tar.gz of each image (after build)")
+    t.add_argument("dir")
     n = sub.add_parser("n2c")
     n.add_argument("dir")
     n.add_argument("--gen", required=True, help="the Go generator's directory (testdata/nix2container/gen)")
@@ -549,6 +579,8 @@ def main():
     a = p.parse_args()
     if a.cmd == "build":
         build(a.dir, a.layer_mb, a.random_mb, a.split)
+    elif a.cmd == "tarballs":
+        tarballs(a.dir)
     elif a.cmd == "n2c":
         n2c_build(a.dir, a.gen, a.layer_mb, a.random_mb)
     else:

@@ -10,13 +10,16 @@
 # Network: 127.0.0.1 only, apart from apt-get and cargo.
 #
 #   bench/run.sh [--runs N] [--tools manifold,skopeo,flocken] [--build]
-#                [--layer-mb MB] [--random-mb MB] [--split K] [--keep] [--timeout S]
+#                [--layer-mb MB] [--random-mb MB] [--split K] [--tarballs] [--keep] [--timeout S]
 #                [--manifold PATH] [--n2c] [--n2c-only] [--n2c-runs N]
 #                [--n2c-layer-mb MB]
 #
 # --split K cuts each real layer into K smaller ones: with 33, each
 # architecture has 100 layers of about 3 MB, the shape of a streamLayeredImage
 # of many store paths (its own fixture, bench/.cache/fixture-split33).
+# --tarballs publishes buildLayeredImage-style .tar.gz files (each stream
+# through `pigz -nTR`, made once next to the streams) instead of the streams
+# (installs pigz; results in results-tarballs.json).
 # --n2c adds the nix2container scenario (cold, rerun from a fresh runner with
 # the store moved away) on a fake store of about 420 MB (bench/.cache/n2c;
 # needs Go, installs golang-go); --n2c-only runs just that one.
@@ -33,13 +36,14 @@ tools="manifold,skopeo,flocken"
 layer_mb=100
 random_mb=16
 split=1
+tarballs=0
 build=0
 manifold="$root/target/release/manifold"
 n2c=0
 n2c_layer_mb=60
 extra=()
 
-usage() { sed -n '2,21p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -48,6 +52,7 @@ while [ $# -gt 0 ]; do
         --layer-mb) layer_mb="$2"; shift 2 ;;
         --random-mb) random_mb="$2"; shift 2 ;;
         --split) split="$2"; shift 2 ;;
+        --tarballs) tarballs=1; extra+=(--tarballs); shift ;;
         --build) build=1; shift ;;
         --keep) extra+=(--keep); shift ;;
         --timeout) extra+=(--timeout "$2"); shift 2 ;;
@@ -73,6 +78,9 @@ for pair in docker-registry:docker-registry skopeo:skopeo podman:podman /usr/bin
     cmd="${pair%%:*}" pkg="${pair#*:}"
     command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
 done
+if [ "$tarballs" = 1 ] && ! command -v pigz >/dev/null 2>&1; then
+    need+=(pigz)
+fi
 if [ "$n2c" = 1 ] && ! command -v go >/dev/null 2>&1; then
     need+=(golang-go)
 fi
@@ -97,10 +105,16 @@ fixture="$cache/fixture" results="$cache/results.json"
 if [ "$split" != 1 ]; then
     fixture="$cache/fixture-split$split" results="$cache/results-split$split.json"
 fi
+if [ "$tarballs" = 1 ]; then
+    results="${results%.json}-tarballs.json"
+fi
 case " ${extra[*]-} " in
     *" --n2c-only "*) ;;
     *) python3 "$here/make_fixture.py" build "$fixture" --layer-mb "$layer_mb" --random-mb "$random_mb" \
-           --split "$split" ;;
+           --split "$split"
+       if [ "$tarballs" = 1 ]; then
+           python3 "$here/make_fixture.py" tarballs "$fixture"
+       fi ;;
 esac
 if [ "$n2c" = 1 ]; then
     python3 "$here/make_fixture.py" n2c "$cache/n2c" --gen "$root/testdata/nix2container/gen" \

@@ -19,7 +19,7 @@
 //! |---|---|
 //! | [`digest`] | `sha256:` digests, hashing readers and writers |
 //! | [`oci`] | media types, descriptors, platforms, canonical JSON |
-//! | [`layer`] | one pass: hash → compress (parallel gzip, zstd) → spool |
+//! | [`layer`] | one pass: hash → compress (parallel gzip, zstd) → spool; gunzip for inputs |
 //! | [`progress`] | the `Reporter` events; no terminal code |
 //! | [`env`](mod@env) | every environment variable manifold reads |
 //! | [`reference`](mod@reference) | registry / repository / reference parsing |

@@ -53,6 +53,8 @@ pub const BUFFER_BUDGET: u64 = 64 << 20;
 pub const METADATA_LIMIT: u64 = 16 << 20;
 /// How many links (symlinks, hard links) are followed to find a member.
 const MAX_LINKS: usize = 8;
+/// How many raw bytes of a layer are read between two progress events.
+const PROGRESS_STEP: u64 = 1 << 20;
 
 /// The known-layer map: the descriptor of a layer the destinations already
 /// have, by diff_id.
@@ -353,13 +355,18 @@ impl Pass<'_> {
             size,
             spool: spool.clone(),
         });
-        let mut read = 0u64;
+        let (mut read, mut reported) = (0u64, 0u64);
         let encoded = layer::encode_layer(raw, self.opts.compression, writer, &mut |n| {
             read += n;
-            on_event(ReadEvent::LayerProgress {
-                member: name.to_owned(),
-                bytes: read,
-            });
+            // A pipe hands over 64 KiB at a time: an event per read would wake
+            // the publishing task ten thousand times for a 600 MB image.
+            if read - reported >= PROGRESS_STEP {
+                reported = read;
+                on_event(ReadEvent::LayerProgress {
+                    member: name.to_owned(),
+                    bytes: read,
+                });
+            }
         })
         .map_err(|e| self.member_err(name, e))?;
         on_event(ReadEvent::LayerFinished {

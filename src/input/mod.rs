@@ -13,6 +13,7 @@ pub mod command;
 pub mod detect;
 pub mod docker_archive;
 pub mod nix2container;
+mod read_ahead;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -303,17 +304,15 @@ pub fn open_archive(path: &Path) -> Result<Box<dyn Read + Send>, InputError> {
     let file = File::open(path).map_err(open_err)?;
     let mut buffered = BufReader::with_capacity(FILE_BUFFER, file);
     let head = fill_at_least(&mut buffered, 4).map_err(open_err)?;
-    Ok(match ArchiveCompression::sniff(&head) {
-        ArchiveCompression::Gzip => Box::new(BufReader::with_capacity(
-            FILE_BUFFER,
-            flate2::bufread::MultiGzDecoder::new(buffered),
-        )),
-        ArchiveCompression::Zstd => Box::new(BufReader::with_capacity(
-            FILE_BUFFER,
-            zstd::Decoder::with_buffer(buffered).map_err(open_err)?,
-        )),
-        ArchiveCompression::None => Box::new(buffered),
-    })
+    // A compressed archive is decoded on a thread of its own (see read_ahead).
+    let decoded: Box<dyn Read + Send> = match ArchiveCompression::sniff(&head) {
+        ArchiveCompression::Gzip => crate::layer::gunzip::decoder(buffered),
+        ArchiveCompression::Zstd => {
+            Box::new(zstd::Decoder::with_buffer(buffered).map_err(open_err)?)
+        }
+        ArchiveCompression::None => return Ok(Box::new(buffered)),
+    };
+    read_ahead::read_ahead(decoded).map_err(open_err)
 }
 
 /// The first `n` bytes of a buffered reader (fewer at end of file), without

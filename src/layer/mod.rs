@@ -3,6 +3,7 @@
 //! ([`spool`]).
 
 pub mod encode;
+pub mod gunzip;
 pub mod gzip;
 mod isal;
 pub mod spool;

@@ -1,0 +1,209 @@
+//! Reading gzip-compressed archives (`buildLayeredImage` and `buildImage`
+//! tarballs) with ISA-L's inflate, about 1.8x faster than flate2's
+//! miniz_oxide on this kind of data. Every layer of such an archive
+//! is inflated even when the registry has it, to check its diff_id, so on a
+//! re-run the decoder is most of the work.
+//!
+//! Like `gzip -d` and flate2's `MultiGzDecoder`, concatenated members
+//! (`cat a.gz b.gz`, some parallel compressors) read as one stream. Each
+//! member's CRC and length are checked; data that ends inside a member is an
+//! error, not a short read.
+
+use std::io::{self, BufRead, Read};
+
+use super::isal::{Inflater, IsalError};
+
+/// A reader of the gzip stream in `inner`, decoded.
+///
+/// ISA-L is used when the installed library has the layout this build
+/// declares; otherwise flate2 (same output, slower).
+pub fn decoder<R: BufRead + Send + 'static>(inner: R) -> Box<dyn Read + Send> {
+    match Inflater::new() {
+        Ok(inflater) => Box::new(GzipReader {
+            inner,
+            inflater,
+            started: false,
+        }),
+        Err(e) => {
+            tracing::debug!("gzip inputs decoded with flate2: {e}");
+            Box::new(flate2::bufread::MultiGzDecoder::new(inner))
+        }
+    }
+}
+
+/// Gzip members from `inner`, decoded with ISA-L.
+struct GzipReader<R> {
+    inner: R,
+    inflater: Inflater,
+    /// Some bytes of the current member were read: its end must come before
+    /// the input's.
+    started: bool,
+}
+
+impl<R: BufRead> Read for GzipReader<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        if out.is_empty() {
+            return Ok(0);
+        }
+        loop {
+            let input = self.inner.fill_buf()?;
+            let at_end = input.is_empty();
+            if at_end && !self.started {
+                return Ok(0);
+            }
+            self.started = true;
+            // At the input's end the decoder is still called once: it may
+            // hold decoded bytes that did not fit in `out` before.
+            let step = self.inflater.inflate(input, out).map_err(invalid)?;
+            self.inner.consume(step.consumed);
+            if step.member_end {
+                self.started = false;
+            }
+            if step.produced > 0 {
+                return Ok(step.produced);
+            }
+            if step.member_end {
+                continue;
+            }
+            if at_end {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the gzip data ends before its last member does",
+                ));
+            }
+            if step.consumed == 0 {
+                // Input and room were both there and nothing moved.
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "the gzip decoder made no progress",
+                ));
+            }
+        }
+    }
+}
+
+fn invalid(e: IsalError) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn gzip(data: &[u8]) -> Vec<u8> {
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(6));
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    fn sample(len: usize) -> Vec<u8> {
+        let mut x = 0x2545_f491u32;
+        (0..len)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                // Half text-like, half noise: both deflate block kinds.
+                if (i / 50_000) % 2 == 0 {
+                    b"layer/tar/bin/"[i % 14]
+                } else {
+                    x as u8
+                }
+            })
+            .collect()
+    }
+
+    /// Reads `r` to its end through a small buffer, as a tar reader would.
+    fn read_all(mut r: impl Read) -> io::Result<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 3000];
+        loop {
+            match r.read(&mut buf)? {
+                0 => return Ok(out),
+                n => out.extend_from_slice(&buf[..n]),
+            }
+        }
+    }
+
+    fn isal_reader(gz: Vec<u8>, capacity: usize) -> GzipReader<io::BufReader<io::Cursor<Vec<u8>>>> {
+        GzipReader {
+            inner: io::BufReader::with_capacity(capacity, io::Cursor::new(gz)),
+            inflater: Inflater::new().expect("isa-l layout"),
+            started: false,
+        }
+    }
+
+    #[test]
+    fn decodes_what_flate2_encodes_whatever_the_input_chunks() {
+        let data = sample(700_000);
+        let gz = gzip(&data);
+        for capacity in [1, 7, 4096, 1 << 20] {
+            assert_eq!(
+                read_all(isal_reader(gz.clone(), capacity)).unwrap(),
+                data,
+                "{capacity}"
+            );
+        }
+    }
+
+    #[test]
+    fn concatenated_members_read_as_one_stream() {
+        let (a, b) = (sample(100_000), b"tail".to_vec());
+        let mut gz = gzip(&a);
+        gz.extend(gzip(&[]));
+        gz.extend(gzip(&b));
+        let mut expected = a;
+        expected.extend(&b);
+        assert_eq!(read_all(isal_reader(gz, 5000)).unwrap(), expected);
+    }
+
+    #[test]
+    fn empty_input_is_an_empty_stream() {
+        assert_eq!(
+            read_all(isal_reader(Vec::new(), 64)).unwrap(),
+            Vec::<u8>::new()
+        );
+    }
+
+    #[test]
+    fn a_truncated_member_is_an_error() {
+        let gz = gzip(&sample(200_000));
+        for cut in [5, gz.len() / 2, gz.len() - 1] {
+            let err = read_all(isal_reader(gz[..cut].to_vec(), 4096)).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::UnexpectedEof, "cut at {cut}");
+        }
+    }
+
+    #[test]
+    fn a_wrong_checksum_is_an_error() {
+        let mut gz = gzip(&sample(10_000));
+        let crc_at = gz.len() - 8;
+        gz[crc_at] ^= 1;
+        let err = read_all(isal_reader(gz, 4096)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData);
+        assert!(err.to_string().contains("checksum"), "{err}");
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        let mut gz = gzip(b"ok");
+        gz.extend_from_slice(b"not gzip at all");
+        assert_eq!(
+            read_all(isal_reader(gz, 4096)).unwrap_err().kind(),
+            io::ErrorKind::InvalidData
+        );
+        let err = read_all(isal_reader(
+            b"\x1f\x8b\x08\x00garbage-garbage".to_vec(),
+            4096,
+        ));
+        assert!(err.is_err());
+    }
+
+    #[test]
+    fn the_public_decoder_uses_the_same_semantics() {
+        let data = sample(300_000);
+        let r = decoder(io::BufReader::new(io::Cursor::new(gzip(&data))));
+        assert_eq!(read_all(r).unwrap(), data);
+    }
+}
