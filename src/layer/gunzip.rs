@@ -35,8 +35,8 @@ pub fn decoder<R: BufRead + Send + 'static>(inner: R) -> Box<dyn Read + Send> {
 struct GzipReader<R> {
     inner: R,
     inflater: Inflater,
-    /// Some bytes of the current member were read: its end must come before
-    /// the input's.
+    /// Inside a member (its header read): its end must come before the
+    /// input's.
     started: bool,
 }
 
@@ -46,12 +46,16 @@ impl<R: BufRead> Read for GzipReader<R> {
             return Ok(0);
         }
         loop {
+            if !self.started {
+                if self.inner.fill_buf()?.is_empty() {
+                    return Ok(0);
+                }
+                skip_header(&mut self.inner)?;
+                self.inflater.start_member();
+                self.started = true;
+            }
             let input = self.inner.fill_buf()?;
             let at_end = input.is_empty();
-            if at_end && !self.started {
-                return Ok(0);
-            }
-            self.started = true;
             // At the input's end the decoder is still called once: it may
             // hold decoded bytes that did not fit in `out` before.
             let step = self.inflater.inflate(input, out).map_err(invalid)?;
@@ -66,10 +70,7 @@ impl<R: BufRead> Read for GzipReader<R> {
                 continue;
             }
             if at_end {
-                return Err(io::Error::new(
-                    io::ErrorKind::UnexpectedEof,
-                    "the gzip data ends before its last member does",
-                ));
+                return Err(truncated());
             }
             if step.consumed == 0 {
                 // Input and room were both there and nothing moved.
@@ -80,6 +81,88 @@ impl<R: BufRead> Read for GzipReader<R> {
             }
         }
     }
+}
+
+const FHCRC: u8 = 0x02;
+const FEXTRA: u8 = 0x04;
+const FNAME: u8 = 0x08;
+const FCOMMENT: u8 = 0x10;
+const FRESERVED: u8 = 0xe0;
+/// Longest file name or comment accepted in a header (gzip has no limit; a
+/// runaway one would otherwise be read into memory whole).
+const MAX_TEXT_FIELD: u64 = 64 << 10;
+
+/// Reads one gzip member header (RFC 1952 section 2.3), whatever the read
+/// boundaries, checking the magic, the method and the header CRC if any.
+fn skip_header(r: &mut impl BufRead) -> io::Result<()> {
+    let mut header = [0u8; 10];
+    read_exact(r, &mut header)?;
+    if header[..2] != [0x1f, 0x8b] {
+        return Err(bad_header("not gzip data (no gzip magic number)"));
+    }
+    if header[2] != 8 {
+        return Err(bad_header("a compression method other than deflate"));
+    }
+    let flags = header[3];
+    if flags & FRESERVED != 0 {
+        return Err(bad_header("reserved header flags set"));
+    }
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&header);
+    if flags & FEXTRA != 0 {
+        let mut len = [0u8; 2];
+        read_exact(r, &mut len)?;
+        crc.update(&len);
+        let mut extra = vec![0u8; usize::from(u16::from_le_bytes(len))];
+        read_exact(r, &mut extra)?;
+        crc.update(&extra);
+    }
+    for flag in [FNAME, FCOMMENT] {
+        if flags & flag != 0 {
+            let mut text = Vec::new();
+            r.by_ref().take(MAX_TEXT_FIELD).read_until(0, &mut text)?;
+            if text.last() != Some(&0) {
+                return Err(if text.len() as u64 == MAX_TEXT_FIELD {
+                    bad_header("a file name or comment longer than 64 KiB")
+                } else {
+                    truncated()
+                });
+            }
+            crc.update(&text);
+        }
+    }
+    if flags & FHCRC != 0 {
+        let mut stored = [0u8; 2];
+        read_exact(r, &mut stored)?;
+        if u16::from_le_bytes(stored) != crc.finalize() as u16 {
+            return Err(bad_header("its header does not match its header CRC"));
+        }
+    }
+    Ok(())
+}
+
+fn read_exact(r: &mut impl BufRead, buf: &mut [u8]) -> io::Result<()> {
+    r.read_exact(buf).map_err(|e| {
+        if e.kind() == io::ErrorKind::UnexpectedEof {
+            truncated()
+        } else {
+            e
+        }
+    })
+}
+
+fn truncated() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::UnexpectedEof,
+        "the gzip data ends before its last member does",
+    )
+}
+
+fn bad_header(what: &str) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("invalid gzip member header: {what}"),
+    )
 }
 
 fn invalid(e: IsalError) -> io::Error {
@@ -156,6 +239,93 @@ mod tests {
         let mut expected = a;
         expected.extend(&b);
         assert_eq!(read_all(isal_reader(gz, 5000)).unwrap(), expected);
+    }
+
+    #[test]
+    fn optional_header_fields_are_skipped() {
+        // `gzip` without -n stores the name; other tools add extra fields.
+        let data = sample(50_000);
+        let mut e = flate2::GzBuilder::new()
+            .filename("image.tar")
+            .comment("built by nix")
+            .extra(vec![b'A', b'B', 2, 0, 7, 7])
+            .mtime(1_700_000_000)
+            .write(Vec::new(), flate2::Compression::new(6));
+        e.write_all(&data).unwrap();
+        let gz = e.finish().unwrap();
+        for capacity in [4096, 1 << 20, 10, 1] {
+            let got = read_all(isal_reader(gz.clone(), capacity));
+            assert!(
+                got.as_ref().ok() == Some(&data),
+                "capacity {capacity}: {:?}",
+                got.err()
+            );
+        }
+    }
+
+    /// A member with every optional header field, the header CRC included.
+    fn gzip_with_every_header_field(data: &[u8]) -> Vec<u8> {
+        let plain = gzip(data);
+        let mut header = vec![
+            0x1f,
+            0x8b,
+            8,
+            FHCRC | FEXTRA | FNAME | FCOMMENT,
+            1,
+            2,
+            3,
+            4,
+            0,
+            3,
+        ];
+        header.extend_from_slice(&[4, 0, b'A', b'B', 0, 0]);
+        header.extend_from_slice(b"image.tar\0a comment\0");
+        let crc = crc32fast::hash(&header) as u16;
+        header.extend_from_slice(&crc.to_le_bytes());
+        header.extend_from_slice(&plain[10..]);
+        header
+    }
+
+    #[test]
+    fn headers_split_anywhere_between_members_are_read() {
+        let (a, b) = (sample(20_000), sample(30_000));
+        let mut gz = gzip_with_every_header_field(&a);
+        gz.extend(gzip_with_every_header_field(&b));
+        let mut expected = a;
+        expected.extend(&b);
+        for capacity in [1, 3, 10, 37, 4096] {
+            let got = read_all(isal_reader(gz.clone(), capacity));
+            assert!(
+                got.as_ref().ok() == Some(&expected),
+                "capacity {capacity}: {:?}",
+                got.err()
+            );
+        }
+    }
+
+    #[test]
+    fn bad_headers_are_errors() {
+        let good = gzip_with_every_header_field(b"x");
+        let mut bad_crc = good.clone();
+        bad_crc[12] ^= 1; // in the extra field, covered by the header CRC
+        let mut reserved = gzip(b"x");
+        reserved[3] |= 0x20;
+        let mut method = gzip(b"x");
+        method[2] = 7;
+        let mut long_name = gzip(b"x");
+        long_name[3] |= FNAME;
+        long_name.splice(10..10, vec![b'n'; 70_000]);
+        for (what, gz) in [
+            ("header CRC", bad_crc),
+            ("reserved", reserved),
+            ("method", method),
+            ("64 KiB", long_name),
+        ] {
+            let err = read_all(isal_reader(gz, 4096)).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{what}");
+            assert!(err.to_string().contains(what), "{what}: {err}");
+        }
+        assert_eq!(read_all(isal_reader(good, 4096)).unwrap(), b"x");
     }
 
     #[test]

@@ -6,7 +6,8 @@
 //! only turns one block (plus the 32 KiB before it as dictionary) into raw
 //! deflate that ends either byte-aligned after a sync flush or with the final
 //! block. Gzip framing, CRC and threads are left to `gzip`. [`Inflater`]
-//! decodes gzip members, checking their CRC and length.
+//! decodes a gzip member's deflate data and checks its trailer (CRC and
+//! length); `gunzip` reads the header before it.
 //!
 //! The library comes from the system: Debian's `libisal-dev` (header
 //! `/usr/include/isa-l/igzip_lib.h`, `libisal.so.2`), nixpkgs' `isa-l`. The
@@ -118,7 +119,10 @@ const _: () = assert!(size_of::<InflateState>() == INFLATE_STATE_SIZE + 16 * 102
 const _: () = assert!(offset_of!(InflateState, block_state) == INFLATE_BLOCK_STATE_AT);
 const _: () = assert!(offset_of!(InflateState, crc_flag) == 21172);
 
-const ISAL_GZIP: u32 = 1;
+/// Raw deflate, then the gzip trailer (CRC-32 and length), checked: the
+/// header is parsed by `gunzip` (ISA-L 2.30 misreads optional header fields
+/// that arrive split over two calls).
+const ISAL_GZIP_NO_HDR_VER: u32 = 6;
 const ISAL_BLOCK_NEW_HDR: u32 = 0;
 const ISAL_BLOCK_FINISH: u32 = 5;
 const ISAL_DECOMP_OK: i32 = 0;
@@ -301,10 +305,10 @@ pub struct InflateStep {
     pub member_end: bool,
 }
 
-/// One gzip decoder (a member at a time), fed by [`super::gunzip`].
+/// One gzip decoder (a member at a time, after its header), fed by
+/// [`super::gunzip`].
 pub struct Inflater {
     state: Box<InflateState>,
-    in_member: bool,
 }
 
 // SAFETY: the state's pointers are only set during `inflate` to buffers that
@@ -318,7 +322,6 @@ impl Inflater {
         // SAFETY: InflateState holds only integers, raw pointers and bytes.
         let mut inflater = Inflater {
             state: unsafe { zeroed_box::<InflateState>() },
-            in_member: false,
         };
         inflater.probe()?;
         Ok(inflater)
@@ -350,16 +353,19 @@ impl Inflater {
         }
     }
 
-    /// Decodes gzip from `input` into `output`. A member ends at its trailer:
-    /// the call returns there, and the next call starts a new member.
+    /// Prepares for a new member whose header has been read.
+    pub fn start_member(&mut self) {
+        let s = &mut *self.state;
+        // SAFETY: `s` is a valid, exclusively borrowed inflate_state.
+        unsafe { isal_inflate_init(s) };
+        s.crc_flag = ISAL_GZIP_NO_HDR_VER;
+    }
+
+    /// Decodes the member's deflate data and trailer from `input` into
+    /// `output`. At the trailer the call returns with `member_end`; the
+    /// input after it is not consumed.
     pub fn inflate(&mut self, input: &[u8], output: &mut [u8]) -> Result<InflateStep, IsalError> {
         let s = &mut *self.state;
-        if !self.in_member {
-            // SAFETY: `s` is a valid, exclusively borrowed inflate_state.
-            unsafe { isal_inflate_init(s) };
-            s.crc_flag = ISAL_GZIP;
-            self.in_member = true;
-        }
         let avail_in = input.len().min(u32::MAX as usize);
         let avail_out = output.len().min(u32::MAX as usize);
         s.next_in = input.as_ptr().cast_mut();
@@ -378,12 +384,7 @@ impl Inflater {
         s.next_in = std::ptr::null_mut();
         s.next_out = std::ptr::null_mut();
         match code {
-            ISAL_DECOMP_OK | ISAL_END_INPUT | ISAL_OUT_OVERFLOW => {
-                if step.member_end {
-                    self.in_member = false;
-                }
-                Ok(step)
-            }
+            ISAL_DECOMP_OK | ISAL_END_INPUT | ISAL_OUT_OVERFLOW => Ok(step),
             ISAL_INCORRECT_CHECKSUM => Err(IsalError::Checksum),
             code => Err(IsalError::Corrupt { code }),
         }
