@@ -141,7 +141,7 @@ pub enum IsalError {
     Stalled { state: u32 },
     #[error("a block of `{len}` bytes is too large for isa-l")]
     TooLarge { len: usize },
-    #[error("the installed isa-l lays out `isal_zstream` differently\nhint: build against isa-l 2.30 or later (Debian libisal-dev, nixpkgs isa-l)")]
+    #[error("the installed isa-l lays out `isal_zstream` or `inflate_state` differently\nhint: build against isa-l 2.30 or later (Debian libisal-dev, nixpkgs isa-l)")]
     Layout,
     #[error("the gzip data is corrupt (isa-l inflate code `{code}`)")]
     Corrupt { code: i32 },
