@@ -13,6 +13,7 @@ pub mod command;
 pub mod detect;
 pub mod docker_archive;
 pub mod nix2container;
+pub mod pipe;
 mod read_ahead;
 
 use std::fs::File;

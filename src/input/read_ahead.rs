@@ -6,111 +6,51 @@
 //! takes the time of the slower half instead of the sum.
 
 use std::io::{self, Read};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::SyncSender;
+
+use super::pipe::{pipe, Chunk};
 
 /// Size of the chunks handed over.
-const CHUNK: usize = 1 << 20;
+const CHUNK: u64 = 1 << 20;
 /// Chunks decoded but not yet read: bounds the memory at about
 /// `(DEPTH + 2) * CHUNK`.
 const DEPTH: usize = 2;
 
 /// `inner`, read on a thread of its own, `DEPTH` chunks ahead.
 pub fn read_ahead(inner: Box<dyn Read + Send>) -> io::Result<Box<dyn Read + Send>> {
-    let (filled_tx, filled) = sync_channel::<io::Result<Vec<u8>>>(DEPTH);
-    let (spare_tx, spare) = sync_channel::<Vec<u8>>(DEPTH + 2);
+    let (tx, reader) = pipe(DEPTH, "archive's reading thread");
     std::thread::Builder::new()
         .name("read-ahead".into())
-        .spawn(move || fill(inner, filled_tx, spare))?;
-    Ok(Box::new(ReadAhead {
-        filled,
-        spare: spare_tx,
-        current: Vec::new(),
-        pos: 0,
-        done: false,
-    }))
+        .spawn(move || fill(inner, tx))?;
+    Ok(Box::new(reader))
 }
 
-/// The reading thread: fills chunks until the end (then sends an empty
-/// one), an error (sent after the bytes before it), or the reader being
-/// dropped (a send fails).
-fn fill(
-    mut inner: Box<dyn Read + Send>,
-    filled: SyncSender<io::Result<Vec<u8>>>,
-    spare: Receiver<Vec<u8>>,
-) {
+/// The reading thread: sends chunks until the end, an error (after the bytes
+/// before it), or the reader being dropped (a send fails).
+fn fill(mut inner: Box<dyn Read + Send>, tx: SyncSender<Chunk>) {
     loop {
-        let mut buf = spare.try_recv().unwrap_or_default();
-        buf.resize(CHUNK, 0);
-        let mut len = 0;
-        let result = loop {
-            match inner.read(&mut buf[len..]) {
-                Ok(0) => break Ok(()),
-                Ok(n) => {
-                    len += n;
-                    if len == CHUNK {
-                        break Ok(());
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => break Err(e),
-            }
-        };
-        buf.truncate(len);
-        if len > 0 && filled.send(Ok(buf)).is_err() {
+        // `read_to_end` fills spare capacity without zeroing it first.
+        let mut buf = Vec::with_capacity(CHUNK as usize);
+        let result = inner.by_ref().take(CHUNK).read_to_end(&mut buf);
+        let full = buf.len() as u64 == CHUNK;
+        if !buf.is_empty() && tx.send(Chunk::Data(buf)).is_err() {
             return;
         }
-        match result {
-            Ok(()) if len == CHUNK => {}
-            Ok(()) => {
-                let _ = filled.send(Ok(Vec::new()));
-                return;
-            }
-            Err(e) => {
-                let _ = filled.send(Err(e));
-                return;
-            }
-        }
-    }
-}
-
-struct ReadAhead {
-    filled: Receiver<io::Result<Vec<u8>>>,
-    spare: SyncSender<Vec<u8>>,
-    current: Vec<u8>,
-    pos: usize,
-    done: bool,
-}
-
-impl Read for ReadAhead {
-    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
-            if self.done {
-                return Ok(0);
-            }
-            let next = match self.filled.recv() {
-                Ok(chunk) => chunk?,
-                Err(_) => {
-                    return Err(io::Error::other("the archive's reading thread stopped"));
-                }
-            };
-            if next.is_empty() {
-                self.done = true;
-                return Ok(0);
-            }
-            let used = std::mem::replace(&mut self.current, next);
-            let _ = self.spare.try_send(used);
-            self.pos = 0;
-        }
-        let n = out.len().min(self.current.len() - self.pos);
-        out[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
+        let last = match result {
+            Ok(_) if full => continue,
+            Ok(_) => Chunk::End,
+            Err(e) => Chunk::Failed(e),
+        };
+        let _ = tx.send(last);
+        return;
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const C: usize = CHUNK as usize;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
@@ -154,7 +94,7 @@ mod tests {
 
     #[test]
     fn every_byte_arrives_in_order() {
-        for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 77] {
+        for len in [0, 1, C - 1, C, C + 1, 5 * C + 77] {
             let data = data(len);
             let mut out = Vec::new();
             read_ahead(trickle(&data, 70_000, None))
@@ -167,12 +107,12 @@ mod tests {
 
     #[test]
     fn an_error_comes_after_the_bytes_before_it() {
-        let data = data(3 * CHUNK);
-        let mut r = read_ahead(trickle(&data, 4096, Some(CHUNK + 10 * 4096))).unwrap();
+        let data = data(3 * C);
+        let mut r = read_ahead(trickle(&data, 4096, Some(C + 10 * 4096))).unwrap();
         let mut out = Vec::new();
         let err = r.read_to_end(&mut out).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert_eq!(out, &data[..CHUNK + 10 * 4096]);
+        assert_eq!(out, &data[..C + 10 * 4096]);
     }
 
     #[test]
@@ -188,9 +128,9 @@ mod tests {
                 self.1.store(true, Ordering::SeqCst);
             }
         }
-        let data = data(20 * CHUNK);
+        let data = data(20 * C);
         let dropped = Arc::new(AtomicBool::new(false));
-        let inner = Flagged(trickle(&data, CHUNK, None), dropped.clone());
+        let inner = Flagged(trickle(&data, C, None), dropped.clone());
         let mut r = read_ahead(Box::new(inner)).unwrap();
         let mut first = [0u8; 10];
         r.read_exact(&mut first).unwrap();

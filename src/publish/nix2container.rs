@@ -24,7 +24,7 @@
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -37,6 +37,7 @@ use crate::input::nix2container::{
     config_json, parse_image_json, verify_digest_error, write_layer_tar, ImageJson, N2cError,
     N2cLayer,
 };
+use crate::input::pipe::{pipe, Chunk};
 use crate::input::InputSpec;
 use crate::layer::{encode_layer, spool, Compression, EncodedLayer};
 use crate::manifest;
@@ -444,7 +445,7 @@ fn build_layer(
                 .map_err(anyhow::Error::new)
         }
         Source::Paths => {
-            let (tx, rx) = sync_channel(PIPE_CHUNKS);
+            let (tx, tar_output) = pipe(PIPE_CHUNKS, "tar writer");
             std::thread::scope(|scope| {
                 let tar = scope.spawn(move || {
                     let mut pipe = PipeWriter {
@@ -456,7 +457,7 @@ fn build_layer(
                     pipe.end(result.as_ref().err().map(|e| e.to_string()));
                     (result, pipe.closed)
                 });
-                let mut raw = Verifying::new(PipeReader::new(rx), expected, cancel);
+                let mut raw = Verifying::new(tar_output, expected, cancel);
                 let encoded = encode_layer(&mut raw, compression, writer, on_read);
                 let mismatch = raw.mismatch.take();
                 // Unblocks the tar writer if the encoder stopped first.
@@ -529,13 +530,6 @@ impl<R: Read> Read for Verifying<'_, R> {
     }
 }
 
-/// One message through the pipe.
-enum Chunk {
-    Data(Vec<u8>),
-    End,
-    Failed(String),
-}
-
 /// The tar writer's end of the pipe.
 struct PipeWriter<'a> {
     tx: Option<SyncSender<Chunk>>,
@@ -550,7 +544,7 @@ impl PipeWriter<'_> {
         if let Some(tx) = self.tx.take() {
             let last = match failure {
                 None => Chunk::End,
-                Some(why) => Chunk::Failed(why),
+                Some(why) => Chunk::Failed(io::Error::other(why)),
             };
             // A reader gone already has its own error.
             let _ = tx.send(last);
@@ -581,49 +575,6 @@ impl Write for PipeWriter<'_> {
 
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
-    }
-}
-
-/// The encoder's end of the pipe.
-struct PipeReader {
-    rx: Receiver<Chunk>,
-    current: Vec<u8>,
-    pos: usize,
-    ended: bool,
-}
-
-impl PipeReader {
-    fn new(rx: Receiver<Chunk>) -> PipeReader {
-        PipeReader {
-            rx,
-            current: Vec::new(),
-            pos: 0,
-            ended: false,
-        }
-    }
-}
-
-impl Read for PipeReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        while self.pos == self.current.len() {
-            if self.ended {
-                return Ok(0);
-            }
-            match self.rx.recv() {
-                Ok(Chunk::Data(data)) => {
-                    self.current = data;
-                    self.pos = 0;
-                }
-                Ok(Chunk::End) => self.ended = true,
-                Ok(Chunk::Failed(why)) => return Err(io::Error::other(why)),
-                // Without `End`, the writer stopped midway: never a clean end.
-                Err(_) => return Err(io::Error::other("the tar writer stopped")),
-            }
-        }
-        let n = buf.len().min(self.current.len() - self.pos);
-        buf[..n].copy_from_slice(&self.current[self.pos..self.pos + n]);
-        self.pos += n;
-        Ok(n)
     }
 }
 
