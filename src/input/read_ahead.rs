@@ -49,10 +49,10 @@ fn fill(mut inner: Box<dyn Read + Send>, tx: SyncSender<Chunk>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    const C: usize = CHUNK as usize;
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
+
+    const C: usize = CHUNK as usize;
 
     /// A reader that hands out at most `step` bytes per call, then fails
     /// after `fail_after` bytes if set.

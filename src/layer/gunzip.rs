@@ -175,6 +175,7 @@ fn invalid(e: IsalError) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::test_data::xorshift;
     use std::io::Write;
 
     fn gzip(data: &[u8]) -> Vec<u8> {
@@ -184,12 +185,10 @@ mod tests {
     }
 
     fn sample(len: usize) -> Vec<u8> {
-        let mut x = 0x2545_f491u32;
+        let mut next = xorshift(0x2545_f491);
         (0..len)
             .map(|i| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
+                let x = next();
                 // Half text-like, half noise: both deflate block kinds.
                 if (i / 50_000) % 2 == 0 {
                     b"layer/tar/bin/"[i % 14]

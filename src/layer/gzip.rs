@@ -332,15 +332,14 @@ fn fill(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::test_data::xorshift;
 
     /// Compressible but not trivial: text-like runs with a drifting pattern.
     fn sample(len: usize) -> Vec<u8> {
-        let mut x = 0x2545_f491u32;
+        let mut next = xorshift(0x2545_f491);
         (0..len)
             .map(|i| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
+                let x = next();
                 if i % 7 == 0 {
                     (x % 26) as u8 + b'a'
                 } else {
@@ -423,15 +422,8 @@ mod tests {
     fn the_dictionary_carries_across_blocks() {
         // A random block, then a second one repeating the first one's last
         // 30 000 bytes: cheap only if the second block sees that history.
-        let mut x = 0x2545_f491u32;
-        let mut data: Vec<u8> = (0..BLOCK_SIZE)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect();
+        let mut next = xorshift(0x2545_f491);
+        let mut data: Vec<u8> = (0..BLOCK_SIZE).map(|_| next() as u8).collect();
         data.extend_from_within(BLOCK_SIZE - 30_000..);
         let pool = Pool::new(2).unwrap();
         let (one, _) = gz(&pool, &mut &data[..BLOCK_SIZE], 1);

@@ -394,6 +394,7 @@ impl Inflater {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::test_data::xorshift;
     use std::io::Read;
 
     fn inflate(raw: &[u8]) -> Vec<u8> {
@@ -434,15 +435,8 @@ mod tests {
 
     #[test]
     fn the_dictionary_is_used() {
-        let mut x = 0x9e37_79b9u32;
-        let tail: Vec<u8> = (0..32_000)
-            .map(|_| {
-                x ^= x << 13;
-                x ^= x >> 17;
-                x ^= x << 5;
-                x as u8
-            })
-            .collect();
+        let mut next = xorshift(0x9e37_79b9);
+        let tail: Vec<u8> = (0..32_000).map(|_| next() as u8).collect();
         let mut with = Vec::new();
         let mut without = Vec::new();
         Deflater::new(1)

@@ -1,6 +1,7 @@
 //! Layers between input and registry: one pass that hashes, compresses and
-//! spools ([`encode`]), and the spool that uploads and retries replay
-//! ([`spool`]).
+//! spools ([`encode`]), the spool that uploads and retries replay
+//! ([`spool`]), and the gzip decoder compressed archives are read with
+//! ([`gunzip`]).
 
 pub mod encode;
 pub mod gunzip;
@@ -10,3 +11,18 @@ pub mod spool;
 
 pub use encode::{encode_layer, hash_only, Compression, EncodedLayer};
 pub use spool::{Spool, SpoolWriter};
+
+#[cfg(test)]
+mod test_data {
+    /// Xorshift32 from `seed`: a pseudo-random word per call, the same
+    /// sequence on every run (deterministic data for the codec tests).
+    pub fn xorshift(seed: u32) -> impl FnMut() -> u32 {
+        let mut x = seed;
+        move || {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x
+        }
+    }
+}
