@@ -27,6 +27,7 @@ use crate::digest::{Digest, Hasher};
 use crate::oci;
 
 use super::gzip;
+use super::slots::Slots;
 use super::spool::SpoolWriter;
 
 /// How layers are compressed for the registry.
@@ -72,13 +73,15 @@ const READ_CHUNK: usize = 1 << 20;
 
 /// Reads `raw` to its end, compressing into `spool`. `on_read` is called with
 /// the number of raw bytes consumed after each chunk (for progress bars).
-/// On error the spool is failed, so its readers stop too.
+/// On error the spool is failed, so its readers stop too. Waits first for
+/// one of the process-wide encoding slots ([`super::slots`]).
 pub fn encode_layer(
     raw: &mut dyn Read,
     compression: Compression,
     spool: SpoolWriter,
     on_read: &mut dyn FnMut(u64),
 ) -> io::Result<EncodedLayer> {
+    let _slot = Slots::global().take();
     let mut hasher = Hasher::new();
     let result = match compression {
         Compression::None => pump(raw, &mut hasher, spool, on_read, |w| w),

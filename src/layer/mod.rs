@@ -1,12 +1,14 @@
 //! Layers between input and registry: one pass that hashes, compresses and
 //! spools ([`encode`]), the spool that uploads and retries replay
-//! ([`spool`]), and the gzip decoder compressed archives are read with
+//! ([`spool`]), the process-wide limit on layers encoded at once
+//! ([`slots`]), and the gzip decoder compressed archives are read with
 //! ([`gunzip`]).
 
 pub mod encode;
 pub mod gunzip;
 pub mod gzip;
 mod isal;
+pub mod slots;
 pub mod spool;
 
 pub use encode::{encode_layer, hash_only, Compression, EncodedLayer};

@@ -709,6 +709,54 @@ pub fn client_at(host: &str, creds: Credentials, opts: &ClientOptions) -> Regist
     RegistryClient::new(&Registry::parse(host).expect("host"), creds, opts).expect("client")
 }
 
+/// Writes to `path` a docker-archive with one layer of `size` random bytes
+/// (incompressible, so the pushed blob is about as large; a different layer
+/// per `seed`), built with the `tar` crate. Returns `path`.
+pub fn random_archive(path: &Path, size: usize, seed: u64) -> PathBuf {
+    use rand::{RngCore as _, SeedableRng as _};
+    let mut data = vec![0u8; size];
+    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
+    let mut layer = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(size as u64);
+    header.set_mode(0o644);
+    header.set_mtime(1_700_000_000);
+    header.set_cksum();
+    layer
+        .append_data(&mut header, "data.bin", &data[..])
+        .unwrap();
+    let layer = layer.into_inner().unwrap();
+    let diff_id = manifold::digest::Digest::of(&layer);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": { "type": "layers", "diff_ids": [diff_id.to_string()] },
+    })
+    .to_string();
+    let manifest = serde_json::json!([{
+        "Config": "config.json",
+        "RepoTags": [],
+        "Layers": ["layer.tar"],
+    }])
+    .to_string();
+    let mut archive = tar::Builder::new(std::fs::File::create(path).unwrap());
+    for (name, bytes) in [
+        ("manifest.json", manifest.as_bytes()),
+        ("config.json", config.as_bytes()),
+        ("layer.tar", &layer[..]),
+    ] {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(1_700_000_000);
+        header.set_cksum();
+        archive.append_data(&mut header, name, bytes).unwrap();
+    }
+    archive.finish().unwrap();
+    path.to_owned()
+}
+
 /// Bytes that do not compress to nothing and differ per seed.
 pub fn payload(len: usize, seed: u8) -> Vec<u8> {
     let mut x = 0x9e37_79b9u32 ^ u32::from(seed);

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use manifold::digest::Digest;
 use manifold::oci::{ImageIndex, ImageManifest};
 
-use crate::harness::{skopeo, skopeo_copy_all, Auth, TestRegistry};
+use crate::harness::{random_archive, skopeo, skopeo_copy_all, Auth, TestRegistry};
 
 /// The repository's testdata directory.
 pub fn testdata(name: &str) -> PathBuf {
@@ -421,6 +421,57 @@ fn a_failing_stream_moves_no_tag() {
         "no tag was touched:\n{:#?}",
         registry.request_log()
     );
+}
+
+#[test]
+fn streams_are_read_at_the_same_time() {
+    // Each stream writes the first MiB of its archive (more than a pipe
+    // holds, so manifold must read it), says so, then waits for the other
+    // to have got as far. Read one after the other, the first would wait in
+    // vain and fail. The two images share no layer (a shared one is read
+    // once its first reader has published it, by design).
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/together");
+    let dir = tempfile::tempdir().unwrap();
+    let stream = |me: &str, other: &str, seed: u64| {
+        let archive = random_archive(&dir.path().join(format!("{me}.tar")), 3 << 20, seed);
+        let path = dir.path().join(format!("stream-{me}"));
+        std::fs::write(
+            &path,
+            format!(
+                "#!/usr/bin/env python3\n\
+                 import os, sys, time\n\
+                 data = open({archive:?}, 'rb').read()\n\
+                 sys.stdout.buffer.write(data[:1 << 20]); sys.stdout.buffer.flush()\n\
+                 open(os.path.join({dir:?}, {me:?}), 'w').close()\n\
+                 deadline = time.monotonic() + 60\n\
+                 while not os.path.exists(os.path.join({dir:?}, {other:?})):\n\
+                 \x20   if time.monotonic() > deadline: sys.exit('{other} was not read while {me} waited')\n\
+                 \x20   time.sleep(0.02)\n\
+                 sys.stdout.buffer.write(data[1 << 20:])\n",
+                archive = archive.to_str().unwrap(),
+                dir = dir.path().to_str().unwrap(),
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+            .unwrap();
+        path
+    };
+    let (amd64, arm64) = (stream("amd64", "arm64", 21), stream("arm64", "amd64", 22));
+    Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "1.0.0",
+        &format!("linux/amd64=stream:{}", amd64.display()),
+        &format!("linux/arm64=stream:{}", arm64.display()),
+    ])
+    .success();
+    let index: ImageIndex =
+        serde_json::from_slice(&registry.skopeo_inspect_raw(&format!("{repo}:1.0.0"))).unwrap();
+    assert_eq!(index.manifests.len(), 2);
 }
 
 #[test]

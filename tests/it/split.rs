@@ -11,8 +11,8 @@ use manifold::oci::{ImageIndex, ImageManifest};
 use manifold::registry::{BlobBody, ClientOptions, Credentials, RegistryError, Secret};
 
 use crate::harness::{
-    client_at, skopeo, skopeo_copy_all, skopeo_copy_all_to, Auth, FaultProxy, FaultRates,
-    QuirkServer, TestRegistry,
+    client_at, random_archive, skopeo, skopeo_copy_all, skopeo_copy_all_to, Auth, FaultProxy,
+    FaultRates, QuirkServer, TestRegistry,
 };
 use crate::publish::{testdata, Run};
 
@@ -522,54 +522,6 @@ fn a_layout_written_by_skopeo_is_published_with_the_same_manifests() {
     skopeo_copy_all(&format!("{copy}:1"), None);
 }
 
-/// A docker-archive with one layer of `size` random bytes (incompressible,
-/// so the pushed blob is about as large), built with the `tar` crate.
-fn random_archive(dir: &Path, size: usize, seed: u64) -> std::path::PathBuf {
-    use rand::{RngCore as _, SeedableRng as _};
-    let mut data = vec![0u8; size];
-    rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
-    let mut layer = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(size as u64);
-    header.set_mode(0o644);
-    header.set_mtime(1_700_000_000);
-    header.set_cksum();
-    layer
-        .append_data(&mut header, "data.bin", &data[..])
-        .unwrap();
-    let layer = layer.into_inner().unwrap();
-    let diff_id = Digest::of(&layer);
-    let config = serde_json::json!({
-        "architecture": "amd64",
-        "os": "linux",
-        "config": {},
-        "rootfs": { "type": "layers", "diff_ids": [diff_id.to_string()] },
-    })
-    .to_string();
-    let manifest = serde_json::json!([{
-        "Config": "config.json",
-        "RepoTags": [],
-        "Layers": ["layer.tar"],
-    }])
-    .to_string();
-    let path = dir.join("random.tar");
-    let mut archive = tar::Builder::new(std::fs::File::create(&path).unwrap());
-    for (name, bytes) in [
-        ("manifest.json", manifest.as_bytes()),
-        ("config.json", config.as_bytes()),
-        ("layer.tar", &layer[..]),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(1_700_000_000);
-        header.set_cksum();
-        archive.append_data(&mut header, name, bytes).unwrap();
-    }
-    archive.finish().unwrap();
-    path
-}
-
 /// The layers of the one image behind a one-image index.
 fn layers_of(registry: &TestRegistry, by_digest: &str) -> Vec<manifold::oci::Descriptor> {
     let repo = by_digest.split_once('@').unwrap().0;
@@ -587,7 +539,7 @@ fn blob_gets(registry: &TestRegistry, digest: &Digest) -> usize {
 #[test]
 fn a_large_layer_streams_across_registries_monolithic_chunked_and_into_a_layout() {
     let dir = tempfile::tempdir().unwrap();
-    let archive = random_archive(dir.path(), 16 << 20, 8);
+    let archive = random_archive(&dir.path().join("random.tar"), 16 << 20, 8);
     let source = TestRegistry::start(Auth::None);
     let by_digest = push_by_digest(&source.repo("acme/big"), &archive);
     let layers = layers_of(&source, &by_digest);
@@ -679,7 +631,7 @@ fn a_large_layer_streams_across_registries_monolithic_chunked_and_into_a_layout(
 #[test]
 fn a_cross_registry_copy_survives_faults_at_the_destination() {
     let dir = tempfile::tempdir().unwrap();
-    let archive = random_archive(dir.path(), 6 << 20, 9);
+    let archive = random_archive(&dir.path().join("random.tar"), 6 << 20, 9);
     let source = TestRegistry::start(Auth::None);
     let by_digest = push_by_digest(&source.repo("acme/big"), &archive);
     let layer = layers_of(&source, &by_digest).remove(0);
