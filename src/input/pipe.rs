@@ -3,12 +3,17 @@
 //! `io::Read`. It ends with an explicit `End`, so a producer that vanishes
 //! midway (a panic) reads as an error, never as a clean end of data.
 //!
+//! The reader hands each buffer it has finished back to the producer
+//! ([`PipeSender::recycled`]): a few buffers go round and round instead of
+//! a fresh allocation per chunk (fresh memory is page-faulted and zeroed,
+//! about 3 % of a tarball re-run's CPU).
+//!
 //! Used to decode a compressed archive ahead of its reader
 //! (`input::read_ahead`) and to tar nix2container layers while they are
 //! compressed (`publish::nix2container`).
 
 use std::io::{self, Read};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
+use std::sync::mpsc::{sync_channel, Receiver, SendError, SyncSender};
 
 /// One message through the pipe.
 pub enum Chunk {
@@ -19,21 +24,46 @@ pub enum Chunk {
 
 /// A pipe holding at most `depth` chunks in flight; `producer` names the
 /// sending side in the error a vanished producer gives.
-pub fn pipe(depth: usize, producer: &'static str) -> (SyncSender<Chunk>, PipeReader) {
+pub fn pipe(depth: usize, producer: &'static str) -> (PipeSender, PipeReader) {
     let (tx, rx) = sync_channel(depth);
+    // Room for every buffer that can be in flight, so returning never blocks.
+    let (give_back, returned) = sync_channel(depth + 2);
     let reader = PipeReader {
         rx,
+        give_back,
         producer,
         current: Vec::new(),
         pos: 0,
         ended: false,
     };
-    (tx, reader)
+    (PipeSender { tx, returned }, reader)
+}
+
+/// The producing end.
+pub struct PipeSender {
+    tx: SyncSender<Chunk>,
+    returned: Receiver<Vec<u8>>,
+}
+
+impl PipeSender {
+    /// Sends a chunk, waiting while `depth` are in flight; fails once the
+    /// reader is gone.
+    pub fn send(&self, chunk: Chunk) -> Result<(), SendError<Chunk>> {
+        self.tx.send(chunk)
+    }
+
+    /// A buffer the reader has finished with, if one is back: its contents
+    /// are stale, its capacity (and, up to its length, its initialised
+    /// memory) is reused.
+    pub fn recycled(&self) -> Option<Vec<u8>> {
+        self.returned.try_recv().ok()
+    }
 }
 
 /// The consuming end.
 pub struct PipeReader {
     rx: Receiver<Chunk>,
+    give_back: SyncSender<Vec<u8>>,
     producer: &'static str,
     current: Vec<u8>,
     pos: usize,
@@ -48,7 +78,11 @@ impl Read for PipeReader {
             }
             match self.rx.recv() {
                 Ok(Chunk::Data(data)) => {
-                    self.current = data;
+                    let done = std::mem::replace(&mut self.current, data);
+                    if done.capacity() > 0 {
+                        // Full (or the producer gone): it is simply freed.
+                        let _ = self.give_back.try_send(done);
+                    }
                     self.pos = 0;
                 }
                 Ok(Chunk::End) => self.ended = true,
@@ -103,6 +137,26 @@ mod tests {
             (out.as_slice(), err.kind()),
             (&b"ab"[..], io::ErrorKind::UnexpectedEof)
         );
+    }
+
+    #[test]
+    fn finished_buffers_go_back_to_the_producer() {
+        let (tx, mut rx) = pipe(4, "test writer");
+        assert!(tx.recycled().is_none());
+        let first = Vec::with_capacity(1000);
+        let ptr = first.as_ptr();
+        let mut first = first;
+        first.extend_from_slice(b"abc");
+        tx.send(Chunk::Data(first)).unwrap();
+        tx.send(Chunk::Data(b"de".to_vec())).unwrap();
+        tx.send(Chunk::End).unwrap();
+        let mut out = [0u8; 3];
+        rx.read_exact(&mut out).unwrap();
+        // Still reading from the first buffer's end: nothing back yet.
+        assert!(tx.recycled().is_none());
+        assert_eq!(read_all(rx).unwrap(), b"de");
+        let back = tx.recycled().expect("the first buffer came back");
+        assert_eq!((back.as_ptr(), back.capacity()), (ptr, 1000));
     }
 
     #[test]

@@ -6,12 +6,11 @@
 //! takes the time of the slower half instead of the sum.
 
 use std::io::{self, Read};
-use std::sync::mpsc::SyncSender;
 
-use super::pipe::{pipe, Chunk};
+use super::pipe::{pipe, Chunk, PipeSender};
 
 /// Size of the chunks handed over.
-const CHUNK: u64 = 1 << 20;
+const CHUNK: usize = 1 << 20;
 /// Chunks decoded but not yet read: bounds the memory at about
 /// `(DEPTH + 2) * CHUNK`.
 const DEPTH: usize = 2;
@@ -27,23 +26,39 @@ pub fn read_ahead(inner: Box<dyn Read + Send>) -> io::Result<Box<dyn Read + Send
 
 /// The reading thread: sends chunks until the end, an error (after the bytes
 /// before it), or the reader being dropped (a send fails).
-fn fill(mut inner: Box<dyn Read + Send>, tx: SyncSender<Chunk>) {
+fn fill(mut inner: Box<dyn Read + Send>, tx: PipeSender) {
     loop {
-        // `read_to_end` fills spare capacity without zeroing it first.
-        let mut buf = Vec::with_capacity(CHUNK as usize);
-        let result = inner.by_ref().take(CHUNK).read_to_end(&mut buf);
-        let full = buf.len() as u64 == CHUNK;
-        if !buf.is_empty() && tx.send(Chunk::Data(buf)).is_err() {
+        let mut buf = tx.recycled().unwrap_or_default();
+        // A recycled buffer comes back initialised: only new memory is zeroed.
+        buf.resize(CHUNK, 0);
+        let (len, result) = read_full(&mut *inner, &mut buf);
+        buf.truncate(len);
+        if len > 0 && tx.send(Chunk::Data(buf)).is_err() {
             return;
         }
         let last = match result {
-            Ok(_) if full => continue,
-            Ok(_) => Chunk::End,
+            Ok(()) if len == CHUNK => continue,
+            Ok(()) => Chunk::End,
             Err(e) => Chunk::Failed(e),
         };
         let _ = tx.send(last);
         return;
     }
+}
+
+/// Reads into `buf` until it is full, the end, or an error; returns how many
+/// bytes came, and the error if one stopped it.
+fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> (usize, io::Result<()>) {
+    let mut len = 0;
+    while len < buf.len() {
+        match r.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return (len, Err(e)),
+        }
+    }
+    (len, Ok(()))
 }
 
 #[cfg(test)]
@@ -52,7 +67,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    const C: usize = CHUNK as usize;
+    const C: usize = CHUNK;
 
     /// A reader that hands out at most `step` bytes per call, then fails
     /// after `fail_after` bytes if set.

@@ -24,7 +24,6 @@
 use std::io::{self, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::SyncSender;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -37,7 +36,7 @@ use crate::input::nix2container::{
     config_json, parse_image_json, verify_digest_error, write_layer_tar, ImageJson, N2cError,
     N2cLayer,
 };
-use crate::input::pipe::{pipe, Chunk};
+use crate::input::pipe::{pipe, Chunk, PipeSender};
 use crate::input::InputSpec;
 use crate::layer::{encode_layer, spool, Compression, EncodedLayer};
 use crate::manifest;
@@ -532,7 +531,7 @@ impl<R: Read> Read for Verifying<'_, R> {
 
 /// The tar writer's end of the pipe.
 struct PipeWriter<'a> {
-    tx: Option<SyncSender<Chunk>>,
+    tx: Option<PipeSender>,
     cancel: &'a AtomicBool,
     /// The reader went away (the encoder stopped first).
     closed: bool,
@@ -563,7 +562,10 @@ impl Write for PipeWriter<'_> {
         if buf.is_empty() {
             return Ok(0);
         }
-        if tx.send(Chunk::Data(buf.to_vec())).is_err() {
+        let mut chunk = tx.recycled().unwrap_or_default();
+        chunk.clear();
+        chunk.extend_from_slice(buf);
+        if tx.send(Chunk::Data(chunk)).is_err() {
             self.closed = true;
             return Err(io::Error::new(
                 io::ErrorKind::BrokenPipe,
