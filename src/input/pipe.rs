@@ -143,10 +143,9 @@ mod tests {
     fn finished_buffers_go_back_to_the_producer() {
         let (tx, mut rx) = pipe(4, "test writer");
         assert!(tx.recycled().is_none());
-        let first = Vec::with_capacity(1000);
-        let ptr = first.as_ptr();
-        let mut first = first;
+        let mut first = Vec::with_capacity(1000);
         first.extend_from_slice(b"abc");
+        let ptr = first.as_ptr();
         tx.send(Chunk::Data(first)).unwrap();
         tx.send(Chunk::Data(b"de".to_vec())).unwrap();
         tx.send(Chunk::End).unwrap();

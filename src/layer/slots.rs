@@ -15,9 +15,10 @@
 
 use std::sync::{Condvar, Mutex};
 
-/// Layers encoded at once. Four keep two cores busy across layer ends (the
-/// last block of one layer overlaps the first of the next) and bound memory
-/// to about 40 MiB of layer buffers, whatever the number of inputs.
+/// Layers encoded at once: as many as a two-architecture nix2container
+/// publish builds (two per image), more than the two inputs of a stream
+/// one, so neither ever waits; and a bound of about 40 MiB of layer buffers
+/// whatever the number of inputs.
 pub const MAX_ENCODING: usize = 4;
 
 /// A counting semaphore for threads that block (encoders run on blocking
