@@ -356,7 +356,8 @@ impl Pass<'_> {
             spool: spool.clone(),
         });
         let (mut read, mut reported) = (0u64, 0u64);
-        let encoded = layer::encode_layer(raw, self.opts.compression, writer, &mut |n| {
+        let slot = layer::slots::Slots::global().take();
+        let encoded = layer::encode_layer(raw, self.opts.compression, writer, slot, &mut |n| {
             read += n;
             // A pipe hands over 64 KiB at a time: an event per read would wake
             // the publishing task ten thousand times for a 600 MB image.

@@ -27,7 +27,7 @@ use crate::digest::{Digest, Hasher};
 use crate::oci;
 
 use super::gzip;
-use super::slots::Slots;
+use super::slots::Slot;
 use super::spool::SpoolWriter;
 
 /// How layers are compressed for the registry.
@@ -73,15 +73,17 @@ const READ_CHUNK: usize = 1 << 20;
 
 /// Reads `raw` to its end, compressing into `spool`. `on_read` is called with
 /// the number of raw bytes consumed after each chunk (for progress bars).
-/// On error the spool is failed, so its readers stop too. Waits first for
-/// one of the process-wide encoding slots ([`super::slots`]).
+/// On error the spool is failed, so its readers stop too. `_slot`, one of
+/// the process-wide encoding slots ([`super::slots`]), is the caller's to
+/// take: before anything else the layer needs memory for (nix2container's
+/// tar writer); it is given back when this returns.
 pub fn encode_layer(
     raw: &mut dyn Read,
     compression: Compression,
     spool: SpoolWriter,
+    _slot: Slot<'_>,
     on_read: &mut dyn FnMut(u64),
 ) -> io::Result<EncodedLayer> {
-    let _slot = Slots::global().take();
     let mut hasher = Hasher::new();
     let result = match compression {
         Compression::None => pump(raw, &mut hasher, spool, on_read, |w| w),
@@ -195,7 +197,12 @@ pub fn hash_only(raw: &mut dyn Read, on_read: &mut dyn FnMut(u64)) -> io::Result
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::layer::slots::Slots;
     use crate::layer::spool;
+
+    fn slot() -> Slot<'static> {
+        Slots::global().take()
+    }
 
     fn sample() -> Vec<u8> {
         (0..2_500_000u32)
@@ -207,7 +214,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (w, s) = spool::create(dir.path()).unwrap();
         let mut read = 0;
-        let layer = encode_layer(&mut &data[..], c, w, &mut |n| read += n).unwrap();
+        let layer = encode_layer(&mut &data[..], c, w, slot(), &mut |n| read += n).unwrap();
         assert_eq!(read, data.len() as u64);
         let mut out = Vec::new();
         s.copy_to(&mut out).unwrap();
@@ -258,7 +265,13 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let (w, s) = spool::create(dir.path()).unwrap();
-        let err = encode_layer(&mut Broken, Compression::Gzip { level: 1 }, w, &mut |_| {});
+        let err = encode_layer(
+            &mut Broken,
+            Compression::Gzip { level: 1 },
+            w,
+            slot(),
+            &mut |_| {},
+        );
         assert!(err.is_err());
         assert!(s.finished().is_none());
         let rt = tokio::runtime::Builder::new_current_thread()
@@ -316,7 +329,7 @@ mod tests {
         let (w, s) = spool::create(dir.path()).unwrap();
         let mut read = 0;
         let c = Compression::Gzip { level: 2 };
-        let err = encode_layer(&mut Dies(5 << 19), c, w, &mut |n| read += n).unwrap_err();
+        let err = encode_layer(&mut Dies(5 << 19), c, w, slot(), &mut |n| read += n).unwrap_err();
         assert_eq!(err.to_string(), "disk on fire");
         assert_eq!(read, 5 << 19);
         assert!(s.finished().is_none());

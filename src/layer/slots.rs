@@ -9,9 +9,14 @@
 //! byte, and its input waits with it (a stream script blocks on its full
 //! pipe).
 //!
-//! No deadlock: a slot is held only inside `encode_layer`, which reads one
-//! input and writes one spool and never waits for another layer. Layers that
-//! are only hashed (the destination has them) take no slot.
+//! `encode_layer` takes a [`Slot`], so no layer is encoded without one; its
+//! caller takes it first (nix2container, before starting the layer's tar
+//! writer, whose buffers would otherwise wait too).
+//!
+//! No deadlock: a slot is held only while one layer is built and encoded,
+//! which reads one input and writes one spool and never waits for another
+//! layer. Layers that are only hashed (the destination has them) take no
+//! slot.
 
 use std::sync::{Condvar, Mutex};
 
@@ -41,7 +46,7 @@ impl Slots {
         }
     }
 
-    /// The slots every `encode_layer` call shares.
+    /// The slots every layer encoding shares.
     pub fn global() -> &'static Slots {
         static SLOTS: Slots = Slots::new(MAX_ENCODING);
         &SLOTS

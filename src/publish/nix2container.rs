@@ -38,6 +38,7 @@ use crate::input::nix2container::{
 };
 use crate::input::pipe::{pipe, Chunk, PipeSender};
 use crate::input::InputSpec;
+use crate::layer::slots::Slots;
 use crate::layer::{encode_layer, spool, Compression, EncodedLayer};
 use crate::manifest;
 use crate::oci::{self, ConfigSummary, Descriptor, Platform};
@@ -53,9 +54,13 @@ pub const MAX_BUILDS: usize = 2;
 /// image.json files larger than this are refused (real ones are kilobytes).
 const MAX_IMAGE_JSON: u64 = 64 << 20;
 
-/// Chunks in flight between the tar writer and the encoder (each at most
-/// the tar writer's 256 KiB buffer).
+/// Chunks in flight between the tar writer and the encoder.
 const PIPE_CHUNKS: usize = 4;
+
+/// The largest chunk: the tar writer's buffer. A larger write (file data
+/// bypasses that buffer) is taken a chunk at a time, so the pipe holds at
+/// most about 1.5 MiB per layer.
+const MAX_CHUNK: usize = 256 << 10;
 
 /// Where a layer's bytes come from.
 #[derive(Clone, Debug)]
@@ -419,6 +424,9 @@ fn build_layer(
 ) -> Result<EncodedLayer> {
     let encode_err =
         |e: io::Error| anyhow::Error::new(e).context(format!("cannot encode layer {index}"));
+    // Before the tar writer starts: a layer waiting for its turn holds no
+    // buffers.
+    let slot = Slots::global().take();
     match source {
         Source::File(path) => {
             let file = std::fs::File::open(path).map_err(|source| N2cError::Io {
@@ -426,7 +434,7 @@ fn build_layer(
                 source,
             })?;
             let mut raw = Verifying::new(BufReader::with_capacity(1 << 20, file), expected, cancel);
-            let encoded = encode_layer(&mut raw, compression, writer, on_read);
+            let encoded = encode_layer(&mut raw, compression, writer, slot, on_read);
             if let Some(actual) = raw.mismatch {
                 return Err(N2cError::BlobMismatch {
                     index,
@@ -457,7 +465,7 @@ fn build_layer(
                     (result, pipe.closed)
                 });
                 let mut raw = Verifying::new(tar_output, expected, cancel);
-                let encoded = encode_layer(&mut raw, compression, writer, on_read);
+                let encoded = encode_layer(&mut raw, compression, writer, slot, on_read);
                 let mismatch = raw.mismatch.take();
                 // Unblocks the tar writer if the encoder stopped first.
                 drop(raw);
@@ -562,6 +570,7 @@ impl Write for PipeWriter<'_> {
         if buf.is_empty() {
             return Ok(0);
         }
+        let buf = &buf[..buf.len().min(MAX_CHUNK)];
         let mut chunk = tx.recycled().unwrap_or_default();
         chunk.clear();
         chunk.extend_from_slice(buf);
@@ -683,6 +692,25 @@ mod tests {
             (encoded.diff_id, encoded.digest),
             (Digest::of(&tar), Digest::of(&tar))
         );
+    }
+
+    #[test]
+    fn a_large_write_goes_through_the_pipe_a_chunk_at_a_time() {
+        // Room for every chunk and the end: nothing reads until the end.
+        let (tx, mut rx) = pipe(8, "test writer");
+        let cancel = AtomicBool::new(false);
+        let mut w = PipeWriter {
+            tx: Some(tx),
+            cancel: &cancel,
+            closed: false,
+        };
+        let data: Vec<u8> = (0..3 * MAX_CHUNK as u32 + 5).map(|i| i as u8).collect();
+        assert_eq!(w.write(&data).unwrap(), MAX_CHUNK);
+        w.write_all(&data[MAX_CHUNK..]).unwrap();
+        w.end(None);
+        let mut back = Vec::new();
+        rx.read_to_end(&mut back).unwrap();
+        assert!(back == data);
     }
 
     #[test]
