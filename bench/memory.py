@@ -140,6 +140,9 @@ def main():
     if not registry_bin:
         raise SystemExit("docker-registry is not installed (apt-get install docker-registry)")
     manifold = os.path.abspath(a.manifold)
+    if not os.access(manifold, os.X_OK):
+        raise SystemExit("no manifold binary at %s: run `cargo build --release` first, "
+                         "or pass --manifold PATH" % manifold)
     work = tempfile.mkdtemp(prefix="manifold-memory-")
     try:
         big = os.path.join(work, "stream-big")
@@ -174,10 +177,12 @@ def main():
             ok, wall, rss = run(manifold, registry, work, name, args)
             within = ok and rss <= a.limit_mib
             failed |= not within
-            print("%-12s %-36s %7.1fs %7.0f MiB  %s" % (
-                name, shape, wall, rss,
-                ("within %d MiB" % a.limit_mib) if within else
-                ("FAILED" if not ok else "OVER %d MiB" % a.limit_mib)))
+            if ok:
+                print("%-12s %-36s %7.1fs %7.0f MiB  %s" % (
+                    name, shape, wall, rss,
+                    ("within %d MiB" % a.limit_mib) if within else "OVER %d MiB" % a.limit_mib))
+            else:
+                print("%-12s %-36s %8s %11s  FAILED (manifold's error above)" % (name, shape, "-", "-"))
             shutil.rmtree(os.path.join(work, "registry-" + name), ignore_errors=True)
         sys.exit(1 if failed else 0)
     finally:
