@@ -71,6 +71,32 @@ impl Run {
         child.wait_with_output().unwrap()
     }
 
+    /// Runs (without stdin) and also returns the peak resident memory of the
+    /// manifold process in KiB (`ru_maxrss` from `wait4`; its own children,
+    /// stream scripts, count too, so give it archives to measure it alone).
+    pub fn output_with_peak_rss(mut self) -> (Output, u64) {
+        use std::os::unix::process::ExitStatusExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
+        self.cmd
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap());
+        let child = self.cmd.spawn().expect("manifold starts");
+        let pid = child.id() as libc::pid_t;
+        let mut status = 0;
+        // SAFETY: plain syscall on our own child, with valid out-pointers.
+        let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+        let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+        assert_eq!(waited, pid, "wait4: {}", std::io::Error::last_os_error());
+        let output = Output {
+            status: std::process::ExitStatus::from_raw(status),
+            stdout: std::fs::read(&out_path).unwrap(),
+            stderr: std::fs::read(&err_path).unwrap(),
+        };
+        (output, usage.ru_maxrss as u64)
+    }
+
     /// Runs and asserts success; returns stdout.
     pub fn success(self) -> String {
         let out = self.output();
@@ -421,6 +447,55 @@ fn a_failing_stream_moves_no_tag() {
         "no tag was touched:\n{:#?}",
         registry.request_log()
     );
+}
+
+#[test]
+fn twelve_inputs_at_once_stay_under_100_mib() {
+    // The memory goal. Every input is read at once; without the
+    // limit on layers encoded at once (`layer::slots`) each held its own
+    // compression buffers, and twelve peaked at 135 MiB.
+    const PLATFORMS: [&str; 12] = [
+        "linux/amd64",
+        "linux/arm64",
+        "linux/arm/v7",
+        "linux/ppc64le",
+        "linux/s390x",
+        "linux/386",
+        "linux/riscv64",
+        "linux/mips64le",
+        "linux/arm/v6",
+        "linux/loong64",
+        "linux/mips64",
+        "linux/arm/v5",
+    ];
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/many");
+    let dir = tempfile::tempdir().unwrap();
+    let inputs: Vec<String> = PLATFORMS
+        .iter()
+        .enumerate()
+        .map(|(i, platform)| {
+            let path = dir.path().join(format!("{i}.tar"));
+            let archive = random_archive(&path, 6 << 20, 100 + i as u64);
+            format!("{platform}={}", archive.display())
+        })
+        .collect();
+    let mut args = vec!["publish", "--repo", &repo, "--tag", "1.0.0"];
+    args.extend(inputs.iter().map(String::as_str));
+    let (out, peak_kib) = Run::new(&args).output_with_peak_rss();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        peak_kib < 100 << 10,
+        "peak RSS {} MiB for twelve inputs",
+        peak_kib >> 10
+    );
+    let index: ImageIndex =
+        serde_json::from_slice(&registry.skopeo_inspect_raw(&format!("{repo}:1.0.0"))).unwrap();
+    assert_eq!(index.manifests.len(), 12);
 }
 
 #[test]
