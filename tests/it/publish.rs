@@ -82,6 +82,8 @@ impl Run {
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(&out_path).unwrap())
             .stderr(std::fs::File::create(&err_path).unwrap());
+        // Reaped by the wait4 below, which `Child::wait` cannot stand in for.
+        #[allow(clippy::zombie_processes)]
         let child = self.cmd.spawn().expect("manifold starts");
         let pid = child.id() as libc::pid_t;
         let mut status = 0;
