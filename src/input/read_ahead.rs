@@ -8,6 +8,7 @@
 use std::io::{self, Read};
 
 use super::pipe::{pipe, Chunk, PipeSender};
+use crate::layer::refill;
 
 /// Size of the chunks handed over.
 const CHUNK: usize = 1 << 20;
@@ -29,10 +30,8 @@ pub fn read_ahead(inner: Box<dyn Read + Send>) -> io::Result<Box<dyn Read + Send
 fn fill(mut inner: Box<dyn Read + Send>, tx: PipeSender) {
     loop {
         let mut buf = tx.recycled().unwrap_or_default();
-        // A recycled buffer comes back initialised: only new memory is zeroed.
-        buf.resize(CHUNK, 0);
-        let (len, result) = read_full(&mut *inner, &mut buf);
-        buf.truncate(len);
+        let result = refill(&mut *inner, &mut buf, CHUNK, &mut |_| {});
+        let len = buf.len();
         if len > 0 && tx.send(Chunk::Data(buf)).is_err() {
             return;
         }
@@ -44,21 +43,6 @@ fn fill(mut inner: Box<dyn Read + Send>, tx: PipeSender) {
         let _ = tx.send(last);
         return;
     }
-}
-
-/// Reads into `buf` until it is full, the end, or an error; returns how many
-/// bytes came, and the error if one stopped it.
-fn read_full(r: &mut dyn Read, buf: &mut [u8]) -> (usize, io::Result<()>) {
-    let mut len = 0;
-    while len < buf.len() {
-        match r.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => len += n,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return (len, Err(e)),
-        }
-    }
-    (len, Ok(()))
 }
 
 #[cfg(test)]

@@ -311,21 +311,7 @@ fn fill(
     mut buf: Vec<u8>,
     on_raw: &mut dyn FnMut(&[u8]),
 ) -> io::Result<Vec<u8>> {
-    // Recycled blocks come back full length: zero only new memory.
-    buf.resize(BLOCK_SIZE, 0);
-    let mut len = 0;
-    while len < BLOCK_SIZE {
-        match raw.read(&mut buf[len..]) {
-            Ok(0) => break,
-            Ok(n) => {
-                on_raw(&buf[len..len + n]);
-                len += n;
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    buf.truncate(len);
+    super::refill(raw, &mut buf, BLOCK_SIZE, on_raw)?;
     Ok(buf)
 }
 
