@@ -4,3 +4,6 @@
 pub mod gzip;
 #[path = "../../../../src/layer/isal.rs"]
 pub mod isal;
+#[path = "../../../../src/layer/refill.rs"]
+mod refill;
+pub use refill::refill;
