@@ -29,6 +29,11 @@ const STDERR_LINE_MAX: u64 = 4096;
 /// grandchild may hold it open).
 const STDERR_GRACE: Duration = Duration::from_secs(2);
 
+/// The pipe size asked for a stream's stdout: Linux's default 64 KiB makes
+/// the script and manifold take turns every 64 KiB (a wake-up and a context
+/// switch each way); 1 MiB is the most an unprivileged process may ask for.
+const STDOUT_PIPE_SIZE: libc::c_int = 1 << 20;
+
 /// Receives each stderr line of a stream.
 pub type StderrSink = Box<dyn FnMut(&str) + Send>;
 
@@ -78,27 +83,30 @@ impl StreamCommand {
         } else {
             path.to_owned()
         };
-        let mut child = Command::new(&program)
+        let mut command = Command::new(&program);
+        command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             // Its own group, so that killing it reaches whatever it started.
-            .process_group(0)
-            .spawn()
-            .map_err(|source| {
-                if source.raw_os_error() == Some(libc::ENOEXEC) {
-                    InputError::ExecFormat {
-                        input: name.to_owned(),
-                    }
-                } else {
-                    InputError::Spawn {
-                        input: name.to_owned(),
-                        source,
-                    }
+            .process_group(0);
+        let mut child = spawn_retrying_busy(&mut command).map_err(|source| {
+            if source.raw_os_error() == Some(libc::ENOEXEC) {
+                InputError::ExecFormat {
+                    input: name.to_owned(),
                 }
-            })?;
+            } else {
+                InputError::Spawn {
+                    input: name.to_owned(),
+                    source,
+                }
+            }
+        })?;
         running_groups().push(child.id() as libc::pid_t);
         let stdout = child.stdout.take();
+        if let Some(stdout) = &stdout {
+            widen_pipe(stdout);
+        }
         let tail = Arc::new(Mutex::new(VecDeque::new()));
         let stderr_done = child.stderr.take().map(|stderr| {
             let (done_tx, done_rx) = mpsc::channel();
@@ -295,6 +303,37 @@ fn forward_stderr(stderr: impl Read, mut sink: StderrSink, tail: &Mutex<VecDeque
     }
 }
 
+/// How often a spawn refused with "text file busy" is tried again.
+const BUSY_RETRIES: u32 = 10;
+
+/// Spawns `command`, trying again a few times on `ETXTBSY`. A script just
+/// written by this process (or its caller) is "busy" while any child forked
+/// meanwhile has not reached its own exec yet, since that child still holds
+/// the write descriptor. The window is a few milliseconds and closes by
+/// itself, so waiting it out is the known remedy.
+fn spawn_retrying_busy(command: &mut Command) -> io::Result<Child> {
+    let mut tries = 0;
+    loop {
+        match command.spawn() {
+            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < BUSY_RETRIES => {
+                tries += 1;
+                std::thread::sleep(Duration::from_millis(10 * u64::from(tries)));
+            }
+            result => return result,
+        }
+    }
+}
+
+/// Widens the stream's stdout pipe to [`STDOUT_PIPE_SIZE`]. Best effort: a
+/// kernel without `F_SETPIPE_SZ`, or a lower `/proc/sys/fs/pipe-max-size`,
+/// leaves the default, which is only slower.
+fn widen_pipe(stdout: &ChildStdout) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fcntl on a descriptor we own; F_SETPIPE_SZ takes an int and
+    // touches no memory of ours.
+    let _ = unsafe { libc::fcntl(stdout.as_raw_fd(), libc::F_SETPIPE_SZ, STDOUT_PIPE_SIZE) };
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -438,6 +477,46 @@ mod tests {
             std::thread::sleep(Duration::from_millis(20));
         }
         assert!(!alive(grandchild), "grandchild {grandchild} survived");
+    }
+
+    #[test]
+    fn stdout_pipe_is_widened() {
+        let max: i32 = fs::read_to_string("/proc/sys/fs/pipe-max-size")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0);
+        let dir = tempfile::tempdir().unwrap();
+        let p = script(dir.path(), "quiet", "#!/bin/sh\necho hi\n");
+        let mut c = StreamCommand::spawn("quiet", &p).unwrap();
+        let fd = std::os::fd::AsRawFd::as_raw_fd(c.stdout.as_ref().unwrap());
+        // SAFETY: F_GETPIPE_SZ on a descriptor the command owns.
+        let size = unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) };
+        if max >= STDOUT_PIPE_SIZE {
+            assert_eq!(size, STDOUT_PIPE_SIZE);
+        } else {
+            assert!(size > 0, "{}", io::Error::last_os_error());
+        }
+        c.drain();
+        c.finish().unwrap();
+    }
+
+    #[test]
+    fn a_script_busy_for_a_moment_still_starts() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = script(dir.path(), "busy", "#!/bin/sh\necho hi\n");
+        // An open write descriptor makes exec fail with ETXTBSY, as a
+        // sibling's fork that has not reached exec yet does.
+        let writer = fs::OpenOptions::new().append(true).open(&p).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            drop(writer);
+        });
+        let mut c = StreamCommand::spawn("busy", &p).unwrap();
+        let mut out = String::new();
+        c.read_to_string(&mut out).unwrap();
+        c.finish().unwrap();
+        release.join().unwrap();
+        assert_eq!(out, "hi\n");
     }
 
     #[test]
