@@ -17,6 +17,7 @@
 //!
 //! | module | job |
 //! |---|---|
+//! | [`spawn`] | starting child processes (retrying a busy executable) |
 //! | [`digest`] | `sha256:` digests, hashing readers and writers |
 //! | [`oci`] | media types, descriptors, platforms, canonical JSON |
 //! | [`layer`] | one pass: hash → compress (parallel gzip, zstd) → spool; gunzip for inputs |
@@ -43,4 +44,5 @@ pub mod progress;
 pub mod publish;
 pub mod reference;
 pub mod registry;
+pub mod spawn;
 pub mod tags;

@@ -90,7 +90,7 @@ impl StreamCommand {
             .stderr(Stdio::piped())
             // Its own group, so that killing it reaches whatever it started.
             .process_group(0);
-        let mut child = spawn_retrying_busy(&mut command).map_err(|source| {
+        let mut child = crate::spawn::spawn_retrying_busy(&mut command).map_err(|source| {
             if source.raw_os_error() == Some(libc::ENOEXEC) {
                 InputError::ExecFormat {
                     input: name.to_owned(),
@@ -303,27 +303,6 @@ fn forward_stderr(stderr: impl Read, mut sink: StderrSink, tail: &Mutex<VecDeque
     }
 }
 
-/// How often a spawn refused with "text file busy" is tried again.
-const BUSY_RETRIES: u32 = 10;
-
-/// Spawns `command`, trying again a few times on `ETXTBSY`. A script just
-/// written by this process (or its caller) is "busy" while any child forked
-/// meanwhile has not reached its own exec yet, since that child still holds
-/// the write descriptor. The window is a few milliseconds and closes by
-/// itself, so waiting it out is the known remedy.
-fn spawn_retrying_busy(command: &mut Command) -> io::Result<Child> {
-    let mut tries = 0;
-    loop {
-        match command.spawn() {
-            Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) && tries < BUSY_RETRIES => {
-                tries += 1;
-                std::thread::sleep(Duration::from_millis(10 * u64::from(tries)));
-            }
-            result => return result,
-        }
-    }
-}
-
 /// Widens the stream's stdout pipe to [`STDOUT_PIPE_SIZE`]. Best effort: a
 /// kernel without `F_SETPIPE_SZ`, or a lower `/proc/sys/fs/pipe-max-size`,
 /// leaves the default, which is only slower.
@@ -498,25 +477,6 @@ mod tests {
         }
         c.drain();
         c.finish().unwrap();
-    }
-
-    #[test]
-    fn a_script_busy_for_a_moment_still_starts() {
-        let dir = tempfile::tempdir().unwrap();
-        let p = script(dir.path(), "busy", "#!/bin/sh\necho hi\n");
-        // An open write descriptor makes exec fail with ETXTBSY, as a
-        // sibling's fork that has not reached exec yet does.
-        let writer = fs::OpenOptions::new().append(true).open(&p).unwrap();
-        let release = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(50));
-            drop(writer);
-        });
-        let mut c = StreamCommand::spawn("busy", &p).unwrap();
-        let mut out = String::new();
-        c.read_to_string(&mut out).unwrap();
-        c.finish().unwrap();
-        release.join().unwrap();
-        assert_eq!(out, "hi\n");
     }
 
     #[test]

@@ -383,12 +383,13 @@ fn run_helper(
                     .to_owned(),
             )
         })?;
-    let mut child = Command::new(&exe)
+    let mut command = Command::new(&exe);
+    command
         .arg("get")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
+        .stderr(Stdio::piped());
+    let mut child = crate::spawn::spawn_retrying_busy(&mut command)
         .map_err(|e| helper_err(format!("could not start it: {e}")))?;
     if let Some(mut stdin) = child.stdin.take() {
         // A helper that exits early closes its stdin; its exit status says why.
