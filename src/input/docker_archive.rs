@@ -357,19 +357,20 @@ impl Pass<'_> {
         });
         let (mut read, mut reported) = (0u64, 0u64);
         let slot = layer::slots::Slots::global().take();
-        let encoded = layer::encode_layer(raw, self.opts.compression, writer, slot, &mut |n| {
-            read += n;
-            // A pipe hands over 64 KiB at a time: an event per read would wake
-            // the publishing task ten thousand times for a 600 MB image.
-            if read - reported >= PROGRESS_STEP {
-                reported = read;
-                on_event(ReadEvent::LayerProgress {
-                    member: name.to_owned(),
-                    bytes: read,
-                });
-            }
-        })
-        .map_err(|e| self.member_err(name, e))?;
+        let encoded =
+            layer::encode_layer(raw, self.opts.compression, writer, slot, None, &mut |n| {
+                read += n;
+                // A pipe hands over 64 KiB at a time: an event per read would wake
+                // the publishing task ten thousand times for a 600 MB image.
+                if read - reported >= PROGRESS_STEP {
+                    reported = read;
+                    on_event(ReadEvent::LayerProgress {
+                        member: name.to_owned(),
+                        bytes: read,
+                    });
+                }
+            })
+            .map_err(|e| self.member_err(name, e))?;
         on_event(ReadEvent::LayerFinished {
             member: name.to_owned(),
             encoded: encoded.clone(),

@@ -71,17 +71,47 @@ pub struct EncodedLayer {
 /// How much is read from the input at a time.
 const READ_CHUNK: usize = 1 << 20;
 
+/// The raw bytes did not hash to the diff_id the caller expected. It travels
+/// inside the `io::Error` [`encode_layer`] returns: see [`DiffIdMismatch::of`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DiffIdMismatch {
+    pub expected: Digest,
+    pub actual: Digest,
+}
+
+impl DiffIdMismatch {
+    /// The mismatch `e` carries, if that is what it is.
+    pub fn of(e: &io::Error) -> Option<&DiffIdMismatch> {
+        e.get_ref()?.downcast_ref()
+    }
+}
+
+impl std::fmt::Display for DiffIdMismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the layer's content is {}, not the expected {}",
+            self.actual, self.expected
+        )
+    }
+}
+
+impl std::error::Error for DiffIdMismatch {}
+
 /// Reads `raw` to its end, compressing into `spool`. `on_read` is called with
 /// the number of raw bytes consumed after each chunk (for progress bars).
-/// On error the spool is failed, so its readers stop too. `_slot`, one of
-/// the process-wide encoding slots ([`super::slots`]), is the caller's to
-/// take: before anything else the layer needs memory for (nix2container's
-/// tar writer); it is given back when this returns.
+/// On error the spool is failed, so its readers stop too; that includes raw
+/// bytes that do not hash to `expected_diff_id` (when given), so no upload
+/// of a wrong layer completes. `_slot`, one of the process-wide encoding
+/// slots ([`super::slots`]), is the caller's to take: before anything else
+/// the layer needs memory for (nix2container's tar writer); it is given
+/// back when this returns.
 pub fn encode_layer(
     raw: &mut dyn Read,
     compression: Compression,
     spool: SpoolWriter,
     _slot: Slot<'_>,
+    expected_diff_id: Option<&Digest>,
     on_read: &mut dyn FnMut(u64),
 ) -> io::Result<EncodedLayer> {
     let mut hasher = Hasher::new();
@@ -101,6 +131,14 @@ pub fn encode_layer(
     let (spool, raw_len) = result?;
     let (diff_id, uncompressed_size) = hasher.finish();
     debug_assert_eq!(raw_len, uncompressed_size);
+    if let Some(expected) = expected_diff_id.filter(|e| **e != diff_id) {
+        let mismatch = DiffIdMismatch {
+            expected: expected.clone(),
+            actual: diff_id,
+        };
+        spool.fail(mismatch.to_string());
+        return Err(io::Error::new(io::ErrorKind::InvalidData, mismatch));
+    }
     let (digest, size) = spool.finish();
     Ok(EncodedLayer {
         diff_id,
@@ -214,7 +252,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (w, s) = spool::create(dir.path()).unwrap();
         let mut read = 0;
-        let layer = encode_layer(&mut &data[..], c, w, slot(), &mut |n| read += n).unwrap();
+        let layer = encode_layer(&mut &data[..], c, w, slot(), None, &mut |n| read += n).unwrap();
         assert_eq!(read, data.len() as u64);
         let mut out = Vec::new();
         s.copy_to(&mut out).unwrap();
@@ -270,6 +308,7 @@ mod tests {
             Compression::Gzip { level: 1 },
             w,
             slot(),
+            None,
             &mut |_| {},
         );
         assert!(err.is_err());
@@ -311,6 +350,31 @@ mod tests {
     }
 
     #[test]
+    fn an_unexpected_diff_id_fails_the_spool_and_says_both() {
+        let data = sample();
+        let right = Digest::of(&data);
+        let wrong = Digest::of(b"another layer");
+        for c in [
+            Compression::None,
+            Compression::Gzip { level: 2 },
+            Compression::Zstd { level: 3 },
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (w, s) = spool::create(dir.path()).unwrap();
+            let err =
+                encode_layer(&mut &data[..], c, w, slot(), Some(&wrong), &mut |_| {}).unwrap_err();
+            let mismatch = DiffIdMismatch::of(&err).expect("a diff_id mismatch");
+            assert_eq!((&mismatch.expected, &mismatch.actual), (&wrong, &right));
+            assert!(s.finished().is_none(), "{c:?}: the spool must fail");
+            // The digest it was told is accepted.
+            let (w, _s) = spool::create(dir.path()).unwrap();
+            let layer =
+                encode_layer(&mut &data[..], c, w, slot(), Some(&right), &mut |_| {}).unwrap();
+            assert_eq!(layer.diff_id, right);
+        }
+    }
+
+    #[test]
     fn a_reader_failing_midway_fails_the_spool() {
         // Fails after several blocks are already with the workers.
         struct Dies(usize);
@@ -329,7 +393,8 @@ mod tests {
         let (w, s) = spool::create(dir.path()).unwrap();
         let mut read = 0;
         let c = Compression::Gzip { level: 2 };
-        let err = encode_layer(&mut Dies(5 << 19), c, w, slot(), &mut |n| read += n).unwrap_err();
+        let err =
+            encode_layer(&mut Dies(5 << 19), c, w, slot(), None, &mut |n| read += n).unwrap_err();
         assert_eq!(err.to_string(), "disk on fire");
         assert_eq!(read, 5 << 19);
         assert!(s.finished().is_none());

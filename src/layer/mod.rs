@@ -12,7 +12,7 @@ mod refill;
 pub mod slots;
 pub mod spool;
 
-pub use encode::{encode_layer, hash_only, Compression, EncodedLayer};
+pub use encode::{encode_layer, hash_only, Compression, DiffIdMismatch, EncodedLayer};
 pub use refill::refill;
 pub use spool::{Spool, SpoolWriter};
 

@@ -31,7 +31,7 @@ use bytes::Bytes;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
-use crate::digest::{Digest, Hasher};
+use crate::digest::Digest;
 use crate::input::nix2container::{
     config_json, parse_image_json, verify_digest_error, write_layer_tar, ImageJson, N2cError,
     N2cLayer,
@@ -39,7 +39,7 @@ use crate::input::nix2container::{
 use crate::input::pipe::{pipe, Chunk, PipeSender};
 use crate::input::InputSpec;
 use crate::layer::slots::Slots;
-use crate::layer::{encode_layer, spool, Compression, EncodedLayer};
+use crate::layer::{encode_layer, spool, Compression, DiffIdMismatch, EncodedLayer};
 use crate::manifest;
 use crate::oci::{self, ConfigSummary, Descriptor, Platform};
 use crate::progress::{BlobOutcome, Reporter};
@@ -433,23 +433,22 @@ fn build_layer(
                 path: path.clone(),
                 source,
             })?;
-            let mut raw = Verifying::new(BufReader::with_capacity(1 << 20, file), expected, cancel);
-            let encoded = encode_layer(&mut raw, compression, writer, slot, on_read);
-            if let Some(actual) = raw.mismatch {
-                return Err(N2cError::BlobMismatch {
-                    index,
-                    path: path.clone(),
-                    expected: expected.clone(),
-                    actual,
-                }
-                .into());
-            }
-            encoded
-                .map_err(|e| N2cError::Io {
-                    path: path.clone(),
-                    source: e,
-                })
-                .map_err(anyhow::Error::new)
+            let mut raw = Cancellable::new(BufReader::with_capacity(1 << 20, file), cancel);
+            encode_layer(&mut raw, compression, writer, slot, Some(expected), on_read).map_err(
+                |e| match DiffIdMismatch::of(&e) {
+                    Some(mismatch) => N2cError::BlobMismatch {
+                        index,
+                        path: path.clone(),
+                        expected: expected.clone(),
+                        actual: mismatch.actual.clone(),
+                    }
+                    .into(),
+                    None => anyhow::Error::new(N2cError::Io {
+                        path: path.clone(),
+                        source: e,
+                    }),
+                },
+            )
         }
         Source::Paths => {
             let (tx, tar_output) = pipe(PIPE_CHUNKS, "tar writer");
@@ -464,9 +463,9 @@ fn build_layer(
                     pipe.end(result.as_ref().err().map(|e| e.to_string()));
                     (result, pipe.closed)
                 });
-                let mut raw = Verifying::new(tar_output, expected, cancel);
-                let encoded = encode_layer(&mut raw, compression, writer, slot, on_read);
-                let mismatch = raw.mismatch.take();
+                let mut raw = Cancellable::new(tar_output, cancel);
+                let encoded =
+                    encode_layer(&mut raw, compression, writer, slot, Some(expected), on_read);
                 // Unblocks the tar writer if the encoder stopped first.
                 drop(raw);
                 let (written, closed) = match tar.join() {
@@ -476,8 +475,8 @@ fn build_layer(
                 match (written, encoded) {
                     // The tar writer's own failure (not a closed pipe) is the cause.
                     (Err(e), _) if !closed => Err(e.into()),
-                    (_, Err(e)) => match mismatch {
-                        Some(actual) => Err(verify_digest_error(index, layer, actual).into()),
+                    (_, Err(e)) => match DiffIdMismatch::of(&e) {
+                        Some(m) => Err(verify_digest_error(index, layer, m.actual.clone()).into()),
                         None => Err(encode_err(e)),
                     },
                     (Err(e), Ok(_)) => Err(e.into()),
@@ -488,52 +487,25 @@ fn build_layer(
     }
 }
 
-/// Hashes what passes and, at the end, fails the read instead of reporting
-/// the end when the digest is not the expected one: the encoder then fails
-/// its spool, so no upload of a wrong layer completes.
-struct Verifying<'a, R> {
+/// Stops the read when the publish is cancelled (another input failed), so
+/// a layer's encoder does not run on for nothing.
+struct Cancellable<'a, R> {
     inner: R,
-    hasher: Option<Hasher>,
-    expected: &'a Digest,
     cancel: &'a AtomicBool,
-    mismatch: Option<Digest>,
 }
 
-impl<'a, R: Read> Verifying<'a, R> {
-    fn new(inner: R, expected: &'a Digest, cancel: &'a AtomicBool) -> Self {
-        Verifying {
-            inner,
-            hasher: Some(Hasher::new()),
-            expected,
-            cancel,
-            mismatch: None,
-        }
+impl<'a, R: Read> Cancellable<'a, R> {
+    fn new(inner: R, cancel: &'a AtomicBool) -> Self {
+        Cancellable { inner, cancel }
     }
 }
 
-impl<R: Read> Read for Verifying<'_, R> {
+impl<R: Read> Read for Cancellable<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if self.cancel.load(Ordering::Relaxed) {
             return Err(io::Error::other("publish cancelled"));
         }
-        if self.mismatch.is_some() {
-            return Err(io::Error::other("the layer digest does not match"));
-        }
-        let n = self.inner.read(buf)?;
-        if n > 0 || buf.is_empty() {
-            if let Some(hasher) = &mut self.hasher {
-                hasher.update(&buf[..n]);
-            }
-            return Ok(n);
-        }
-        if let Some(hasher) = self.hasher.take() {
-            let (actual, _) = hasher.finish();
-            if actual != *self.expected {
-                self.mismatch = Some(actual);
-                return Err(io::Error::other("the layer digest does not match"));
-            }
-        }
-        Ok(0)
+        self.inner.read(buf)
     }
 }
 
