@@ -127,15 +127,15 @@ impl Pool {
         Active(self)
     }
 
-    /// How many blocks one layer may have queued or being compressed. Two
-    /// layers at once (two streams) get enough to keep every worker busy;
-    /// more layers at once share that budget, down to two blocks each, so
-    /// memory stays flat however many platforms are published (each block
-    /// is about 2 MiB with its output).
+    /// How many blocks one layer may have queued or being compressed. One
+    /// layer alone gets enough to keep every worker busy with one queued
+    /// behind; layers at once share that budget, down to two blocks each,
+    /// so memory stays flat however many platforms are published (each
+    /// block is about 2 MiB with its output).
     fn in_flight_limit(&self) -> usize {
-        let per_layer = 2 * self.threads() + 2;
+        let budget = 2 * self.threads() + 2;
         let active = self.active.load(Ordering::Relaxed).max(1);
-        (2 * per_layer / active).clamp(2, per_layer)
+        (budget / active).clamp(2, budget)
     }
 
     fn submit(&self, job: Job) -> io::Result<()> {
@@ -428,12 +428,12 @@ mod tests {
         let pool = Pool::new(2).unwrap();
         assert_eq!(pool.in_flight_limit(), 6, "one layer: the full share");
         let guards: Vec<_> = (0..2).map(|_| pool.enter()).collect();
-        assert_eq!(pool.in_flight_limit(), 6, "two layers: each the full share");
-        let more: Vec<_> = (0..4).map(|_| pool.enter()).collect();
+        assert_eq!(pool.in_flight_limit(), 3, "two layers: half each");
+        let more: Vec<_> = (0..2).map(|_| pool.enter()).collect();
         assert_eq!(
             pool.in_flight_limit(),
             2,
-            "six layers: twelve blocks in all"
+            "four layers: the floor, eight blocks in all"
         );
         drop((guards, more));
         assert_eq!(pool.in_flight_limit(), 6);

@@ -45,7 +45,7 @@ impl State {
 }
 
 /// How many of the last bytes written stay in memory for readers.
-const RECENT_LIMIT: usize = 4 << 20;
+const RECENT_LIMIT: usize = 2 << 20;
 
 /// The newest writes, oldest first: at most [`RECENT_LIMIT`] bytes, or the
 /// last write alone when it is larger.
@@ -322,13 +322,16 @@ mod tests {
         for i in 0..6u8 {
             recent.push(u64::from(i) << 20, chunk(i));
         }
-        // 4 MiB kept: the first two writes are gone.
+        // The limit in whole writes is kept; the writes before are gone.
+        let kept = RECENT_LIMIT >> 20;
+        assert!((1..6).contains(&kept));
+        let first = 6 - kept as u64;
         assert_eq!(recent.bytes, RECENT_LIMIT);
         assert!(recent.get(0, 10).is_none());
-        assert!(recent.get((2 << 20) - 1, 10).is_none());
-        let got = recent.get((2 << 20) + 5, 100).unwrap();
+        assert!(recent.get((first << 20) - 1, 10).is_none());
+        let got = recent.get((first << 20) + 5, 100).unwrap();
         assert_eq!(got.len(), 100);
-        assert!(got.iter().all(|b| *b == 2));
+        assert!(got.iter().all(|b| u64::from(*b) == first));
         // A read stops at the end of the write it starts in.
         assert_eq!(recent.get((6 << 20) - 3, 100).unwrap().len(), 3);
         assert!(recent.get(6 << 20, 1).is_none());
