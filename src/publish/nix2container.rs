@@ -259,8 +259,14 @@ async fn plan_layer(
     };
     if plain && options.compression != Compression::None {
         // Compressed digests cannot be predicted: only the registry's memory
-        // of what was pushed for this diff_id can spare the build.
-        if let Some(descriptor) = (options.known)(&layer.diff_id) {
+        // of what was pushed for this diff_id can spare the build. The
+        // lookup may block (a HEAD for a locally cached pair, a wait for an
+        // earlier image of a batch), so it runs on a blocking thread.
+        let (known, diff_id) = (options.known.clone(), layer.diff_id.clone());
+        let found = tokio::task::spawn_blocking(move || known(&diff_id))
+            .await
+            .context("a known-layer lookup panicked")?;
+        if let Some(descriptor) = found {
             return Ok(Plan::Reuse(descriptor));
         }
         return Ok(Plan::Build {

@@ -530,3 +530,65 @@ fn layer_path_layers_go_to_an_oci_layout_and_a_registry() {
         registry.request_log()
     );
 }
+
+/// The local layer cache is consulted from the planning of a nix2container
+/// layer: a pair it remembers is checked with a HEAD, off the async
+/// runtime (this used to panic: "Cannot start a runtime from within a
+/// runtime"). A new tag in the same repository, so the registry's tags say
+/// nothing: only the cache can spare the builds.
+#[test]
+fn a_locally_cached_layer_is_reused_under_a_new_tag() {
+    let store = Store::build();
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/cached");
+    let (amd64, arm64) = two_arch_inputs(&store);
+    let cache = tempfile::tempdir().unwrap();
+    let publish = |tag: &str| {
+        Run::new(&[
+            "publish",
+            "--repo",
+            &repo,
+            "--tag",
+            tag,
+            "--no-auto-tags",
+            amd64.to_str().unwrap(),
+            arm64.to_str().unwrap(),
+        ])
+        .env("XDG_CACHE_HOME", cache.path())
+        .success()
+    };
+    let first = publish("1.0.0");
+    let uploads = registry.blob_upload_requests();
+    store.lock();
+    let second = publish("2.0.0");
+    store.unlock();
+    assert_eq!(
+        index_digest(&first),
+        index_digest(&second),
+        "same images under another tag"
+    );
+    assert_eq!(
+        registry.blob_upload_requests(),
+        uploads,
+        "nothing uploaded again:\n{:#?}",
+        registry.request_log()
+    );
+    skopeo_copy_all(&format!("docker://{repo}:2.0.0"), None);
+
+    // An OCI layout that does not have the blobs: the cached pair fails
+    // its check there, so the layers are built again.
+    let layout = tempfile::tempdir().unwrap();
+    Run::new(&[
+        "publish",
+        "--repo",
+        &format!("oci:{}", layout.path().display()),
+        "--tag",
+        "3.0.0",
+        "--no-auto-tags",
+        amd64.to_str().unwrap(),
+        arm64.to_str().unwrap(),
+    ])
+    .env("XDG_CACHE_HOME", cache.path())
+    .success();
+    skopeo_copy_all(&format!("oci:{}:3.0.0", layout.path().display()), None);
+}
