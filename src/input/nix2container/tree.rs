@@ -10,10 +10,11 @@
 
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
+use std::ffi::OsString;
 use std::fs::{self, File, Metadata};
 use std::io::{self, Read, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
 use regex::bytes::{Regex, RegexBuilder};
@@ -471,21 +472,108 @@ fn compile(sp: &StorePath) -> Result<Compiled<'_>, N2cError> {
     })
 }
 
+/// What a tar header needs of an entry's `lstat`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stat {
+    /// `st_mode`: file type and permission bits.
+    mode: u32,
+    size: u64,
+    rdev: u64,
+}
+
+impl Stat {
+    fn of(meta: &Metadata) -> Stat {
+        Stat {
+            mode: meta.mode(),
+            size: meta.len(),
+            rdev: meta.rdev(),
+        }
+    }
+
+    fn is(&self, kind: u32) -> bool {
+        self.mode & S_IFMT == kind
+    }
+}
+
+// File type bits of `st_mode`: the same on every Unix (Go's archive/tar
+// spells them out too), and `u32` whatever width the platform's mode_t is.
+const S_IFMT: u32 = 0o170000;
+const S_IFREG: u32 = 0o100000;
+const S_IFDIR: u32 = 0o040000;
+const S_IFLNK: u32 = 0o120000;
+const S_IFIFO: u32 = 0o010000;
+const S_IFCHR: u32 = 0o020000;
+const S_IFBLK: u32 = 0o060000;
+
+/// A walked entry. Its path on disk is not stored whole: it is the walked
+/// directory `dir` (an index into [`Builder::dirs`]) joined with `name`, as
+/// the walk built it ([`Dirs::path`]); for a store path's root, `name` is
+/// empty and `dir` is the root itself.
 struct Entry {
-    /// The path on disk.
-    source: PathBuf,
-    /// The source path as rewrite and perms see it (case hacks removed).
-    seen: Vec<u8>,
-    meta: Metadata,
+    dir: usize,
+    name: Box<[u8]>,
+    /// The path as rewrite and perms see it, when case hacks were removed
+    /// from it; `None` when that is the path on disk.
+    unhacked: Option<Box<[u8]>>,
+    stat: Stat,
     /// Index into the compiled options.
     options: usize,
 }
 
+/// The exact path of every directory walked, so that entries need keep
+/// only their own name.
+#[derive(Default)]
+struct Dirs(Vec<Box<[u8]>>);
+
+impl Dirs {
+    fn push(&mut self, path: &[u8]) -> usize {
+        self.0.push(path.into());
+        self.0.len() - 1
+    }
+
+    /// `filepath.Join(dir, name)`, as the walk joined it; the directory
+    /// itself for an empty name.
+    fn path(&self, dir: usize, name: &[u8]) -> Vec<u8> {
+        let dir = self.0.get(dir).map_or(&[][..], |d| &d[..]);
+        if name.is_empty() {
+            dir.to_vec()
+        } else {
+            go_path_join(&[dir, name])
+        }
+    }
+}
+
+/// An entry with its directory table: everything that reads or reports the
+/// file on disk.
+struct Located<'a> {
+    entry: &'a Entry,
+    source: PathBuf,
+}
+
+impl<'a> Located<'a> {
+    fn new(entry: &'a Entry, dirs: &Dirs) -> Located<'a> {
+        let source = PathBuf::from(OsString::from_vec(dirs.path(entry.dir, &entry.name)));
+        Located { entry, source }
+    }
+
+    /// The path as rewrite and perms see it.
+    fn seen(&self) -> &[u8] {
+        self.entry
+            .unhacked
+            .as_deref()
+            .unwrap_or_else(|| self.source.as_os_str().as_bytes())
+    }
+}
+
+/// One name in the merged tree. Small on purpose: a B-tree node stores up
+/// to eleven of them inline, and a layer can have hundreds of thousands of
+/// files, so the entry is boxed (and holds no whole path nor `Metadata`)
+/// and synthetic directories cost only their map.
 #[derive(Default)]
 struct Node {
     /// `None` for synthetic directories (ancestors never walked).
-    entry: Option<Entry>,
-    children: BTreeMap<Vec<u8>, Node>,
+    entry: Option<Box<Entry>>,
+    children: BTreeMap<Box<[u8]>, Node>,
 }
 
 /// nix2container's `splitPath`: components of the cleaned path, `""` first
@@ -501,6 +589,7 @@ fn split_path(dst: &[u8]) -> Vec<Vec<u8>> {
 struct Builder<'a> {
     compiled: Vec<Compiled<'a>>,
     options: TreeOptions,
+    dirs: Dirs,
     root: Node,
 }
 
@@ -511,8 +600,10 @@ impl Builder<'_> {
         // An explicit stack instead of recursion: store trees can be deeper
         // than a worker thread's stack is comfortable with. Children are
         // pushed in reverse so they pop in byte order (pre-order, as Go).
-        let mut pending = vec![root.to_vec()];
-        while let Some(path) = pending.pop() {
+        // Each is (directory, name); the root is its own "directory".
+        let mut pending: Vec<(usize, Box<[u8]>)> = vec![(self.dirs.push(root), Box::default())];
+        while let Some((dir, name)) = pending.pop() {
+            let path = self.dirs.path(dir, &name);
             let p = Path::new(OsStr::from_bytes(&path));
             let io_err = |source| N2cError::Io {
                 path: p.to_owned(),
@@ -520,50 +611,64 @@ impl Builder<'_> {
             };
             let meta = fs::symlink_metadata(p).map_err(io_err)?;
             let is_dir = meta.is_dir();
-            self.add(&path, meta, which)?;
+            let is_root = name.is_empty();
+            self.add(&path, dir, name, Stat::of(&meta), which)?;
             if is_dir {
+                let this = if is_root { dir } else { self.dirs.push(&path) };
                 let mut names = Vec::new();
                 for entry in fs::read_dir(p).map_err(io_err)? {
-                    names.push(entry.map_err(io_err)?.file_name().as_bytes().to_vec());
+                    names.push(entry.map_err(io_err)?.file_name().into_vec());
                 }
                 names.sort();
-                pending.extend(names.iter().rev().map(|n| go_path_join(&[&path, n])));
+                pending.extend(
+                    names
+                        .into_iter()
+                        .rev()
+                        .map(|n| (this, n.into_boxed_slice())),
+                );
             }
         }
         Ok(())
     }
 
-    /// nix2container's `addFileToGraph`.
-    fn add(&mut self, path: &[u8], meta: Metadata, which: usize) -> Result<(), N2cError> {
-        let seen = if self.options.strip_case_hack {
-            strip_case_hack(path)
-        } else {
-            path.to_vec()
-        };
+    /// nix2container's `addFileToGraph`, for the entry found at `path`
+    /// (`dir` joined with `name`).
+    fn add(
+        &mut self,
+        path: &[u8],
+        dir: usize,
+        name: Box<[u8]>,
+        stat: Stat,
+        which: usize,
+    ) -> Result<(), N2cError> {
+        let unhacked = Some(path)
+            .filter(|_| self.options.strip_case_hack)
+            .map(strip_case_hack)
+            .filter(|u| u.as_slice() != path);
+        let seen = unhacked.as_deref().unwrap_or(path);
         let compiled = &self.compiled[which];
         let dst = match &compiled.rewrite {
-            Some((re, repl)) => re.replace_all(&seen, repl),
-            None => seen.clone(),
+            Some((re, repl)) => re.replace_all(seen, repl),
+            None => seen.to_vec(),
         };
         if dst.is_empty() {
             return Ok(());
         }
         let mut node = &mut self.root;
         for part in split_path(&dst) {
-            node = node.children.entry(part).or_default();
+            node = node.children.entry(part.into_boxed_slice()).or_default();
         }
-        let source = PathBuf::from(OsStr::from_bytes(path));
         if let Some(old) = &node.entry {
             let collision = |what: &'static str| N2cError::Collision {
                 destination: PathBuf::from(OsStr::from_bytes(&dst)),
-                first: old.source.clone(),
-                second: source.clone(),
+                first: Located::new(old, &self.dirs).source,
+                second: PathBuf::from(OsStr::from_bytes(path)),
                 what,
             };
-            if old.meta.mode() != meta.mode() {
+            if old.stat.mode != stat.mode {
                 return Err(collision("modes"));
             }
-            if old.meta.is_file() && old.meta.len() != meta.len() {
+            if old.stat.is(S_IFREG) && old.stat.size != stat.size {
                 return Err(collision("sizes"));
             }
             if let Some(old_perms) = self.compiled[old.options].raw_perms {
@@ -572,12 +677,13 @@ impl Builder<'_> {
                 }
             }
         }
-        node.entry = Some(Entry {
-            source,
-            seen,
-            meta,
+        node.entry = Some(Box::new(Entry {
+            dir,
+            name,
+            unhacked: unhacked.map(Vec::into_boxed_slice),
+            stat,
             options: which,
-        });
+        }));
         Ok(())
     }
 }
@@ -592,6 +698,7 @@ pub fn write_tree<W: Write>(
     let mut builder = Builder {
         compiled: paths.iter().map(compile).collect::<Result<_, _>>()?,
         options,
+        dirs: Dirs::default(),
         root: Node::default(),
     };
     for (i, sp) in paths.iter().enumerate() {
@@ -599,7 +706,7 @@ pub fn write_tree<W: Write>(
     }
     let mut tw = GoTarWriter::new(out);
     let mut buf = vec![0u8; 64 * 1024];
-    emit(&builder.root, &builder.compiled, &mut tw, &mut buf)?;
+    emit(&builder, &mut tw, &mut buf)?;
     tw.finish().map_err(|source| N2cError::Tar {
         name: "end of archive".into(),
         source,
@@ -607,15 +714,18 @@ pub fn write_tree<W: Write>(
 }
 
 fn emit<W: Write>(
-    root: &Node,
-    compiled: &[Compiled<'_>],
+    builder: &Builder<'_>,
     tw: &mut GoTarWriter<W>,
     buf: &mut [u8],
 ) -> Result<(), N2cError> {
     // Depth-first pre-order with an explicit stack (see `walk`).
-    let mut pending: Vec<(Vec<u8>, &Node)> = child_list(root, b"");
+    let mut pending: Vec<(Vec<u8>, &Node)> = child_list(&builder.root, b"");
     while let Some((dst, node)) = pending.pop() {
-        let hdr = match &node.entry {
+        let located = node
+            .entry
+            .as_deref()
+            .map(|entry| Located::new(entry, &builder.dirs));
+        let hdr = match &located {
             None => Header {
                 name: dst.clone(),
                 typeflag: TYPE_DIR,
@@ -625,14 +735,16 @@ fn emit<W: Write>(
                 gname: b"root".to_vec(),
                 ..Header::default()
             },
-            Some(entry) => entry_header(entry, &compiled[entry.options], dst.clone())?,
+            Some(entry) => {
+                entry_header(entry, &builder.compiled[entry.entry.options], dst.clone())?
+            }
         };
         let tar_err = |source| N2cError::Tar {
             name: String::from_utf8_lossy(&dst).into_owned(),
             source,
         };
         tw.write_header(&hdr).map_err(tar_err)?;
-        if let Some(entry) = &node.entry {
+        if let Some(entry) = &located {
             if hdr.typeflag == TYPE_REG {
                 copy_file(entry, tw, buf)?;
             }
@@ -660,23 +772,26 @@ fn child_list<'n>(node: &'n Node, base: &[u8]) -> Vec<(Vec<u8>, &'n Node)> {
 }
 
 /// Go's `tar.FileInfoHeader` plus nix2container's overrides.
-fn entry_header(entry: &Entry, compiled: &Compiled<'_>, name: Vec<u8>) -> Result<Header, N2cError> {
-    let meta = &entry.meta;
-    let ft = meta.file_type();
+fn entry_header(
+    entry: &Located<'_>,
+    compiled: &Compiled<'_>,
+    name: Vec<u8>,
+) -> Result<Header, N2cError> {
+    let stat = entry.entry.stat;
     let mut hdr = Header {
         name,
-        mode: i64::from(meta.mode() & 0o7777),
+        mode: i64::from(stat.mode & 0o7777),
         mtime: 1,
         uname: b"root".to_vec(),
         gname: b"root".to_vec(),
         ..Header::default()
     };
-    if ft.is_file() {
+    if stat.is(S_IFREG) {
         hdr.typeflag = TYPE_REG;
-        hdr.size = i64::try_from(meta.len()).unwrap_or(i64::MAX);
-    } else if ft.is_dir() {
+        hdr.size = i64::try_from(stat.size).unwrap_or(i64::MAX);
+    } else if stat.is(S_IFDIR) {
         hdr.typeflag = TYPE_DIR;
-    } else if ft.is_symlink() {
+    } else if stat.is(S_IFLNK) {
         hdr.typeflag = TYPE_SYMLINK;
         let target = fs::read_link(&entry.source).map_err(|source| N2cError::Io {
             path: entry.source.clone(),
@@ -685,15 +800,15 @@ fn entry_header(entry: &Entry, compiled: &Compiled<'_>, name: Vec<u8>) -> Result
         hdr.linkname = target.into_os_string().into_vec();
         // nix2container forces Linux symlink permissions (issue #23).
         hdr.mode = 0o777;
-    } else if ft.is_fifo() {
+    } else if stat.is(S_IFIFO) {
         hdr.typeflag = TYPE_FIFO;
-    } else if ft.is_char_device() || ft.is_block_device() {
-        hdr.typeflag = if ft.is_char_device() {
+    } else if stat.is(S_IFCHR) || stat.is(S_IFBLK) {
+        hdr.typeflag = if stat.is(S_IFCHR) {
             TYPE_CHAR
         } else {
             TYPE_BLOCK
         };
-        let rdev = meta.rdev();
+        let rdev = stat.rdev;
         // Go's archive/tar (stat_unix.go) splits Linux device numbers so.
         hdr.devmajor = (((rdev >> 8) & 0xfff) | ((rdev >> 32) & !0xfff)) as i64;
         hdr.devminor = ((rdev & 0xff) | ((rdev >> 12) & !0xff)) as i64;
@@ -703,7 +818,7 @@ fn entry_header(entry: &Entry, compiled: &Compiled<'_>, name: Vec<u8>) -> Result
         });
     }
     for (re, perm) in &compiled.perms {
-        if !re.is_match(&entry.seen) {
+        if !re.is_match(entry.seen()) {
             continue;
         }
         hdr.uid = perm.uid;
@@ -731,7 +846,7 @@ fn entry_header(entry: &Entry, compiled: &Compiled<'_>, name: Vec<u8>) -> Result
 /// Streams a regular file's bytes; a file that is not exactly its lstat
 /// size any more fails, as Go's writer does.
 fn copy_file<W: Write>(
-    entry: &Entry,
+    entry: &Located<'_>,
     tw: &mut GoTarWriter<W>,
     buf: &mut [u8],
 ) -> Result<(), N2cError> {
@@ -741,7 +856,7 @@ fn copy_file<W: Write>(
     };
     let changed = || N2cError::FileChanged {
         path: entry.source.clone(),
-        expected: entry.meta.len(),
+        expected: entry.entry.stat.size,
     };
     let mut file = File::open(&entry.source).map_err(io_err)?;
     loop {
@@ -774,6 +889,23 @@ mod tests {
     fn replace(re: &str, src: &str, repl: &str) -> String {
         let re = GoRegex::new(re).unwrap();
         String::from_utf8(re.replace_all(src.as_bytes(), repl)).unwrap()
+    }
+
+    #[test]
+    fn tree_nodes_stay_small() {
+        // A layer of hundreds of thousands of files holds one Node and one
+        // Entry per file until the tar is written: keep them lean (a std
+        // Metadata alone is over 150 bytes).
+        assert!(
+            std::mem::size_of::<Node>() <= 32,
+            "{}",
+            std::mem::size_of::<Node>()
+        );
+        assert!(
+            std::mem::size_of::<Entry>() <= 80,
+            "{}",
+            std::mem::size_of::<Entry>()
+        );
     }
 
     #[test]
