@@ -10,6 +10,9 @@ maximum resident set size) beside the limit:
   many-inputs   --inputs (12) stream inputs at once, --input-mib (80) MiB
                 each, every one its own platform, in one index
   batch         the same inputs as --inputs images of a `--config` batch
+  n2c-inputs    with --n2c DIR (the fixture `run.sh --n2c` builds, in
+                bench/.cache/n2c): --inputs nix2container inputs at once,
+                its two image.json files taking turns, in one index
 
 The inputs are stream scripts, like streamLayeredImage: a docker-archive on
 stdout, layers first, then the config, then manifest.json. Their layers hold
@@ -17,7 +20,7 @@ base64 text of random bytes (gzip ratio about 0.75), different per input, so
 nothing is shared or skipped. Nothing is written to disk but the registry.
 
     python3 bench/memory.py [--manifold PATH] [--big-mib N] [--inputs N]
-                            [--input-mib N] [--limit-mib N]
+                            [--input-mib N] [--limit-mib N] [--n2c DIR]
 
 Exits 1 if any run fails or peaks over --limit-mib (100).
 """
@@ -133,6 +136,8 @@ def main():
     p.add_argument("--inputs", type=int, default=12)
     p.add_argument("--input-mib", type=int, default=80)
     p.add_argument("--limit-mib", type=int, default=100)
+    p.add_argument("--n2c", metavar="DIR",
+                   help="a nix2container fixture (image-amd64.json, image-arm64.json)")
     a = p.parse_args()
     if a.inputs > len(PLATFORMS):
         p.error("--inputs: at most %d (one platform each)" % len(PLATFORMS))
@@ -143,6 +148,14 @@ def main():
     if not os.access(manifold, os.X_OK):
         raise SystemExit("no manifold binary at %s: run `cargo build --release` first, "
                          "or pass --manifold PATH" % manifold)
+    n2c_images = []
+    if a.n2c:
+        n2c_images = [os.path.abspath(os.path.join(a.n2c, "image-%s.json" % arch))
+                      for arch in ("amd64", "arm64")]
+        for path in n2c_images:
+            if not os.path.isfile(path):
+                raise SystemExit("--n2c: no %s (build the fixture with `bench/run.sh --n2c-only`)"
+                                 % path)
     work = tempfile.mkdtemp(prefix="manifold-memory-")
     try:
         big = os.path.join(work, "stream-big")
@@ -170,6 +183,11 @@ def main():
              lambda host: ["--repo", host + "/memory/all"] + ["%s=%s" % s for s in small]),
             ("batch", "%d images of %d MiB (--config)" % (a.inputs, a.input_mib), batch_args),
         ]
+        if n2c_images:
+            n2c_inputs = ["%s=%s" % (PLATFORMS[i], n2c_images[i % 2]) for i in range(a.inputs)]
+            scenarios.append(
+                ("n2c-inputs", "%d nix2container inputs in one index" % a.inputs,
+                 lambda host: ["--repo", host + "/memory/n2c"] + n2c_inputs))
         failed = False
         print("%-12s %-36s %8s %10s  %s" % ("scenario", "shape", "wall", "peak RSS", "limit"))
         for name, shape, args in scenarios:
