@@ -166,8 +166,7 @@ impl Layout {
                 action: format!("write blob `{expected}`"),
                 source,
             };
-            let mut tmp = tempfile::NamedTempFile::new_in(path.parent().expect("blob dir"))
-                .map_err(io_err)?;
+            let mut tmp = temp_beside(&path).map_err(io_err)?;
             let mut w = HashingWriter::new(io::BufWriter::new(tmp.as_file_mut()));
             spool.copy_to(&mut w).map_err(io_err)?;
             let (mut inner, actual, _) = w.finish();
@@ -210,8 +209,7 @@ impl Layout {
         }
         let path = self.blob_path(expected);
         let io_err = || self.io_err(format!("write blob `{expected}`"));
-        let parent = path.parent().expect("a blob path has a parent");
-        let tmp = tempfile::NamedTempFile::new_in(parent).map_err(io_err())?;
+        let tmp = temp_beside(&path).map_err(io_err())?;
         let file = tmp.as_file().try_clone().map_err(io_err())?;
         let mut out = tokio::io::BufWriter::new(tokio::fs::File::from_std(file));
         let mut hasher = crate::digest::Hasher::new();
@@ -292,10 +290,22 @@ fn empty_index() -> ImageIndex {
     }
 }
 
+/// A temp file in `path`'s directory, to be renamed over `path`. Created
+/// with mode 0666 less the umask (0644 as a rule), as skopeo and crane
+/// create layout files: a temp file's usual 0600 would, once renamed, lock
+/// other users (a web server, a build sandbox) out of the layout.
+fn temp_beside(path: &Path) -> io::Result<tempfile::NamedTempFile> {
+    use std::os::unix::fs::PermissionsExt;
+    let parent = path.parent().unwrap_or(Path::new("."));
+    tempfile::Builder::new()
+        .prefix(".tmp")
+        .permissions(fs::Permissions::from_mode(0o666))
+        .tempfile_in(parent)
+}
+
 /// Writes `bytes` to a temp file beside `path`, then renames it over `path`.
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let parent = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile::NamedTempFile::new_in(parent)?;
+    let mut tmp = temp_beside(path)?;
     tmp.write_all(bytes)?;
     tmp.as_file().sync_all()?;
     tmp.persist(path).map_err(|e| e.error)?;
@@ -306,6 +316,7 @@ fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
 mod tests {
     use super::*;
     use crate::layer::spool;
+    use std::os::unix::fs::PermissionsExt;
 
     #[tokio::test]
     async fn blobs_manifests_and_tags_land_where_the_spec_says() {
@@ -355,6 +366,25 @@ mod tests {
         let again = Layout::open_or_create(&root).unwrap();
         assert_eq!(again.read_index().unwrap().manifests.len(), 2);
         assert!(again.has_blob(&digest));
+
+        // Files get 0666 less the umask, as with skopeo, not a temp file's 0600.
+        let umask = umask_of_this_process();
+        for file in [
+            root.join("index.json"),
+            root.join("blobs/sha256").join(d.hex()),
+            root.join("blobs/sha256").join(index.digest.hex()),
+        ] {
+            let mode = fs::metadata(&file).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o666 & !umask, "{}", file.display());
+        }
+    }
+
+    /// The umask, from /proc (reading it with umask(2) would change it for
+    /// every thread meanwhile).
+    fn umask_of_this_process() -> u32 {
+        let status = fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("Umask:")).unwrap();
+        u32::from_str_radix(line["Umask:".len()..].trim(), 8).unwrap()
     }
 
     #[test]
