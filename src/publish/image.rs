@@ -68,7 +68,14 @@ pub async fn publish_image(
     reporter: Arc<dyn Reporter>,
 ) -> Result<PublishedImage> {
     if super::nix2container::is_nix2container(&spec) {
-        return super::nix2container::publish_image(spec, destinations, options, reporter).await;
+        return super::nix2container::publish_image(
+            spec,
+            destinations,
+            options,
+            in_flight,
+            reporter,
+        )
+        .await;
     }
     let name = spec.text.clone();
     reporter.on_input_started(&name);

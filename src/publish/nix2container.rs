@@ -13,9 +13,12 @@
 //! bounded in-process pipe that `crate::layer::encode_layer` reads, so a
 //! layer is never held in memory and only the blob pushed (compressed, or
 //! the plain tar with `--compression none`) is spooled for the uploads.
-//! The tar is hashed as it passes; a digest that differs from image.json's
-//! turns the end of the pipe into an error, so the spool fails, no upload of
-//! that layer completes and the publish stops before any tag moves.
+//! The tar is hashed as it passes (by the encoder, for its diff_id); a
+//! digest that differs from image.json's fails the spool, so no upload of
+//! that layer completes and the publish stops before any tag moves. A layer
+//! another input of the same publish is building right now (an
+//! architecture-independent store path, say) is waited for and cited, not
+//! built twice (`super::in_flight`, as the archive readers do).
 //!
 //! The config is ours (canonical JSON, OCI media type): `config_json` from
 //! the input module, with the platform the image is published as. The index
@@ -46,6 +49,7 @@ use crate::progress::{BlobOutcome, Reporter};
 
 use super::destination::Destination;
 use super::image::{CancelOnDrop, ImageOptions, PublishedImage};
+use super::in_flight::{Claimed, InFlight};
 
 /// Layers synthesised at once (each takes a tar thread and an encoder
 /// thread; the machine's cores are shared with the uploads).
@@ -94,6 +98,7 @@ pub async fn publish_image(
     spec: InputSpec,
     destinations: Arc<Vec<Destination>>,
     options: ImageOptions,
+    in_flight: Arc<InFlight>,
     reporter: Arc<dyn Reporter>,
 ) -> Result<PublishedImage> {
     let name = spec.text.clone();
@@ -124,12 +129,13 @@ pub async fn publish_image(
             reporter: reporter.clone(),
             cancel: cancel.clone(),
         };
-        let builds = builds.clone();
+        let (builds, in_flight) = (builds.clone(), in_flight.clone());
+        let shared_compression = options.compression;
         async move {
             match plan? {
                 Plan::Reuse(descriptor) => {
                     context.report_reused(&descriptor);
-                    Ok(descriptor)
+                    Ok::<_, anyhow::Error>(descriptor)
                 }
                 Plan::Build {
                     source,
@@ -137,13 +143,41 @@ pub async fn publish_image(
                     compression,
                     media_type,
                 } => {
+                    // The claim is taken with a build permit in hand: a
+                    // claimed layer then needs nothing from any other input
+                    // to finish, so waiting for one cannot deadlock.
                     let _permit = builds
                         .acquire_owned()
                         .await
                         .context("the layer builds were stopped")?;
-                    context
+                    // Keyed like the archive readers' claims: a diff_id
+                    // built in the publish's compression.
+                    let keyed = compression == shared_compression
+                        && context
+                            .image
+                            .layers
+                            .get(context.index)
+                            .is_some_and(|layer| layer.diff_id == expected);
+                    let claim = if keyed {
+                        match claim_or_wait(&in_flight, &expected).await? {
+                            Claimed::Published(descriptor) => {
+                                context.report_reused(&descriptor);
+                                return Ok(descriptor);
+                            }
+                            Claimed::Mine(claim) => Some(claim),
+                            Claimed::Abandoned => None,
+                        }
+                    } else {
+                        None
+                    };
+                    let descriptor = context
                         .build_and_upload(source, expected, compression, media_type)
-                        .await
+                        .await?;
+                    // Dropped unresolved on an error above: abandoned.
+                    if let Some(claim) = claim {
+                        claim.resolve(descriptor.clone());
+                    }
+                    Ok(descriptor)
                 }
             }
         }
@@ -240,6 +274,15 @@ fn image_config(image: &ImageJson, diff_ids: &[Digest], platform: &Platform) -> 
         }
     }
     config
+}
+
+/// Claims `diff_id` for this input, or waits (on a blocking thread) for
+/// the input of this publish that is building it (see `in_flight`).
+async fn claim_or_wait(in_flight: &Arc<InFlight>, diff_id: &Digest) -> Result<Claimed> {
+    let (in_flight, diff_id) = (in_flight.clone(), diff_id.clone());
+    tokio::task::spawn_blocking(move || in_flight.claim_or_wait(&diff_id))
+        .await
+        .context("a wait for a layer another input builds panicked")
 }
 
 /// Decides a layer without reading it: reuse what every destination has,
