@@ -57,7 +57,9 @@ const MAX_LINKS: usize = 8;
 const PROGRESS_STEP: u64 = 1 << 20;
 
 /// The known-layer map: the descriptor of a layer the destinations already
-/// have, by diff_id.
+/// have, by diff_id. A lookup may block (a HEAD on the runtime, a wait for
+/// another input's upload): call it from a blocking thread, never from
+/// async code, where it would panic or stall a worker.
 pub type KnownLayers = Arc<dyn Fn(&Digest) -> Option<Descriptor> + Send + Sync>;
 
 /// How layers are read.
