@@ -84,26 +84,34 @@ impl KnownLayers {
         reporter: &dyn Reporter,
     ) -> KnownLayers {
         let references: Vec<&String> = references.collect();
+        // Every (destination, reference) at once: against a remote registry
+        // each read is a few round trips, and a publish names several tags.
+        let reads = destinations
+            .iter()
+            .filter_map(|destination| destination.registry())
+            .flat_map(|(client, repository)| {
+                references.iter().map(move |reference| async move {
+                    let pairs = read_reference(client, &repository.path, reference).await;
+                    (repository, reference, pairs)
+                })
+            });
         let mut candidates: HashMap<Digest, Descriptor> = HashMap::new();
-        for destination in destinations {
-            if let Some((client, repository)) = destination.registry() {
-                for reference in &references {
-                    match read_reference(client, &repository.path, reference).await {
-                        Ok(pairs) => {
-                            for (diff_id, mut descriptor) in pairs {
-                                // A Docker manifest cites the same gzip blob under another name.
-                                if descriptor.media_type == oci::MEDIA_TYPE_DOCKER_LAYER_GZIP {
-                                    descriptor.media_type = oci::MEDIA_TYPE_LAYER_GZIP.to_owned();
-                                }
-                                if descriptor.media_type == compression.media_type() {
-                                    candidates.entry(diff_id).or_insert(descriptor);
-                                }
-                            }
+        // In the order given: the first pair for a diff_id wins, as before.
+        for (repository, reference, pairs) in futures::future::join_all(reads).await {
+            match pairs {
+                Ok(pairs) => {
+                    for (diff_id, mut descriptor) in pairs {
+                        // A Docker manifest cites the same gzip blob under another name.
+                        if descriptor.media_type == oci::MEDIA_TYPE_DOCKER_LAYER_GZIP {
+                            descriptor.media_type = oci::MEDIA_TYPE_LAYER_GZIP.to_owned();
                         }
-                        Err(e) => tracing::debug!(
-                            "known layers: cannot read `{repository}:{reference}`: {e:#}"
-                        ),
+                        if descriptor.media_type == compression.media_type() {
+                            candidates.entry(diff_id).or_insert(descriptor);
+                        }
                     }
+                }
+                Err(e) => {
+                    tracing::debug!("known layers: cannot read `{repository}:{reference}`: {e:#}")
                 }
             }
         }
@@ -219,34 +227,41 @@ async fn read_reference(
     let Some(raw) = client.get_manifest(repo, reference).await? else {
         return Ok(Vec::new());
     };
-    let mut manifests = Vec::new();
-    if oci::is_index_media_type(&raw.media_type) {
+    // The children of an index, and then their configs, are read at once:
+    // two round trips deep whatever the number of platforms.
+    let manifests = if oci::is_index_media_type(&raw.media_type) {
         let index: ImageIndex = serde_json::from_slice(&raw.bytes)?;
-        for child in index.manifests.iter().take(MAX_CHILDREN) {
-            if oci::is_index_media_type(&child.media_type) {
-                continue;
-            }
-            if let Some(m) = client.get_manifest(repo, &child.digest.to_string()).await? {
-                manifests.push(m);
-            }
-        }
+        let children: Vec<String> = index
+            .manifests
+            .iter()
+            .take(MAX_CHILDREN)
+            .filter(|child| !oci::is_index_media_type(&child.media_type))
+            .map(|child| child.digest.to_string())
+            .collect();
+        futures::future::try_join_all(children.iter().map(|d| client.get_manifest(repo, d)))
+            .await?
+            .into_iter()
+            .flatten()
+            .collect()
     } else {
-        manifests.push(raw);
-    }
-    let mut pairs = Vec::new();
-    for raw in manifests {
+        vec![raw]
+    };
+    let per_manifest = futures::future::try_join_all(manifests.into_iter().map(|raw| async move {
         let manifest: ImageManifest = serde_json::from_slice(&raw.bytes)?;
         if manifest.config.size > MAX_CONFIG_BYTES {
-            continue;
+            return anyhow::Ok(Vec::new());
         }
         let config = client
             .get_blob(repo, &manifest.config.digest, MAX_CONFIG_BYTES)
             .await?;
         let summary: ConfigSummary = serde_json::from_slice(&config)?;
         let diff_ids = summary.rootfs.map(|r| r.diff_ids).unwrap_or_default();
-        if diff_ids.len() == manifest.layers.len() {
-            pairs.extend(diff_ids.into_iter().zip(manifest.layers));
-        }
-    }
-    Ok(pairs)
+        Ok(if diff_ids.len() == manifest.layers.len() {
+            diff_ids.into_iter().zip(manifest.layers).collect()
+        } else {
+            Vec::new()
+        })
+    }))
+    .await?;
+    Ok(per_manifest.into_iter().flatten().collect())
 }
