@@ -84,11 +84,16 @@ class DelayProxy:
 
         try:
             self.loop.run_until_complete(serve())
-        except RuntimeError:
+        except (RuntimeError, asyncio.CancelledError):
             pass  # stopped
 
     def stop(self):
-        self.loop.call_soon_threadsafe(self.loop.stop)
+        async def cancel_all():
+            for task in asyncio.all_tasks():
+                if task is not asyncio.current_task():
+                    task.cancel()
+
+        asyncio.run_coroutine_threadsafe(cancel_all(), self.loop).result(5)
         self.thread.join(5)
 
 
