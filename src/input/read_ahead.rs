@@ -51,8 +51,6 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::Arc;
 
-    const C: usize = CHUNK;
-
     /// A reader that hands out at most `step` bytes per call, then fails
     /// after `fail_after` bytes if set.
     struct Trickle {
@@ -93,7 +91,7 @@ mod tests {
 
     #[test]
     fn every_byte_arrives_in_order() {
-        for len in [0, 1, C - 1, C, C + 1, 5 * C + 77] {
+        for len in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 5 * CHUNK + 77] {
             let data = data(len);
             let mut out = Vec::new();
             read_ahead(trickle(&data, 70_000, None))
@@ -106,12 +104,12 @@ mod tests {
 
     #[test]
     fn an_error_comes_after_the_bytes_before_it() {
-        let data = data(3 * C);
-        let mut r = read_ahead(trickle(&data, 4096, Some(C + 10 * 4096))).unwrap();
+        let data = data(3 * CHUNK);
+        let mut r = read_ahead(trickle(&data, 4096, Some(CHUNK + 10 * 4096))).unwrap();
         let mut out = Vec::new();
         let err = r.read_to_end(&mut out).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::InvalidData);
-        assert_eq!(out, &data[..C + 10 * 4096]);
+        assert_eq!(out, &data[..CHUNK + 10 * 4096]);
     }
 
     #[test]
@@ -127,9 +125,9 @@ mod tests {
                 self.1.store(true, Ordering::SeqCst);
             }
         }
-        let data = data(20 * C);
+        let data = data(20 * CHUNK);
         let dropped = Arc::new(AtomicBool::new(false));
-        let inner = Flagged(trickle(&data, C, None), dropped.clone());
+        let inner = Flagged(trickle(&data, CHUNK, None), dropped.clone());
         let mut r = read_ahead(Box::new(inner)).unwrap();
         let mut first = [0u8; 10];
         r.read_exact(&mut first).unwrap();

@@ -1,9 +1,9 @@
 //! How many layers are encoded at once, process-wide.
 //!
-//! Each layer being encoded holds about 10 MiB: its share of the blocks at
+//! Each layer being encoded holds several MiB: its share of the blocks at
 //! the compression workers, the block being read and the one held back, and
-//! the spool's in-memory tail. With a dozen stream inputs at once that was
-//! 150 MB. More layers at once cannot go faster either: one layer already
+//! the spool's in-memory tail. With a dozen stream inputs at once, before
+//! this limit, that was 150 MB. More layers at once cannot go faster either: one layer already
 //! spreads over every core (see `gzip`), and uploads run from the spools,
 //! outside the slots. So a layer waits for a slot before it reads its first
 //! byte, and its input waits with it (a stream script blocks on its full
@@ -22,8 +22,9 @@ use std::sync::{Condvar, Mutex};
 
 /// Layers encoded at once: as many as a two-architecture nix2container
 /// publish builds (two per image), more than the two inputs of a stream
-/// one, so neither ever waits; and a bound of about 40 MiB of layer buffers
-/// whatever the number of inputs.
+/// one, so neither ever waits; and a bound on layer buffers whatever the
+/// number of inputs (twelve inputs at once: 48 MiB peak RSS in all, see
+/// bench/README.md, "Memory").
 pub const MAX_ENCODING: usize = 4;
 
 /// A counting semaphore for threads that block (encoders run on blocking

@@ -88,6 +88,10 @@ enum Plan {
         /// `None` pushes the raw bytes as they are under `media_type`.
         compression: Compression,
         media_type: String,
+        /// Keyed like the archive readers' claims (the diff_id, built in
+        /// the publish's compression): an input building it right now is
+        /// waited for (`super::in_flight`).
+        shared: bool,
     },
 }
 
@@ -130,7 +134,6 @@ pub async fn publish_image(
             cancel: cancel.clone(),
         };
         let (builds, in_flight) = (builds.clone(), in_flight.clone());
-        let shared_compression = options.compression;
         async move {
             match plan? {
                 Plan::Reuse(descriptor) => {
@@ -142,6 +145,7 @@ pub async fn publish_image(
                     expected,
                     compression,
                     media_type,
+                    shared,
                 } => {
                     // The claim is taken with a build permit in hand: a
                     // claimed layer then needs nothing from any other input
@@ -150,15 +154,7 @@ pub async fn publish_image(
                         .acquire_owned()
                         .await
                         .context("the layer builds were stopped")?;
-                    // Keyed like the archive readers' claims: a diff_id
-                    // built in the publish's compression.
-                    let keyed = compression == shared_compression
-                        && context
-                            .image
-                            .layers
-                            .get(context.index)
-                            .is_some_and(|layer| layer.diff_id == expected);
-                    let claim = if keyed {
+                    let claim = if shared {
                         match claim_or_wait(&in_flight, &expected).await? {
                             Claimed::Published(descriptor) => {
                                 context.report_reused(&descriptor);
@@ -317,6 +313,7 @@ async fn plan_layer(
             expected: layer.diff_id.clone(),
             compression: options.compression,
             media_type: options.compression.media_type().to_owned(),
+            shared: true,
         });
     }
     // Pushed as they are: the digest is image.json's.
@@ -343,6 +340,7 @@ async fn plan_layer(
         expected: digest.clone(),
         compression: Compression::None,
         media_type: media_type.clone(),
+        shared: options.compression == Compression::None && digest == layer.diff_id,
     };
     let Some(size) = size else {
         return Ok(build);

@@ -714,17 +714,19 @@ pub fn client_at(host: &str, creds: Credentials, opts: &ClientOptions) -> Regist
 /// per `seed`), built with the `tar` crate. Returns `path`.
 pub fn random_archive(path: &Path, size: usize, seed: u64) -> PathBuf {
     use rand::{RngCore as _, SeedableRng as _};
+    /// A regular file, 0644, a fixed mtime.
+    fn append<W: std::io::Write>(tar: &mut tar::Builder<W>, name: &str, bytes: &[u8]) {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(bytes.len() as u64);
+        header.set_mode(0o644);
+        header.set_mtime(1_700_000_000);
+        header.set_cksum();
+        tar.append_data(&mut header, name, bytes).unwrap();
+    }
     let mut data = vec![0u8; size];
     rand::rngs::StdRng::seed_from_u64(seed).fill_bytes(&mut data);
     let mut layer = tar::Builder::new(Vec::new());
-    let mut header = tar::Header::new_gnu();
-    header.set_size(size as u64);
-    header.set_mode(0o644);
-    header.set_mtime(1_700_000_000);
-    header.set_cksum();
-    layer
-        .append_data(&mut header, "data.bin", &data[..])
-        .unwrap();
+    append(&mut layer, "data.bin", &data);
     let layer = layer.into_inner().unwrap();
     let diff_id = manifold::digest::Digest::of(&layer);
     let config = serde_json::json!({
@@ -741,18 +743,9 @@ pub fn random_archive(path: &Path, size: usize, seed: u64) -> PathBuf {
     }])
     .to_string();
     let mut archive = tar::Builder::new(std::fs::File::create(path).unwrap());
-    for (name, bytes) in [
-        ("manifest.json", manifest.as_bytes()),
-        ("config.json", config.as_bytes()),
-        ("layer.tar", &layer[..]),
-    ] {
-        let mut header = tar::Header::new_gnu();
-        header.set_size(bytes.len() as u64);
-        header.set_mode(0o644);
-        header.set_mtime(1_700_000_000);
-        header.set_cksum();
-        archive.append_data(&mut header, name, bytes).unwrap();
-    }
+    append(&mut archive, "manifest.json", manifest.as_bytes());
+    append(&mut archive, "config.json", config.as_bytes());
+    append(&mut archive, "layer.tar", &layer);
     archive.finish().unwrap();
     path.to_owned()
 }
