@@ -13,8 +13,10 @@
 //! platforms beyond the `arch` string.
 //!
 //! Submodules: [`image`] (the JSON), [`tree`] (walk, rewrite, perms,
-//! order), [`tar`] (Go `archive/tar` header encoding).
+//! order), `go_regex` (Go RE2 semantics for rewrite and perms), [`tar`]
+//! (Go `archive/tar` header encoding).
 
+mod go_regex;
 pub mod image;
 pub mod tar;
 pub mod tree;
