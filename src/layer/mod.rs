@@ -17,7 +17,7 @@ pub use refill::refill;
 pub use spool::{Spool, SpoolWriter};
 
 #[cfg(test)]
-mod test_data {
+pub(crate) mod test_data {
     /// Xorshift32 from `seed`: a pseudo-random word per call, the same
     /// sequence on every run (deterministic data for the codec tests).
     pub fn xorshift(seed: u32) -> impl FnMut() -> u32 {

@@ -244,6 +244,30 @@ impl GoRegex {
     }
 }
 
+/// The text a pattern of the form `^literal` stands for, when that is all
+/// it is: `^`, then characters that are not metacharacters or are escaped
+/// punctuation (`\.`, `\/`). Such a pattern matches only at the start of
+/// the subject (no `m` flag can be set without `(`), exactly where the
+/// subject begins with the literal: a rewrite with it moves a whole tree.
+pub fn anchored_literal(pattern: &str) -> Option<String> {
+    let body = pattern.strip_prefix('^')?;
+    let mut literal = String::with_capacity(body.len());
+    let mut chars = body.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some(e) if e.is_ascii_punctuation() => literal.push(e),
+                _ => return None,
+            },
+            '.' | '+' | '*' | '?' | '(' | ')' | '|' | '[' | ']' | '{' | '}' | '^' | '$' => {
+                return None
+            }
+            c => literal.push(c),
+        }
+    }
+    Some(literal)
+}
+
 /// Bytes of the first rune as Go's `utf8.DecodeRune` counts them: 0 at the
 /// end, 1 for an invalid byte.
 fn utf8_width(b: &[u8]) -> usize {
@@ -378,6 +402,42 @@ mod tests {
             }
         }
         assert!(failed.is_empty(), "{}", failed.join("\n"));
+    }
+
+    #[test]
+    fn anchored_literals_are_recognised_and_match_as_go_does() {
+        for (pattern, literal) in [
+            (r"^/tmp/store", Some("/tmp/store")),
+            (
+                r"^/work/bench/\.cache/n2c/store",
+                Some("/work/bench/.cache/n2c/store"),
+            ),
+            (r"^\/a\-b", Some("/a-b")),
+            ("^", Some("")),
+            ("^/é", Some("/é")),
+            ("/tmp/store", None),
+            (r"^/nix/store/[^/]*-root", None),
+            (r"^/a.b", None),
+            (r"^/a\d", None),
+            (r"^\Q/a\E", None),
+            ("^/a$", None),
+            ("^/a|/b", None),
+            ("^(?m)/a", None),
+            ("^/a{2}", None),
+        ] {
+            assert_eq!(anchored_literal(pattern).as_deref(), literal, "{pattern}");
+            // What the fast path assumes: the match is the literal, at the
+            // start, once.
+            if let Some(literal) = literal {
+                let re = GoRegex::new(pattern).unwrap();
+                let subject = format!("{literal}/x{literal}");
+                assert_eq!(
+                    re.replace_all(subject.as_bytes(), "R"),
+                    format!("R/x{literal}").into_bytes(),
+                    "{pattern}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -4,9 +4,12 @@
 //! merge everything into one tree keyed by name bytes, and emit it
 //! depth-first with children sorted byte-wise into a [`GoTarWriter`].
 //!
-//! Only metadata is held (one node per entry, as nix2container does); file
-//! contents stream from disk to the writer. Names stay byte strings from
-//! `lstat` to the tar header; nothing is decoded as UTF-8.
+//! File contents stream from disk to the writer. Store paths that land side
+//! by side (the usual layer: paths as they are, or moved by a `^literal`
+//! prefix) are written while they are walked, holding only the directories
+//! being walked; other layers hold one node per entry until the end, as
+//! nix2container does. Names stay byte strings from `lstat` to the tar
+//! header; nothing is decoded as UTF-8.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -16,7 +19,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-use super::go_regex::GoRegex;
+use super::go_regex::{anchored_literal, GoRegex};
 use super::image::{Perm, StorePath};
 use super::tar::{
     go_path_clean, go_path_join, GoTarWriter, Header, TYPE_BLOCK, TYPE_CHAR, TYPE_DIR, TYPE_FIFO,
@@ -208,24 +211,29 @@ impl Dirs {
     }
 }
 
-/// An entry with its directory table: everything that reads or reports the
-/// file on disk.
+/// What writing one entry needs to know of it: its `lstat`, where it is on
+/// disk, and the path rewrite and perms saw.
 struct Located<'a> {
-    entry: &'a Entry,
+    stat: Stat,
     source: PathBuf,
+    /// The path as rewrite and perms see it, when case hacks were removed
+    /// from it; `None` when that is `source`.
+    unhacked: Option<&'a [u8]>,
 }
 
 impl<'a> Located<'a> {
     fn new(entry: &'a Entry, dirs: &Dirs) -> Located<'a> {
         let source = PathBuf::from(OsString::from_vec(dirs.path(entry.dir, &entry.name)));
-        Located { entry, source }
+        Located {
+            stat: entry.stat,
+            source,
+            unhacked: entry.unhacked.as_deref(),
+        }
     }
 
     /// The path as rewrite and perms see it.
     fn seen(&self) -> &[u8] {
-        self.entry
-            .unhacked
-            .as_deref()
+        self.unhacked
             .unwrap_or_else(|| self.source.as_os_str().as_bytes())
     }
 }
@@ -355,7 +363,25 @@ impl Builder<'_> {
 
 /// Writes the layer tar of `paths` into `out`, byte-identical to
 /// nix2container's `TarPaths`.
+///
+/// Most layers are store paths side by side in one directory (see
+/// [`side_by_side`]): those are written while they are walked, holding only
+/// the directories being walked. The others (paths moved onto one another,
+/// as `copyToRoot` does) are merged into a tree first, as nix2container
+/// does, which holds every entry's metadata until the end.
 pub fn write_tree<W: Write>(
+    paths: &[StorePath],
+    options: TreeOptions,
+    out: W,
+) -> Result<W, N2cError> {
+    match side_by_side(paths, options) {
+        Some(plan) => write_side_by_side(paths, &plan, out),
+        None => write_merged(paths, options, out),
+    }
+}
+
+/// The general case: walk everything into the merged tree, then write it.
+fn write_merged<W: Write>(
     paths: &[StorePath],
     options: TreeOptions,
     out: W,
@@ -371,52 +397,20 @@ pub fn write_tree<W: Write>(
     }
     let mut tw = GoTarWriter::new(out);
     let mut buf = vec![0u8; 64 * 1024];
-    emit(&builder, &mut tw, &mut buf)?;
-    tw.finish().map_err(|source| N2cError::Tar {
-        name: "end of archive".into(),
-        source,
-    })
-}
-
-fn emit<W: Write>(
-    builder: &Builder<'_>,
-    tw: &mut GoTarWriter<W>,
-    buf: &mut [u8],
-) -> Result<(), N2cError> {
     // Depth-first pre-order with an explicit stack (see `walk`).
     let mut pending: Vec<(Vec<u8>, &Node)> = child_list(&builder.root, b"");
     while let Some((dst, node)) = pending.pop() {
-        let located = node
-            .entry
-            .as_deref()
-            .map(|entry| Located::new(entry, &builder.dirs));
-        let hdr = match &located {
-            None => Header {
-                name: dst.clone(),
-                typeflag: TYPE_DIR,
-                mode: 0o755,
-                mtime: 1,
-                uname: b"root".to_vec(),
-                gname: b"root".to_vec(),
-                ..Header::default()
-            },
-            Some(entry) => {
-                entry_header(entry, &builder.compiled[entry.entry.options], dst.clone())?
-            }
-        };
-        let tar_err = |source| N2cError::Tar {
-            name: String::from_utf8_lossy(&dst).into_owned(),
-            source,
-        };
-        tw.write_header(&hdr).map_err(tar_err)?;
-        if let Some(entry) = &located {
-            if hdr.typeflag == TYPE_REG {
-                copy_file(entry, tw, buf)?;
-            }
-        }
+        let entry = node.entry.as_deref().map(|entry| {
+            let compiled = &builder.compiled[entry.options];
+            (Located::new(entry, &builder.dirs), compiled)
+        });
+        let entry = entry
+            .as_ref()
+            .map(|(located, compiled)| (located, *compiled));
+        write_entry(&mut tw, &dst, entry, &mut buf)?;
         pending.extend(child_list(node, &dst));
     }
-    Ok(())
+    finish(tw)
 }
 
 /// A node's children with their destination names, last first (so that
@@ -425,15 +419,200 @@ fn child_list<'n>(node: &'n Node, base: &[u8]) -> Vec<(Vec<u8>, &'n Node)> {
     node.children
         .iter()
         .rev()
-        .map(|(name, child)| {
-            let dst = if name.is_empty() {
-                b"/".to_vec()
-            } else {
-                go_path_join(&[base, name])
-            };
-            (dst, child)
-        })
+        .map(|(name, child)| (child_dst(base, name), child))
         .collect()
+}
+
+/// The destination of `name` inside `base`, as the tree joins it: the
+/// empty first component of an absolute path is `/`.
+fn child_dst(base: &[u8], name: &[u8]) -> Vec<u8> {
+    if name.is_empty() {
+        b"/".to_vec()
+    } else {
+        go_path_join(&[base, name])
+    }
+}
+
+/// A layer whose store paths each land whole, under distinct names, in one
+/// directory `parent` (the destinations of their roots, in tree order).
+///
+/// That is the case when no path is rewritten, or only by a `^literal`
+/// prefix (nix2container's own tests move a temporary store so), and no
+/// case hack is stripped: then no two paths share a destination below
+/// `parent`, and the merged tree would be `parent`'s components as
+/// synthetic directories, then each path's own walk, in byte order of the
+/// roots' names, which is the order [`write_side_by_side`] walks in.
+struct SideBySide {
+    parent: Vec<u8>,
+    /// (index into the store paths, destination of its root), sorted by
+    /// destination.
+    roots: Vec<(usize, Vec<u8>)>,
+}
+
+fn side_by_side(paths: &[StorePath], options: TreeOptions) -> Option<SideBySide> {
+    if options.strip_case_hack {
+        return None;
+    }
+    let mut parent: Option<&[u8]> = None;
+    let mut roots = Vec::with_capacity(paths.len());
+    for (i, sp) in paths.iter().enumerate() {
+        let source = sp.path.as_os_str().as_bytes();
+        // The walk joins (so cleans) the paths below the root: the root's
+        // prefix is theirs only when the root is clean.
+        if go_path_clean(source) != source {
+            return None;
+        }
+        let rewrite = sp.options.as_ref().map(|o| &o.rewrite);
+        let dst = match rewrite.filter(|r| !r.regex.is_empty()) {
+            None => source.to_vec(),
+            Some(r) => {
+                let literal = anchored_literal(&r.regex)?;
+                if r.repl.contains('$') {
+                    return None;
+                }
+                let rest = source.strip_prefix(literal.as_bytes())?;
+                go_path_clean(&[r.repl.as_bytes(), rest].concat())
+            }
+        };
+        roots.push((i, dst));
+    }
+    for (_, dst) in &roots {
+        let cut = dst.iter().rposition(|&b| b == b'/')?;
+        // Absolute, and not `/` itself (everything would merge there).
+        if dst[0] != b'/' || cut + 1 == dst.len() {
+            return None;
+        }
+        let this = if cut == 0 { &dst[..1] } else { &dst[..cut] };
+        if parent.is_some_and(|p| p != this) {
+            return None;
+        }
+        parent = Some(this);
+    }
+    let parent = parent?.to_vec();
+    roots.sort_by(|a, b| a.1.cmp(&b.1));
+    if roots.windows(2).any(|w| w[0].1 == w[1].1) {
+        return None;
+    }
+    Some(SideBySide { parent, roots })
+}
+
+/// Writes a [`side_by_side`] layer while walking it, in `filepath.Walk`
+/// order (lstat, the entry, then a directory's entries in byte order),
+/// which is the merged tree's order here.
+fn write_side_by_side<W: Write>(
+    paths: &[StorePath],
+    plan: &SideBySide,
+    out: W,
+) -> Result<W, N2cError> {
+    let compiled: Vec<Compiled<'_>> = paths.iter().map(compile).collect::<Result<_, _>>()?;
+    let mut tw = GoTarWriter::new(out);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut base = Vec::new();
+    for part in split_path(&plan.parent) {
+        base = child_dst(&base, &part);
+        write_entry(&mut tw, &base, None, &mut buf)?;
+    }
+    /// A directory being walked: its paths, and the names in it still to
+    /// visit, last first.
+    struct Open {
+        source: Vec<u8>,
+        dst: Vec<u8>,
+        names: Vec<Box<[u8]>>,
+    }
+    for (which, root_dst) in &plan.roots {
+        let compiled = &compiled[*which];
+        let mut open: Vec<Open> = Vec::new();
+        let mut next = Some((
+            paths[*which].path.as_os_str().as_bytes().to_vec(),
+            root_dst.clone(),
+        ));
+        loop {
+            let (source, dst) = match next.take() {
+                Some(visit) => visit,
+                None => {
+                    let Some(dir) = open.last_mut() else { break };
+                    match dir.names.pop() {
+                        Some(name) => (
+                            go_path_join(&[&dir.source, &name]),
+                            go_path_join(&[&dir.dst, &name]),
+                        ),
+                        None => {
+                            open.pop();
+                            continue;
+                        }
+                    }
+                }
+            };
+            let path = PathBuf::from(OsString::from_vec(source));
+            let io_err = |source| N2cError::Io {
+                path: path.clone(),
+                source,
+            };
+            let meta = fs::symlink_metadata(&path).map_err(io_err)?;
+            let names = if meta.is_dir() {
+                let mut names: Vec<Box<[u8]>> = Vec::new();
+                for entry in fs::read_dir(&path).map_err(io_err)? {
+                    names.push(entry.map_err(io_err)?.file_name().into_vec().into());
+                }
+                // Last first: they are popped.
+                names.sort_unstable_by(|a, b| b.cmp(a));
+                Some(names)
+            } else {
+                None
+            };
+            let located = Located {
+                stat: Stat::of(&meta),
+                source: path,
+                unhacked: None,
+            };
+            write_entry(&mut tw, &dst, Some((&located, compiled)), &mut buf)?;
+            if let Some(names) = names {
+                let source = located.source.into_os_string().into_vec();
+                open.push(Open { source, dst, names });
+            }
+        }
+    }
+    finish(tw)
+}
+
+/// Writes one entry: `dst`'s header (a synthetic directory when there is
+/// no `entry`), then a regular file's bytes.
+fn write_entry<W: Write>(
+    tw: &mut GoTarWriter<W>,
+    dst: &[u8],
+    entry: Option<(&Located<'_>, &Compiled<'_>)>,
+    buf: &mut [u8],
+) -> Result<(), N2cError> {
+    let hdr = match entry {
+        None => Header {
+            name: dst.to_vec(),
+            typeflag: TYPE_DIR,
+            mode: 0o755,
+            mtime: 1,
+            uname: b"root".to_vec(),
+            gname: b"root".to_vec(),
+            ..Header::default()
+        },
+        Some((located, compiled)) => entry_header(located, compiled, dst.to_vec())?,
+    };
+    tw.write_header(&hdr).map_err(|source| N2cError::Tar {
+        name: String::from_utf8_lossy(dst).into_owned(),
+        source,
+    })?;
+    if let Some((located, _)) = entry {
+        if hdr.typeflag == TYPE_REG {
+            copy_file(located, tw, buf)?;
+        }
+    }
+    Ok(())
+}
+
+/// The end-of-archive blocks.
+fn finish<W: Write>(tw: GoTarWriter<W>) -> Result<W, N2cError> {
+    tw.finish().map_err(|source| N2cError::Tar {
+        name: "end of archive".into(),
+        source,
+    })
 }
 
 /// Go's `tar.FileInfoHeader` plus nix2container's overrides.
@@ -442,7 +621,7 @@ fn entry_header(
     compiled: &Compiled<'_>,
     name: Vec<u8>,
 ) -> Result<Header, N2cError> {
-    let stat = entry.entry.stat;
+    let stat = entry.stat;
     let mut hdr = Header {
         name,
         mode: i64::from(stat.mode & 0o7777),
@@ -521,7 +700,7 @@ fn copy_file<W: Write>(
     };
     let changed = || N2cError::FileChanged {
         path: entry.source.clone(),
-        expected: entry.entry.stat.size,
+        expected: entry.stat.size,
     };
     let mut file = File::open(&entry.source).map_err(io_err)?;
     loop {
@@ -551,11 +730,193 @@ fn copy_file<W: Write>(
 mod tests {
     use super::*;
 
+    /// A store of `count` store paths under `dir/store/nix/store`, each a
+    /// tree of directories, files of random sizes, symlinks and empty
+    /// directories, with names whose byte order differs from their order
+    /// as paths (`a-b` < `a.b` < `a/…`, upper case, invalid UTF-8).
+    fn random_store(dir: &Path, count: usize, seed: u32) -> Vec<PathBuf> {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let mut next = crate::layer::test_data::xorshift(seed);
+        let names: [&[u8]; 10] = [
+            b"a",
+            b"a-b",
+            b"a.b",
+            b"a b",
+            b"A",
+            b"a0",
+            "é".as_bytes(),
+            b"\xff\xfe",
+            b"~x",
+            b"z",
+        ];
+        let store = dir.join("store/nix/store");
+        let mut roots = Vec::new();
+        for i in 0..count {
+            let root = store.join(format!("{i:032}-pkg-{}", next() % 100));
+            let mut dirs = vec![root.clone()];
+            fs::create_dir_all(&root).unwrap();
+            for _ in 0..40 {
+                let parent = dirs[next() as usize % dirs.len()].clone();
+                let name = OsStr::from_bytes(names[next() as usize % names.len()]);
+                let path = parent.join(name);
+                if fs::symlink_metadata(&path).is_ok() {
+                    continue;
+                }
+                match next() % 4 {
+                    0 => {
+                        fs::create_dir(&path).unwrap();
+                        dirs.push(path);
+                    }
+                    1 => symlink("../target", &path).unwrap(),
+                    _ => {
+                        let len = next() as usize % 5000;
+                        fs::write(&path, (0..len).map(|_| next() as u8).collect::<Vec<_>>())
+                            .unwrap();
+                        let mode = if next() % 2 == 0 { 0o755 } else { 0o444 };
+                        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).unwrap();
+                    }
+                }
+            }
+            roots.push(root);
+        }
+        // A store path that is a single file.
+        let file = store.join(format!("{count:032}-script"));
+        fs::write(&file, "#!/bin/sh\n").unwrap();
+        roots.push(file);
+        roots
+    }
+
+    fn store_path(path: &Path, rewrite: Option<(&str, &str)>, perms: Vec<Perm>) -> StorePath {
+        use super::super::image::{PathOptions, Rewrite};
+        StorePath {
+            path: path.to_owned(),
+            options: Some(PathOptions {
+                rewrite: rewrite
+                    .map(|(regex, repl)| Rewrite {
+                        regex: regex.into(),
+                        repl: repl.into(),
+                    })
+                    .unwrap_or_default(),
+                perms,
+            }),
+        }
+    }
+
+    #[test]
+    fn side_by_side_layers_are_written_as_the_merged_tree_would_be() {
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = random_store(tmp.path(), 5, 0x1234_5678);
+        let prefix = tmp.path().join("store");
+        let prefix = prefix.to_str().unwrap();
+        let literal = format!("^{}", regex::escape(prefix));
+        let perm = Perm {
+            regex: "a-b".into(),
+            uid: 7,
+            mode: "0700".into(),
+            ..Perm::default()
+        };
+        let variants: Vec<(&str, Vec<StorePath>)> = vec![
+            (
+                "as they are",
+                roots.iter().map(|r| store_path(r, None, vec![])).collect(),
+            ),
+            (
+                "prefix removed, with perms",
+                roots
+                    .iter()
+                    .map(|r| store_path(r, Some((&literal, "")), vec![perm.clone()]))
+                    .collect(),
+            ),
+            (
+                "prefix replaced, listed out of order",
+                roots
+                    .iter()
+                    .rev()
+                    .map(|r| store_path(r, Some((&literal, "/opt/x")), vec![]))
+                    .collect(),
+            ),
+        ];
+        for (name, paths) in variants {
+            assert!(
+                side_by_side(&paths, TreeOptions::default()).is_some(),
+                "{name}: not side by side"
+            );
+            let fast = write_tree(&paths, TreeOptions::default(), Vec::new()).unwrap();
+            let merged = write_merged(&paths, TreeOptions::default(), Vec::new()).unwrap();
+            assert!(fast.len() > 100_000, "{name}: {} bytes", fast.len());
+            assert!(fast == merged, "{name}: the two writers differ");
+        }
+    }
+
+    #[test]
+    fn layers_that_merge_take_the_tree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let roots = random_store(tmp.path(), 2, 0x9e37_79b9);
+        let plain = |r: &PathBuf| store_path(r, None, vec![]);
+        let rewritten =
+            |r: &PathBuf, regex: &str, repl: &str| store_path(r, Some((regex, repl)), vec![]);
+        let root0 = regex::escape(roots[0].to_str().unwrap());
+        let elsewhere = tmp.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        let unclean = PathBuf::from(format!("{}/", roots[1].display()));
+        let cases: Vec<(&str, Vec<StorePath>, TreeOptions)> = vec![
+            (
+                "copyToRoot (a root moved to /)",
+                vec![
+                    rewritten(&roots[0], &format!("^{root0}"), ""),
+                    plain(&roots[1]),
+                ],
+                TreeOptions::default(),
+            ),
+            (
+                "a pattern that is not a literal",
+                vec![rewritten(&roots[0], "^/.*/store", ""), plain(&roots[1])],
+                TreeOptions::default(),
+            ),
+            (
+                "a replacement with $",
+                vec![rewritten(&roots[0], "^/", "/$1"), plain(&roots[1])],
+                TreeOptions::default(),
+            ),
+            (
+                "different directories",
+                vec![plain(&roots[0]), plain(&elsewhere)],
+                TreeOptions::default(),
+            ),
+            (
+                "the same path twice",
+                vec![plain(&roots[0]), plain(&roots[0])],
+                TreeOptions::default(),
+            ),
+            (
+                "an unclean path",
+                vec![plain(&roots[0]), plain(&unclean)],
+                TreeOptions::default(),
+            ),
+            (
+                "case hacks stripped",
+                vec![plain(&roots[0]), plain(&roots[1])],
+                TreeOptions {
+                    strip_case_hack: true,
+                },
+            ),
+        ];
+        for (name, paths, options) in cases {
+            assert!(side_by_side(&paths, options).is_none(), "{name}");
+        }
+        // And the checks do not reject the plain case they guard.
+        assert!(side_by_side(
+            &[plain(&roots[0]), plain(&roots[1])],
+            TreeOptions::default()
+        )
+        .is_some());
+    }
+
     #[test]
     fn tree_nodes_stay_small() {
-        // A layer of hundreds of thousands of files holds one Node and one
-        // Entry per file until the tar is written: keep them lean (a std
-        // Metadata alone is over 150 bytes).
+        // A merged layer of hundreds of thousands of files holds one Node
+        // and one Entry per file until the tar is written: keep them lean (a
+        // std Metadata alone is over 150 bytes).
         assert!(
             std::mem::size_of::<Node>() <= 32,
             "{}",
