@@ -343,6 +343,13 @@ mod tests {
             let options = TreeOptions {
                 strip_case_hack: variant["strip_case_hack"].as_bool().unwrap(),
             };
+            // The variant named so covers the writer that walks and writes
+            // at once; the others merge.
+            assert_eq!(
+                tree::is_side_by_side(&layer.paths, options),
+                name == "side-by-side",
+                "variant {name}"
+            );
             let mut out = HashingWriter::new(Vec::new());
             write_layer_tar_with(&layer, options, &mut out).unwrap();
             let (tar, digest, len) = out.finish();

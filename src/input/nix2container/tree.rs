@@ -449,6 +449,13 @@ struct SideBySide {
     roots: Vec<(usize, Vec<u8>)>,
 }
 
+/// Whether [`write_tree`] writes this layer while walking it (for tests
+/// that must cover that path).
+#[cfg(test)]
+pub(super) fn is_side_by_side(paths: &[StorePath], options: TreeOptions) -> bool {
+    side_by_side(paths, options).is_some()
+}
+
 fn side_by_side(paths: &[StorePath], options: TreeOptions) -> Option<SideBySide> {
     if options.strip_case_hack {
         return None;
