@@ -400,14 +400,10 @@ fn write_merged<W: Write>(
     // Depth-first pre-order with an explicit stack (see `walk`).
     let mut pending: Vec<(Vec<u8>, &Node)> = child_list(&builder.root, b"");
     while let Some((dst, node)) = pending.pop() {
-        let entry = node.entry.as_deref().map(|entry| {
-            let compiled = &builder.compiled[entry.options];
-            (Located::new(entry, &builder.dirs), compiled)
-        });
-        let entry = entry
-            .as_ref()
-            .map(|(located, compiled)| (located, *compiled));
-        write_entry(&mut tw, &dst, entry, &mut buf)?;
+        let entry = node.entry.as_deref();
+        let located = entry.map(|entry| Located::new(entry, &builder.dirs));
+        let compiled = entry.map(|entry| &builder.compiled[entry.options]);
+        write_entry(&mut tw, &dst, located.as_ref().zip(compiled), &mut buf)?;
         pending.extend(child_list(node, &dst));
     }
     finish(tw)
