@@ -245,10 +245,14 @@ impl GoRegex {
 }
 
 /// The text a pattern of the form `^literal` stands for, when that is all
-/// it is: `^`, then characters that are not metacharacters or are escaped
-/// punctuation (`\.`, `\/`). Such a pattern matches only at the start of
-/// the subject (no `m` flag can be set without `(`), exactly where the
-/// subject begins with the literal: a rewrite with it moves a whole tree.
+/// it is: `^`, then characters that are not metacharacters, escaped
+/// punctuation (`\.`, `\/`), or an unescaped `.` (nix2container writes
+/// `copyToRoot` rewrites as `^` and the store path unescaped, and store
+/// names have dots). On a subject that begins with the text, such a
+/// pattern matches exactly that prefix, once (no `m` flag can be set
+/// without `(`): a rewrite with it moves a whole tree. (An unescaped `.`
+/// matches other subjects too; callers only rely on subjects that begin
+/// with the text.)
 pub fn anchored_literal(pattern: &str) -> Option<String> {
     let body = pattern.strip_prefix('^')?;
     let mut literal = String::with_capacity(body.len());
@@ -259,9 +263,7 @@ pub fn anchored_literal(pattern: &str) -> Option<String> {
                 Some(e) if e.is_ascii_punctuation() => literal.push(e),
                 _ => return None,
             },
-            '.' | '+' | '*' | '?' | '(' | ')' | '|' | '[' | ']' | '{' | '}' | '^' | '$' => {
-                return None
-            }
+            '+' | '*' | '?' | '(' | ')' | '|' | '[' | ']' | '{' | '}' | '^' | '$' => return None,
             c => literal.push(c),
         }
     }
@@ -417,7 +419,11 @@ mod tests {
             ("^/é", Some("/é")),
             ("/tmp/store", None),
             (r"^/nix/store/[^/]*-root", None),
-            (r"^/a.b", None),
+            (
+                "^/nix/store/abc-python3.11-env",
+                Some("/nix/store/abc-python3.11-env"),
+            ),
+            (r"^/a.*", None),
             (r"^/a\d", None),
             (r"^\Q/a\E", None),
             ("^/a$", None),

@@ -4,12 +4,12 @@
 //! merge everything into one tree keyed by name bytes, and emit it
 //! depth-first with children sorted byte-wise into a [`GoTarWriter`].
 //!
-//! File contents stream from disk to the writer. Store paths that land side
-//! by side (the usual layer: paths as they are, or moved by a `^literal`
-//! prefix) are written while they are walked, holding only the directories
-//! being walked; other layers hold one node per entry until the end, as
-//! nix2container does. Names stay byte strings from `lstat` to the tar
-//! header; nothing is decoded as UTF-8.
+//! File contents stream from disk to the writer. A layer whose store paths
+//! each land whole somewhere (as they are, or moved by a `^literal` prefix
+//! rewrite, as `copyToRoot` does) is written while it is walked, holding
+//! only the directories being written; other layers hold one node per
+//! entry until the end, as nix2container does. Names stay byte strings
+//! from `lstat` to the tar header; nothing is decoded as UTF-8.
 
 use std::collections::BTreeMap;
 use std::ffi::{OsStr, OsString};
@@ -332,22 +332,14 @@ impl Builder<'_> {
             node = node.children.entry(part.into_boxed_slice()).or_default();
         }
         if let Some(old) = &node.entry {
-            let collision = |what: &'static str| N2cError::Collision {
-                destination: PathBuf::from(OsStr::from_bytes(&dst)),
-                first: Located::new(old, &self.dirs).source,
-                second: PathBuf::from(OsStr::from_bytes(path)),
-                what,
-            };
-            if old.stat.mode != stat.mode {
-                return Err(collision("modes"));
-            }
-            if old.stat.is(S_IFREG) && old.stat.size != stat.size {
-                return Err(collision("sizes"));
-            }
-            if let Some(old_perms) = self.compiled[old.options].raw_perms {
-                if old_perms != compiled.raw_perms.unwrap_or(&[]) {
-                    return Err(collision("perms"));
-                }
+            let old_options = &self.compiled[old.options];
+            if let Some(what) = collision((&old.stat, old_options), (&stat, compiled)) {
+                return Err(N2cError::Collision {
+                    destination: PathBuf::from(OsStr::from_bytes(&dst)),
+                    first: Located::new(old, &self.dirs).source,
+                    second: PathBuf::from(OsStr::from_bytes(path)),
+                    what,
+                });
             }
         }
         node.entry = Some(Box::new(Entry {
@@ -364,18 +356,18 @@ impl Builder<'_> {
 /// Writes the layer tar of `paths` into `out`, byte-identical to
 /// nix2container's `TarPaths`.
 ///
-/// Most layers are store paths side by side in one directory (see
-/// [`side_by_side`]): those are written while they are walked, holding only
-/// the directories being walked. The others (paths moved onto one another,
-/// as `copyToRoot` does) are merged into a tree first, as nix2container
-/// does, which holds every entry's metadata until the end.
+/// Almost every layer is a set of store paths each landing whole somewhere
+/// (see [`mounts`]): those are written while they are walked, holding only
+/// the directories being written. The others (a rewrite that is not a
+/// `^literal` prefix, case hacks stripped) are merged into a tree first,
+/// as nix2container does, which holds every entry's metadata until the end.
 pub fn write_tree<W: Write>(
     paths: &[StorePath],
     options: TreeOptions,
     out: W,
 ) -> Result<W, N2cError> {
-    match side_by_side(paths, options) {
-        Some(plan) => write_side_by_side(paths, &plan, out),
+    match mounts(paths, options) {
+        Some(mounts) => write_mounted(paths, &mounts, out),
         None => write_merged(paths, options, out),
     }
 }
@@ -429,40 +421,37 @@ fn child_dst(base: &[u8], name: &[u8]) -> Vec<u8> {
     }
 }
 
-/// A layer whose store paths each land whole, under distinct names, in one
-/// directory `parent` (the destinations of their roots, in tree order).
-///
-/// That is the case when no path is rewritten, or only by a `^literal`
-/// prefix (nix2container's own tests move a temporary store so), and no
-/// case hack is stripped: then no two paths share a destination below
-/// `parent`, and the merged tree would be `parent`'s components as
-/// synthetic directories, then each path's own walk, in byte order of the
-/// roots' names, which is the order [`write_side_by_side`] walks in.
-struct SideBySide {
-    parent: Vec<u8>,
-    /// (index into the store paths, destination of its root), sorted by
-    /// destination.
-    roots: Vec<(usize, Vec<u8>)>,
+/// A store path that lands whole at one destination: as it is, or moved by
+/// a rewrite that replaces a `^literal` prefix (nix2container's
+/// `copyToRoot` moves a path to `/` so; its tests move a temporary store).
+/// Every path below the root then lands at the same place below the
+/// destination, so the merged tree can be walked without building it.
+struct Mount {
+    /// Index into the store paths (their order decides collisions).
+    which: usize,
+    source: Vec<u8>,
+    /// Components of the destination ([`split_path`]): `[""]` is `/`.
+    dst: Vec<Vec<u8>>,
+    /// Whether the root itself is an entry; not when the rewrite maps it to
+    /// the empty path (then only what is inside it lands, in `/`).
+    entry: bool,
 }
 
-/// Whether [`write_tree`] writes this layer while walking it (for tests
-/// that must cover that path).
-#[cfg(test)]
-pub(super) fn is_side_by_side(paths: &[StorePath], options: TreeOptions) -> bool {
-    side_by_side(paths, options).is_some()
-}
-
-fn side_by_side(paths: &[StorePath], options: TreeOptions) -> Option<SideBySide> {
-    if options.strip_case_hack {
+/// The mounts of a layer, when every store path has one: a clean absolute
+/// source, no rewrite or a `^literal` one that the source begins with and
+/// whose replacement has no `$`, and a destination that is absolute. Not
+/// with case hacks stripped (a name's destination would depend on each
+/// component). `None`: the layer needs the merged tree.
+fn mounts(paths: &[StorePath], options: TreeOptions) -> Option<Vec<Mount>> {
+    if options.strip_case_hack || paths.is_empty() {
         return None;
     }
-    let mut parent: Option<&[u8]> = None;
-    let mut roots = Vec::with_capacity(paths.len());
-    for (i, sp) in paths.iter().enumerate() {
+    let mut mounts = Vec::with_capacity(paths.len());
+    for (which, sp) in paths.iter().enumerate() {
         let source = sp.path.as_os_str().as_bytes();
         // The walk joins (so cleans) the paths below the root: the root's
         // prefix is theirs only when the root is clean.
-        if go_path_clean(source) != source {
+        if source.first() != Some(&b'/') || go_path_clean(source) != source {
             return None;
         }
         let rewrite = sp.options.as_ref().map(|o| &o.rewrite);
@@ -474,108 +463,236 @@ fn side_by_side(paths: &[StorePath], options: TreeOptions) -> Option<SideBySide>
                     return None;
                 }
                 let rest = source.strip_prefix(literal.as_bytes())?;
-                go_path_clean(&[r.repl.as_bytes(), rest].concat())
+                [r.repl.as_bytes(), rest].concat()
             }
         };
-        roots.push((i, dst));
-    }
-    for (_, dst) in &roots {
-        let cut = dst.iter().rposition(|&b| b == b'/')?;
-        // Absolute, and not `/` itself (everything would merge there).
-        if dst[0] != b'/' || cut + 1 == dst.len() {
+        let entry = !dst.is_empty();
+        // Below a dropped root, `/name`.
+        let dst = if entry {
+            go_path_clean(&dst)
+        } else {
+            b"/".to_vec()
+        };
+        if dst.first() != Some(&b'/') {
             return None;
         }
-        let this = if cut == 0 { &dst[..1] } else { &dst[..cut] };
-        if parent.is_some_and(|p| p != this) {
-            return None;
-        }
-        parent = Some(this);
+        mounts.push(Mount {
+            which,
+            source: source.to_vec(),
+            dst: split_path(&dst),
+            entry,
+        });
     }
-    let parent = parent?.to_vec();
-    roots.sort_by(|a, b| a.1.cmp(&b.1));
-    if roots.windows(2).any(|w| w[0].1 == w[1].1) {
-        return None;
-    }
-    Some(SideBySide { parent, roots })
+    Some(mounts)
 }
 
-/// Writes a [`side_by_side`] layer while walking it, in `filepath.Walk`
-/// order (lstat, the entry, then a directory's entries in byte order),
-/// which is the merged tree's order here.
-fn write_side_by_side<W: Write>(
-    paths: &[StorePath],
-    plan: &SideBySide,
-    out: W,
-) -> Result<W, N2cError> {
+/// Whether [`write_tree`] writes this layer while walking it (for tests
+/// that must cover that path).
+#[cfg(test)]
+pub(super) fn is_mounted(paths: &[StorePath], options: TreeOptions) -> bool {
+    mounts(paths, options).is_some()
+}
+
+/// One source of a destination node: a walked path (or a mount's root) that
+/// lands there.
+struct Source {
+    which: usize,
+    path: PathBuf,
+    /// False for a mount's dropped root: its contents land, not itself.
+    entry: bool,
+}
+
+/// A source directory that lands on a destination directory.
+struct Listing {
+    which: usize,
+    dir: PathBuf,
+    /// Its entries' names, sorted by bytes.
+    names: Vec<Box<[u8]>>,
+}
+
+/// A destination directory being written: where its children come from.
+struct OpenDir {
+    dst: Vec<u8>,
+    /// Components of `dst`.
+    depth: usize,
+    /// The source directories that land here, in store path order.
+    listings: Vec<Listing>,
+    /// Mounts strictly below this directory.
+    mounts: Vec<usize>,
+    /// Every child name, last first (they are popped).
+    names: Vec<Box<[u8]>>,
+}
+
+/// Writes a layer of [`mounts`] while walking it: the merged tree's nodes in
+/// its order (depth first, children in byte order), each found by listing
+/// the source directories that land on its parent, so that only the
+/// directories being written are held. Where sources meet (`copyToRoot`
+/// paths, or a path landing inside another's directories), the entries are
+/// checked and chosen as [`Builder::add`] does: the last in store path
+/// order wins.
+fn write_mounted<W: Write>(paths: &[StorePath], mounts: &[Mount], out: W) -> Result<W, N2cError> {
     let compiled: Vec<Compiled<'_>> = paths.iter().map(compile).collect::<Result<_, _>>()?;
     let mut tw = GoTarWriter::new(out);
     let mut buf = vec![0u8; 64 * 1024];
-    let mut base = Vec::new();
-    for part in split_path(&plan.parent) {
-        base = child_dst(&base, &part);
-        write_entry(&mut tw, &base, None, &mut buf)?;
-    }
-    /// A directory being walked: its paths, and the names in it still to
-    /// visit, last first.
-    struct Open {
-        source: Vec<u8>,
-        dst: Vec<u8>,
-        names: Vec<Box<[u8]>>,
-    }
-    for (which, root_dst) in &plan.roots {
-        let compiled = &compiled[*which];
-        let mut open: Vec<Open> = Vec::new();
-        let mut next = Some((
-            paths[*which].path.as_os_str().as_bytes().to_vec(),
-            root_dst.clone(),
-        ));
-        loop {
-            let (source, dst) = match next.take() {
-                Some(visit) => visit,
-                None => {
-                    let Some(dir) = open.last_mut() else { break };
-                    match dir.names.pop() {
-                        Some(name) => (
-                            go_path_join(&[&dir.source, &name]),
-                            go_path_join(&[&dir.dst, &name]),
-                        ),
-                        None => {
-                            open.pop();
-                            continue;
-                        }
-                    }
-                }
-            };
-            let path = PathBuf::from(OsString::from_vec(source));
-            let io_err = |source| N2cError::Io {
-                path: path.clone(),
-                source,
-            };
-            let meta = fs::symlink_metadata(&path).map_err(io_err)?;
-            let names = if meta.is_dir() {
-                let mut names: Vec<Box<[u8]>> = Vec::new();
-                for entry in fs::read_dir(&path).map_err(io_err)? {
-                    names.push(entry.map_err(io_err)?.file_name().into_vec().into());
-                }
-                // Last first: they are popped.
-                names.sort_unstable_by(|a, b| b.cmp(a));
-                Some(names)
-            } else {
-                None
-            };
-            let located = Located {
-                stat: Stat::of(&meta),
-                source: path,
-                unhacked: None,
-            };
-            write_entry(&mut tw, &dst, Some((&located, compiled)), &mut buf)?;
-            if let Some(names) = names {
-                let source = located.source.into_os_string().into_vec();
-                open.push(Open { source, dst, names });
+    // The tree's root has no entry of its own: its children are the first
+    // components of the destinations.
+    let mut open = vec![open_dir(
+        Vec::new(),
+        0,
+        Vec::new(),
+        (0..mounts.len()).collect(),
+        mounts,
+    )];
+    while let Some(dir) = open.last_mut() {
+        let Some(name) = dir.names.pop() else {
+            open.pop();
+            continue;
+        };
+        let dst = child_dst(&dir.dst, &name);
+        let depth = dir.depth + 1;
+        let mut sources: Vec<Source> = Vec::new();
+        for listing in &dir.listings {
+            if listing.names.binary_search(&name).is_ok() {
+                let path = go_path_join(&[listing.dir.as_os_str().as_bytes(), &name]);
+                sources.push(Source {
+                    which: listing.which,
+                    path: PathBuf::from(OsString::from_vec(path)),
+                    entry: true,
+                });
             }
+        }
+        let mut below = Vec::new();
+        for &m in &dir.mounts {
+            let mount = &mounts[m];
+            if mount.dst[depth - 1] != *name {
+                continue;
+            }
+            if mount.dst.len() == depth {
+                sources.push(Source {
+                    which: mount.which,
+                    path: PathBuf::from(OsStr::from_bytes(&mount.source)),
+                    entry: mount.entry,
+                });
+            } else {
+                below.push(m);
+            }
+        }
+        sources.sort_by_key(|s| s.which);
+        // lstat each source; the entry is the last one, once it agrees with
+        // the one before (as the tree checks each insertion).
+        let mut stats = Vec::with_capacity(sources.len());
+        let mut winner: Option<usize> = None;
+        for (i, source) in sources.iter().enumerate() {
+            let stat = Stat::of(
+                &fs::symlink_metadata(&source.path).map_err(|e| N2cError::Io {
+                    path: source.path.clone(),
+                    source: e,
+                })?,
+            );
+            stats.push(stat);
+            if !source.entry {
+                continue;
+            }
+            if let Some(w) = winner {
+                let old = (&stats[w], &compiled[sources[w].which]);
+                if let Some(what) = collision(old, (&stat, &compiled[source.which])) {
+                    return Err(N2cError::Collision {
+                        destination: PathBuf::from(OsStr::from_bytes(&dst)),
+                        first: sources[w].path.clone(),
+                        second: source.path.clone(),
+                        what,
+                    });
+                }
+            }
+            winner = Some(i);
+        }
+        let located = winner.map(|w| Located {
+            stat: stats[w],
+            source: sources[w].path.clone(),
+            unhacked: None,
+        });
+        let options = winner.map(|w| &compiled[sources[w].which]);
+        write_entry(&mut tw, &dst, located.as_ref().zip(options), &mut buf)?;
+        let mut listings = Vec::new();
+        for (source, stat) in sources.into_iter().zip(stats) {
+            if stat.is(S_IFDIR) {
+                listings.push(Listing {
+                    which: source.which,
+                    names: read_names(&source.path)?,
+                    dir: source.path,
+                });
+            }
+        }
+        if !listings.is_empty() || !below.is_empty() {
+            let child = open_dir(dst, depth, listings, below, mounts);
+            open.push(child);
         }
     }
     finish(tw)
+}
+
+/// An [`OpenDir`]: its child names are those of its listings and the next
+/// components of the mounts below it.
+fn open_dir(
+    dst: Vec<u8>,
+    depth: usize,
+    listings: Vec<Listing>,
+    below: Vec<usize>,
+    mounts: &[Mount],
+) -> OpenDir {
+    let mut names: Vec<Box<[u8]>> = listings
+        .iter()
+        .flat_map(|listing| listing.names.iter().cloned())
+        .chain(
+            below
+                .iter()
+                .map(|&m| mounts[m].dst[depth].clone().into_boxed_slice()),
+        )
+        .collect();
+    names.sort_unstable_by(|a, b| b.cmp(a));
+    names.dedup();
+    OpenDir {
+        dst,
+        depth,
+        listings,
+        mounts: below,
+        names,
+    }
+}
+
+/// A directory's entry names, sorted by bytes.
+fn read_names(dir: &Path) -> Result<Vec<Box<[u8]>>, N2cError> {
+    let io_err = |source| N2cError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    let mut names: Vec<Box<[u8]>> = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err)? {
+        names.push(entry.map_err(io_err)?.file_name().into_vec().into());
+    }
+    names.sort_unstable();
+    Ok(names)
+}
+
+/// nix2container's check when a second source lands where a first one did:
+/// what differs (`modes`, `sizes` of regular files, `perms` lists when the
+/// first has options), or `None` when the second may replace the first.
+fn collision(
+    (old, old_options): (&Stat, &Compiled<'_>),
+    (new, new_options): (&Stat, &Compiled<'_>),
+) -> Option<&'static str> {
+    if old.mode != new.mode {
+        return Some("modes");
+    }
+    if old.is(S_IFREG) && old.size != new.size {
+        return Some("sizes");
+    }
+    if let Some(old_perms) = old_options.raw_perms {
+        if old_perms != new_options.raw_perms.unwrap_or(&[]) {
+            return Some("perms");
+        }
+    }
+    None
 }
 
 /// Writes one entry: `dst`'s header (a synthetic directory when there is
@@ -805,24 +922,64 @@ mod tests {
         }
     }
 
+    /// Two `copyToRoot`-style roots under `dir/store/nix/store` whose
+    /// contents meet in `/`: shared directories, a file both have alike
+    /// (the second wins), a `nix/var` that lands among the store paths.
+    /// `clash` makes them disagree as the named check would see it.
+    fn roots_that_meet(dir: &Path, clash: Option<&str>) -> (PathBuf, PathBuf) {
+        use std::os::unix::fs::{symlink, PermissionsExt};
+        let store = dir.join("store/nix/store");
+        let (a, b) = (store.join("aaaa-root"), store.join("bbbb-root"));
+        for d in ["bin", "etc", "nix/var/nix"] {
+            fs::create_dir_all(a.join(d)).unwrap();
+        }
+        for d in ["bin", "share/doc", "nix"] {
+            fs::create_dir_all(b.join(d)).unwrap();
+        }
+        fs::write(a.join("bin/sh"), "sh from a").unwrap();
+        fs::write(a.join("etc/passwd"), "root:x:0:0::/:/bin/sh\n").unwrap();
+        fs::write(a.join("same"), "one").unwrap();
+        fs::write(b.join("same"), "two").unwrap();
+        fs::write(b.join("bin/ls"), "ls").unwrap();
+        fs::write(b.join("share/doc/README"), "read me").unwrap();
+        symlink("/bin/sh", b.join("bin/bash")).unwrap();
+        match clash {
+            Some("sizes") => fs::write(b.join("same"), "three").unwrap(),
+            Some("modes") => {
+                fs::set_permissions(b.join("same"), fs::Permissions::from_mode(0o600)).unwrap()
+            }
+            _ => {}
+        }
+        (a, b)
+    }
+
     #[test]
-    fn side_by_side_layers_are_written_as_the_merged_tree_would_be() {
+    fn mounted_layers_are_written_as_the_merged_tree_would_be() {
         let tmp = tempfile::tempdir().unwrap();
         let roots = random_store(tmp.path(), 5, 0x1234_5678);
+        let (a, b) = roots_that_meet(tmp.path(), None);
         let prefix = tmp.path().join("store");
-        let prefix = prefix.to_str().unwrap();
-        let literal = format!("^{}", regex::escape(prefix));
+        let literal = format!("^{}", regex::escape(prefix.to_str().unwrap()));
+        let to_root = |r: &Path| format!("^{}", regex::escape(r.to_str().unwrap()));
         let perm = Perm {
             regex: "a-b".into(),
             uid: 7,
             mode: "0700".into(),
             ..Perm::default()
         };
+        let plain = |r: &PathBuf| store_path(r, None, vec![]);
+        let moved = |r: &PathBuf| store_path(r, Some((&literal, "")), vec![]);
+        // As nix2container writes it: `^` and the path, unescaped (the
+        // temporary directory's name has a dot).
+        let unescaped = format!("^{}", a.display());
+        assert!(unescaped.contains('.'));
+        let mut copy_to_root = vec![
+            store_path(&a, Some((&unescaped, "")), vec![]),
+            store_path(&b, Some((&to_root(&b), "")), vec![]),
+        ];
+        copy_to_root.extend(roots.iter().map(moved));
         let variants: Vec<(&str, Vec<StorePath>)> = vec![
-            (
-                "as they are",
-                roots.iter().map(|r| store_path(r, None, vec![])).collect(),
-            ),
+            ("as they are", roots.iter().map(plain).collect()),
             (
                 "prefix removed, with perms",
                 roots
@@ -838,39 +995,86 @@ mod tests {
                     .map(|r| store_path(r, Some((&literal, "/opt/x")), vec![]))
                     .collect(),
             ),
+            (
+                "copyToRoot roots meeting in / above the store",
+                copy_to_root,
+            ),
+            (
+                "a root moved to / whole (its own entry is /)",
+                vec![
+                    store_path(&a, Some((&to_root(&a), "/")), vec![]),
+                    moved(&roots[0]),
+                ],
+            ),
+            (
+                "the same path twice",
+                vec![plain(&roots[0]), plain(&roots[1]), plain(&roots[0])],
+            ),
+            (
+                "different directories",
+                vec![plain(&roots[0]), moved(&roots[1])],
+            ),
         ];
         for (name, paths) in variants {
             assert!(
-                side_by_side(&paths, TreeOptions::default()).is_some(),
-                "{name}: not side by side"
+                mounts(&paths, TreeOptions::default()).is_some(),
+                "{name}: not mounted"
             );
-            let fast = write_tree(&paths, TreeOptions::default(), Vec::new()).unwrap();
+            let walked = write_tree(&paths, TreeOptions::default(), Vec::new()).unwrap();
             let merged = write_merged(&paths, TreeOptions::default(), Vec::new()).unwrap();
-            assert!(fast.len() > 100_000, "{name}: {} bytes", fast.len());
-            assert!(fast == merged, "{name}: the two writers differ");
+            assert!(walked.len() > 10_000, "{name}: {} bytes", walked.len());
+            assert!(walked == merged, "{name}: the two writers differ");
         }
     }
 
     #[test]
-    fn layers_that_merge_take_the_tree() {
+    fn mounted_layers_refuse_the_collisions_the_tree_refuses() {
+        for clash in ["sizes", "modes", "perms"] {
+            let tmp = tempfile::tempdir().unwrap();
+            let (a, b) = roots_that_meet(tmp.path(), Some(clash));
+            let to_root = |r: &Path| format!("^{}", regex::escape(r.to_str().unwrap()));
+            let perms = |r: &Path| {
+                if clash == "perms" && r == a {
+                    vec![Perm {
+                        regex: "same$".into(),
+                        uid: 7,
+                        ..Perm::default()
+                    }]
+                } else {
+                    vec![]
+                }
+            };
+            let paths: Vec<StorePath> = [&a, &b]
+                .iter()
+                .map(|r| store_path(r, Some((&to_root(r), "")), perms(r)))
+                .collect();
+            assert!(mounts(&paths, TreeOptions::default()).is_some());
+            let what = |result: Result<Vec<u8>, N2cError>| match result {
+                Err(N2cError::Collision {
+                    destination, what, ..
+                }) => (destination, what),
+                other => panic!("{clash}: {:?}", other.map(|tar| tar.len())),
+            };
+            let walked = what(write_tree(&paths, TreeOptions::default(), Vec::new()));
+            let merged = what(write_merged(&paths, TreeOptions::default(), Vec::new()));
+            assert_eq!(walked, merged, "{clash}");
+            // Perms lists are compared wherever the two meet, and `/bin`
+            // comes first.
+            let first = if clash == "perms" { "/bin" } else { "/same" };
+            assert_eq!(walked, (PathBuf::from(first), clash), "{clash}");
+        }
+    }
+
+    #[test]
+    fn layers_the_walk_cannot_map_take_the_tree() {
         let tmp = tempfile::tempdir().unwrap();
         let roots = random_store(tmp.path(), 2, 0x9e37_79b9);
         let plain = |r: &PathBuf| store_path(r, None, vec![]);
         let rewritten =
             |r: &PathBuf, regex: &str, repl: &str| store_path(r, Some((regex, repl)), vec![]);
         let root0 = regex::escape(roots[0].to_str().unwrap());
-        let elsewhere = tmp.path().join("elsewhere");
-        fs::create_dir(&elsewhere).unwrap();
         let unclean = PathBuf::from(format!("{}/", roots[1].display()));
         let cases: Vec<(&str, Vec<StorePath>, TreeOptions)> = vec![
-            (
-                "copyToRoot (a root moved to /)",
-                vec![
-                    rewritten(&roots[0], &format!("^{root0}"), ""),
-                    plain(&roots[1]),
-                ],
-                TreeOptions::default(),
-            ),
             (
                 "a pattern that is not a literal",
                 vec![rewritten(&roots[0], "^/.*/store", ""), plain(&roots[1])],
@@ -882,13 +1086,16 @@ mod tests {
                 TreeOptions::default(),
             ),
             (
-                "different directories",
-                vec![plain(&roots[0]), plain(&elsewhere)],
+                "a literal the path does not begin with",
+                vec![rewritten(&roots[0], "^/elsewhere", ""), plain(&roots[1])],
                 TreeOptions::default(),
             ),
             (
-                "the same path twice",
-                vec![plain(&roots[0]), plain(&roots[0])],
+                "a relative destination",
+                vec![
+                    rewritten(&roots[0], &format!("^{root0}"), "x"),
+                    plain(&roots[1]),
+                ],
                 TreeOptions::default(),
             ),
             (
@@ -905,10 +1112,10 @@ mod tests {
             ),
         ];
         for (name, paths, options) in cases {
-            assert!(side_by_side(&paths, options).is_none(), "{name}");
+            assert!(mounts(&paths, options).is_none(), "{name}");
         }
         // And the checks do not reject the plain case they guard.
-        assert!(side_by_side(
+        assert!(mounts(
             &[plain(&roots[0]), plain(&roots[1])],
             TreeOptions::default()
         )
