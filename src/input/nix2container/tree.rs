@@ -288,17 +288,8 @@ impl Builder<'_> {
             self.add(&path, dir, name, Stat::of(&meta), which)?;
             if is_dir {
                 let this = if is_root { dir } else { self.dirs.push(&path) };
-                let mut names = Vec::new();
-                for entry in fs::read_dir(p).map_err(io_err)? {
-                    names.push(entry.map_err(io_err)?.file_name().into_vec());
-                }
-                names.sort();
-                pending.extend(
-                    names
-                        .into_iter()
-                        .rev()
-                        .map(|n| (this, n.into_boxed_slice())),
-                );
+                let names = read_names(p)?;
+                pending.extend(names.into_iter().rev().map(|n| (this, n)));
             }
         }
         Ok(())
