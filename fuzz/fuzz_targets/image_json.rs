@@ -5,7 +5,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use manifold::input::nix2container::tree::GoRegex;
+use manifold::input::nix2container::go_regex::GoRegex;
 use manifold::input::nix2container::{config_json, parse_image_json};
 
 fuzz_target!(|data: &[u8]| {

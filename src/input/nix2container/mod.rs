@@ -16,7 +16,7 @@
 //! order), `go_regex` (Go RE2 semantics for rewrite and perms), [`tar`]
 //! (Go `archive/tar` header encoding).
 
-mod go_regex;
+pub mod go_regex;
 pub mod image;
 pub mod tar;
 pub mod tree;
