@@ -348,7 +348,7 @@ impl Builder<'_> {
 /// nix2container's `TarPaths`.
 ///
 /// Almost every layer is a set of store paths each landing whole somewhere
-/// (see [`mounts`]): those are written while they are walked, holding only
+/// (see `mounts`): those are written while they are walked, holding only
 /// the directories being written. The others (a rewrite that is not a
 /// `^literal` prefix, case hacks stripped) are merged into a tree first,
 /// as nix2container does, which holds every entry's metadata until the end.
