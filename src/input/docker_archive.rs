@@ -362,8 +362,9 @@ impl Pass<'_> {
         let encoded =
             layer::encode_layer(raw, self.opts.compression, writer, slot, None, &mut |n| {
                 read += n;
-                // A pipe hands over 64 KiB at a time: an event per read would wake
-                // the publishing task ten thousand times for a 600 MB image.
+                // A pipe hands over 64 KiB at a time: an event per read
+                // would wake the publishing task ten thousand times for a
+                // 600 MB image.
                 if read - reported >= PROGRESS_STEP {
                     reported = read;
                     on_event(ReadEvent::LayerProgress {

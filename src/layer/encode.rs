@@ -73,7 +73,8 @@ const READ_CHUNK: usize = 1 << 20;
 
 /// The raw bytes did not hash to the diff_id the caller expected. It travels
 /// inside the `io::Error` [`encode_layer`] returns: see [`DiffIdMismatch::of`].
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("the layer's content is {actual}, not the expected {expected}")]
 pub struct DiffIdMismatch {
     pub expected: Digest,
     pub actual: Digest,
@@ -85,18 +86,6 @@ impl DiffIdMismatch {
         e.get_ref()?.downcast_ref()
     }
 }
-
-impl std::fmt::Display for DiffIdMismatch {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "the layer's content is {}, not the expected {}",
-            self.actual, self.expected
-        )
-    }
-}
-
-impl std::error::Error for DiffIdMismatch {}
 
 /// Reads `raw` to its end, compressing into `spool`. `on_read` is called with
 /// the number of raw bytes consumed after each chunk (for progress bars).

@@ -3,9 +3,9 @@
 //! Each layer being encoded holds several MiB: its share of the blocks at
 //! the compression workers, the block being read and the one held back, and
 //! the spool's in-memory tail. With a dozen stream inputs at once, before
-//! this limit, that was 150 MB. More layers at once cannot go faster either: one layer already
-//! spreads over every core (see `gzip`), and uploads run from the spools,
-//! outside the slots. So a layer waits for a slot before it reads its first
+//! this limit, that was 150 MB. More layers at once cannot go faster
+//! either: one layer already spreads over every core (see `gzip`), and
+//! uploads run from the spools, outside the slots. So a layer waits for a slot before it reads its first
 //! byte, and its input waits with it (a stream script blocks on its full
 //! pipe).
 //!

@@ -17,7 +17,7 @@ use manifold::oci::{ImageIndex, ImageManifest, MEDIA_TYPE_LAYER, MEDIA_TYPE_LAYE
 use serde_json::{json, Value};
 
 use crate::harness::{skopeo, skopeo_copy_all, Auth, TestRegistry};
-use crate::publish::{testdata, Run};
+use crate::publish::{publish_inputs, testdata, Run};
 
 fn fixture(name: &str) -> Value {
     let path = testdata("nix2container").join(name);
@@ -400,16 +400,7 @@ fn a_changed_store_file_fails_before_any_tag() {
         .write_all(b"tampered\n")
         .unwrap();
     fs::set_permissions(&file, fs::Permissions::from_mode(0o444)).unwrap();
-    let out = Run::new(&[
-        "publish",
-        "--repo",
-        &repo,
-        "--tag",
-        "1.0.0",
-        amd64.to_str().unwrap(),
-        arm64.to_str().unwrap(),
-    ])
-    .output();
+    let out = publish_inputs(&repo, "1.0.0", &[&amd64, &arm64]).output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(out.stdout.is_empty());
@@ -552,18 +543,11 @@ fn a_locally_cached_layer_is_reused_under_a_new_tag() {
     let (amd64, arm64) = two_arch_inputs(&store);
     let cache = tempfile::tempdir().unwrap();
     let publish = |repo: &str, tag: &str| {
-        Run::new(&[
-            "publish",
-            "--repo",
-            repo,
-            "--tag",
-            tag,
-            "--no-auto-tags",
-            amd64.to_str().unwrap(),
-            arm64.to_str().unwrap(),
-        ])
-        .env("XDG_CACHE_HOME", cache.path())
-        .success()
+        // No `latest`: the registry's tags must not know the layers.
+        publish_inputs(repo, tag, &[&amd64, &arm64])
+            .arg("--no-auto-tags")
+            .env("XDG_CACHE_HOME", cache.path())
+            .success()
     };
     let first = publish(&repo, "1.0.0");
     let uploads = registry.blob_upload_requests();

@@ -45,6 +45,12 @@ impl Run {
         }
     }
 
+    /// One more argument, after those given to [`Run::new`].
+    pub fn arg(mut self, arg: &str) -> Run {
+        self.cmd.arg(arg);
+        self
+    }
+
     pub fn env(mut self, key: &str, value: impl AsRef<std::ffi::OsStr>) -> Run {
         self.cmd.env(key, value);
         self
@@ -112,19 +118,17 @@ impl Run {
     }
 }
 
-/// `manifold publish --repo REPO --tag TAG` of the two stream fixtures,
-/// ready to run.
+/// `manifold publish --repo REPO --tag TAG INPUT...`, ready to run.
+pub fn publish_inputs(repo: &str, tag: &str, inputs: &[&Path]) -> Run {
+    let mut args = vec!["publish", "--repo", repo, "--tag", tag];
+    args.extend(inputs.iter().map(|input| input.to_str().unwrap()));
+    Run::new(&args)
+}
+
+/// [`publish_inputs`] of the two stream fixtures.
 pub fn publish_streams(repo: &str, tag: &str) -> Run {
     let (amd64, arm64) = (testdata("stream-amd64"), testdata("stream-arm64"));
-    Run::new(&[
-        "publish",
-        "--repo",
-        repo,
-        "--tag",
-        tag,
-        amd64.to_str().unwrap(),
-        arm64.to_str().unwrap(),
-    ])
+    publish_inputs(repo, tag, &[&amd64, &arm64])
 }
 
 /// The config digest and diff_ids of a plain docker-archive, read with a
