@@ -53,6 +53,12 @@ pub fn is_valid_tag(tag: &str) -> bool {
     TAG.is_match(tag)
 }
 
+/// Whether `path` is a valid repository path (`owner/name`, without the
+/// registry): `/`-separated components of the OCI name grammar.
+pub fn is_valid_path(path: &str) -> bool {
+    path.split('/').all(|c| PATH_COMPONENT.is_match(c))
+}
+
 /// A registry: `host[:port]`, lower-cased, Docker Hub aliases folded into
 /// `docker.io`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,27 +1,19 @@
-//! The OCI grammars of tags and repository names: checks and the tag
-//! sanitiser.
+//! Tags and repository names as the tag rules take them: checks with their
+//! errors (the grammars themselves are `reference`'s) and the tag sanitiser.
 
 use std::sync::LazyLock;
 
 use regex::Regex;
 
 use super::TagError;
+use crate::reference;
 
-// `[0-9]`, not `\d`: the regex crate's `\d` matches every Unicode digit.
-static TAG_GRAMMAR: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$").expect("tag grammar compiles")
-});
 static NOT_TAG_CHARS: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"[^A-Za-z0-9._-]+").expect("sanitiser compiles"));
 
-static REPOSITORY_GRAMMAR: LazyLock<Regex> = LazyLock::new(|| {
-    let component = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*";
-    Regex::new(&format!("^{component}(?:/{component})*$")).expect("name grammar compiles")
-});
-
 /// Checks a tag against the OCI grammar `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
 pub fn validate_tag(tag: &str) -> Result<(), TagError> {
-    if TAG_GRAMMAR.is_match(tag) {
+    if reference::is_valid_tag(tag) {
         Ok(())
     } else {
         Err(TagError::InvalidTag {
@@ -43,7 +35,7 @@ pub fn sanitize(text: &str) -> String {
 /// Checks a repository path (`owner/name`, without the registry) against the
 /// OCI name grammar.
 pub fn validate_repository_path(path: &str) -> Result<(), TagError> {
-    if REPOSITORY_GRAMMAR.is_match(path) {
+    if reference::is_valid_path(path) {
         Ok(())
     } else {
         Err(TagError::InvalidRepository {
