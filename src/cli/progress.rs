@@ -60,15 +60,22 @@ fn short_member(member: &str) -> String {
 
 impl Reporter for Bars {
     fn on_layer_started(&self, input: &str, member: &str, size: u64) -> usize {
-        let bar = self
-            .multi
-            .insert_before(&self.upload, ProgressBar::new(size));
-        bar.set_style(
-            ProgressStyle::with_template(
+        // 0: a compressed layer, whose uncompressed size is not known.
+        let (bar, template) = match size {
+            0 => (
+                ProgressBar::no_length(),
+                "{prefix:.bold} {msg} {bytes} {bytes_per_sec}",
+            ),
+            _ => (
+                ProgressBar::new(size),
                 "{prefix:.bold} {msg} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec}",
-            )
-            .expect("template")
-            .progress_chars("=> "),
+            ),
+        };
+        let bar = self.multi.insert_before(&self.upload, bar);
+        bar.set_style(
+            ProgressStyle::with_template(template)
+                .expect("template")
+                .progress_chars("=> "),
         );
         bar.set_prefix(input.to_owned());
         bar.set_message(short_member(member));

@@ -15,7 +15,9 @@
 //! * any other member is a *layer candidate*: it is hashed, compressed and
 //!   spooled as it streams ([`crate::layer::encode_layer`]), and
 //!   [`ReadEvent::LayerStarted`] lets uploads follow the spool at once. A
-//!   candidate the manifest never cites is dropped with its spool.
+//!   candidate the manifest never cites is dropped with its spool. A gzip or
+//!   zstd member (`docker save` from containerd's image store keeps layers
+//!   compressed, as skopeo's reader accepts too) is decompressed first.
 //!
 //! A member named `<64 hex>/layer.tar`, `blobs/sha256/<64 hex>` or
 //! `<64 hex>.tar` gives a *hint* of its diff_id. The hint only chooses
@@ -40,7 +42,7 @@ use crate::digest::Digest;
 use crate::layer::{self, Compression, EncodedLayer, Spool};
 use crate::oci::{ConfigSummary, Descriptor};
 
-use super::detect::is_tar_header;
+use super::detect::{is_tar_header, ArchiveCompression};
 use super::InputError;
 
 /// Members up to this size are kept in memory until the manifest says what
@@ -89,6 +91,7 @@ pub enum ReadEvent {
     /// A member that is a layer candidate started; uploads may follow `spool` right away.
     LayerStarted {
         member: String,
+        /// Uncompressed bytes; 0 when unknown (a compressed member).
         size: u64,
         spool: Spool,
     },
@@ -309,14 +312,23 @@ impl Pass<'_> {
             self.members.insert(name, Member::Small(Bytes::from(head)));
             return Ok(());
         }
-        let mut raw = io::Cursor::new(head).chain(body);
-        let member = self.layer(&name, size, &mut raw, hint_of(&name), on_event)?;
+        // A compressed layer (`docker save` from containerd's image store
+        // keeps layers as they were pulled) is read decompressed: its diff_id
+        // is the hash of the tar inside, and its name gives no hint of that.
+        let compression = ArchiveCompression::sniff(&head);
+        let (size, hint) = match compression {
+            ArchiveCompression::None => (size, hint_of(&name)),
+            _ => (0, None),
+        };
+        let mut raw = decompressed(compression, io::Cursor::new(head).chain(body))
+            .map_err(|e| self.member_err(&name, e))?;
+        let member = self.layer(&name, size, &mut raw, hint, on_event)?;
         self.members.insert(name, member);
         Ok(())
     }
 
     /// Hashes a layer member and, unless the destination has it, compresses
-    /// and spools it.
+    /// and spools it. `size` is its uncompressed size, 0 when unknown.
     fn layer(
         &mut self,
         name: &str,
@@ -516,7 +528,16 @@ impl Pass<'_> {
             }
             Some(Member::Link(_)) | None => return Err(self.missing(cited, "a layer")),
         };
-        let diff_id = Digest::of(&small);
+        let compression = ArchiveCompression::sniff(&small);
+        let diff_id = match compression {
+            ArchiveCompression::None => Digest::of(&small),
+            _ => {
+                decompressed(compression, &small[..])
+                    .and_then(|mut raw| layer::hash_only(&mut raw, &mut |_| {}))
+                    .map_err(|e| self.member_err(name, e))?
+                    .0
+            }
+        };
         if diff_id != *expected {
             return Err(mismatch(&diff_id));
         }
@@ -533,13 +554,33 @@ impl Pass<'_> {
                     descriptor,
                 }
             }
-            None => self.layer(name, small.len() as u64, &mut &small[..], None, on_event)?,
+            None => {
+                let size = match compression {
+                    ArchiveCompression::None => small.len() as u64,
+                    _ => 0,
+                };
+                let mut raw =
+                    decompressed(compression, &small[..]).map_err(|e| self.member_err(name, e))?;
+                self.layer(name, size, &mut raw, None, on_event)?
+            }
         };
         // Later citations of the same member reuse this encoding.
         self.buffered = self.buffered.saturating_sub(small.len() as u64);
         self.members.insert(name.to_owned(), member);
         self.settle(name, cited, expected, on_event)
     }
+}
+
+/// A layer member's bytes, decompressed when they are gzip or zstd.
+fn decompressed<'a>(
+    compression: ArchiveCompression,
+    raw: impl Read + 'a,
+) -> io::Result<Box<dyn Read + 'a>> {
+    Ok(match compression {
+        ArchiveCompression::None => Box::new(raw),
+        ArchiveCompression::Gzip => Box::new(layer::gunzip::decoder(io::BufReader::new(raw))),
+        ArchiveCompression::Zstd => Box::new(zstd::Decoder::new(raw)?),
+    })
 }
 
 /// Names that are docker-archive metadata, never layers, whatever their size.
@@ -905,6 +946,108 @@ mod tests {
         assert_eq!(check_blob(&image.layers[0]), big);
         assert_eq!(check_blob(&image.layers[1]), small);
         assert_eq!(image.summary.architecture, "arm64");
+    }
+
+    /// `docker save` from containerd's image store: layers kept gzip (or
+    /// zstd) compressed, named by their compressed digest.
+    #[test]
+    fn compressed_layer_members_are_read_decompressed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+        let noise: Vec<u8> = (0..1_500_000)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        let big = archive(&[("noise", &noise)]);
+        let small = layer_tar(2, 3000);
+        let third = layer_tar(4, 200_000);
+        let gz = |data: &[u8]| {
+            let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            std::io::Write::write_all(&mut e, data).unwrap();
+            e.finish().unwrap()
+        };
+        let (big_gz, small_gz) = (gz(&big), gz(&small));
+        let third_zst = zstd::encode_all(&third[..], 3).unwrap();
+        assert!(big_gz.len() as u64 > SMALL_MEMBER, "streamed, not kept");
+        let config = config_for(&[&big, &small, &third]);
+        let blob = |b: &[u8]| format!("blobs/sha256/{}", Digest::of(b).hex());
+        let (names, cname) = (
+            [blob(&big_gz), blob(&small_gz), blob(&third_zst)],
+            blob(&config),
+        );
+        let cited = manifest(&cname, &[&names[0], &names[1], &names[2]]);
+        let bytes = archive(&[
+            (&names[0], &big_gz),
+            (&names[1], &small_gz),
+            (&names[2], &third_zst),
+            (&cname, &config),
+            ("manifest.json", &cited),
+        ]);
+        let run = read_with(&bytes, &opts(&dir));
+        // The uncompressed size is not known while the member streams.
+        let started = format!("start {} 0", names[0]);
+        assert!(run.events.contains(&started), "{:?}", run.events);
+        let image = run.result.unwrap();
+        assert_eq!(check_blob(&image.layers[0]), big);
+        assert_eq!(check_blob(&image.layers[1]), small);
+        assert_eq!(check_blob(&image.layers[2]), third);
+
+        // The same layers, uncompressed, give the same blobs.
+        let plain = archive(&[
+            ("1.tar", &big),
+            ("2.tar", &small),
+            ("3.tar", &third),
+            ("c.json", &config),
+            (
+                "manifest.json",
+                &manifest("c.json", &["1.tar", "2.tar", "3.tar"]),
+            ),
+        ]);
+        let plain = read_with(&plain, &opts(&dir)).result.unwrap();
+        for (compressed, plain) in image.layers.iter().zip(&plain.layers) {
+            match (&compressed.blob, &plain.blob) {
+                (LayerBlob::Spooled { encoded: a, .. }, LayerBlob::Spooled { encoded: b, .. }) => {
+                    assert_eq!(a.digest, b.digest)
+                }
+                _ => panic!("not spooled"),
+            }
+        }
+
+        // A layer the destination has is found by its diff_id, not its name.
+        let present = Descriptor::new(crate::oci::MEDIA_TYPE_LAYER_GZIP, Digest::of(b"blob"), 4);
+        let mut o = opts(&dir);
+        o.known = Arc::new({
+            let (d, p) = (Digest::of(&small), present.clone());
+            move |x: &Digest| (*x == d).then(|| p.clone())
+        });
+        let run = read_with(&bytes, &o);
+        assert!(
+            run.events.contains(&format!("skip {}", names[1])),
+            "{:?}",
+            run.events
+        );
+        assert!(matches!(
+            run.result.unwrap().layers[1].blob,
+            LayerBlob::Known { .. }
+        ));
+
+        // A corrupt compressed layer is an error that names it.
+        let mut corrupt = big_gz.clone();
+        let middle = corrupt.len() / 2;
+        corrupt[middle] ^= 0xff;
+        let bytes = archive(&[
+            (&names[0], &corrupt),
+            (&cname, &config),
+            ("manifest.json", &cited),
+        ]);
+        match err(read_with(&bytes, &opts(&dir))) {
+            InputError::Member { member, .. } => assert_eq!(member, names[0]),
+            e => panic!("{e:?}"),
+        }
     }
 
     #[test]

@@ -307,7 +307,7 @@ pub fn open_archive(path: &Path) -> Result<Box<dyn Read + Send>, InputError> {
     let head = fill_at_least(&mut buffered, 4).map_err(open_err)?;
     // A compressed archive is decoded on a thread of its own (see read_ahead).
     let decoded: Box<dyn Read + Send> = match ArchiveCompression::sniff(&head) {
-        ArchiveCompression::Gzip => crate::layer::gunzip::decoder(buffered),
+        ArchiveCompression::Gzip => Box::new(crate::layer::gunzip::decoder(buffered)),
         ArchiveCompression::Zstd => {
             Box::new(zstd::Decoder::with_buffer(buffered).map_err(open_err)?)
         }

@@ -17,16 +17,33 @@ use super::isal::{Inflater, IsalError};
 ///
 /// ISA-L is used when the installed library has the layout this build
 /// declares; otherwise flate2 (same output, slower).
-pub fn decoder<R: BufRead + Send + 'static>(inner: R) -> Box<dyn Read + Send> {
+pub fn decoder<R: BufRead>(inner: R) -> Decoder<R> {
     match Inflater::new() {
-        Ok(inflater) => Box::new(GzipReader {
+        Ok(inflater) => Decoder(Inner::Isal(GzipReader {
             inner,
             inflater,
             started: false,
-        }),
+        })),
         Err(e) => {
             tracing::debug!("gzip inputs decoded with flate2: {e}");
-            Box::new(flate2::bufread::MultiGzDecoder::new(inner))
+            Decoder(Inner::Flate2(flate2::bufread::MultiGzDecoder::new(inner)))
+        }
+    }
+}
+
+/// The gzip stream of an `R`, decoded (see [`decoder`]).
+pub struct Decoder<R>(Inner<R>);
+
+enum Inner<R> {
+    Isal(GzipReader<R>),
+    Flate2(flate2::bufread::MultiGzDecoder<R>),
+}
+
+impl<R: BufRead> Read for Decoder<R> {
+    fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        match &mut self.0 {
+            Inner::Isal(r) => r.read(out),
+            Inner::Flate2(r) => r.read(out),
         }
     }
 }

@@ -375,6 +375,75 @@ fn a_re_run_of_a_skopeo_written_archive_only_hashes_its_layers() {
     assert_eq!(registry.blob_upload_requests(), uploads);
 }
 
+/// Rewrites the plain docker-archive `src` as `docker save` does with
+/// containerd's image store: each layer gzip-compressed and named by its
+/// compressed digest under `blobs/sha256/`, the config there too, with an OCI
+/// `index.json` and `oci-layout` beside `manifest.json`.
+fn write_containerd_style_archive(src: &Path, dst: &Path) {
+    let mut members = BTreeMap::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(src).unwrap());
+    for entry in archive.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.header().entry_type().is_file() {
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
+            members.insert(name, bytes);
+        }
+    }
+    let manifest: serde_json::Value = serde_json::from_slice(&members["manifest.json"]).unwrap();
+    let blob_name = |bytes: &[u8]| format!("blobs/sha256/{}", Digest::of(bytes).hex());
+    let mut blobs = Vec::new();
+    let mut layers = Vec::new();
+    for layer in manifest[0]["Layers"].as_array().unwrap() {
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+        gz.write_all(&members[layer.as_str().unwrap()]).unwrap();
+        let gz = gz.finish().unwrap();
+        layers.push(blob_name(&gz));
+        blobs.push((blob_name(&gz), gz));
+    }
+    let config = members[manifest[0]["Config"].as_str().unwrap()].clone();
+    let config_name = blob_name(&config);
+    blobs.push((config_name.clone(), config));
+    let new_manifest =
+        serde_json::json!([{"Config": config_name, "RepoTags": [], "Layers": layers}]);
+    let mut out = tar::Builder::new(std::fs::File::create(dst).unwrap());
+    let mut add = |name: &str, data: &[u8]| {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        out.append_data(&mut h, name, data).unwrap();
+    };
+    for (name, data) in &blobs {
+        add(name, data);
+    }
+    add("index.json", br#"{"schemaVersion":2,"manifests":[]}"#);
+    add("manifest.json", new_manifest.to_string().as_bytes());
+    add("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#);
+    out.finish().unwrap();
+}
+
+/// An archive whose layers are compressed (`docker save` from containerd's
+/// image store) publishes the very image its plain form does: the layers are
+/// read decompressed, checked against the diff_ids and encoded as usual.
+#[test]
+fn an_archive_with_compressed_layers_publishes_the_same_image() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/containerd-save");
+    let dir = tempfile::tempdir().unwrap();
+    let plain = testdata("fd-amd64.tar");
+    let compressed = dir.path().join("fd-containerd.tar");
+    write_containerd_style_archive(&plain, &compressed);
+    let from_plain = publish_inputs(&repo, "plain", &[&plain]).success();
+    let from_compressed = publish_inputs(&repo, "compressed", &[&compressed]).success();
+    let digest = |stdout: &str| stdout.trim().rsplit_once('@').unwrap().1.to_owned();
+    assert_eq!(digest(&from_compressed), digest(&from_plain));
+    let raw = registry.skopeo_inspect_raw(&format!("{repo}:compressed"));
+    assert_eq!(Digest::of(&raw).to_string(), digest(&from_compressed));
+    assert_eq!(raw, registry.skopeo_inspect_raw(&format!("{repo}:plain")));
+}
+
 #[test]
 fn an_oci_layout_gets_the_same_index_as_a_registry() {
     let registry = TestRegistry::start(Auth::None);
