@@ -541,8 +541,9 @@ impl Pass<'_> {
         if diff_id != *expected {
             return Err(mismatch(&diff_id));
         }
-        // The hash is known before any work: the known map is asked with the
-        // real diff_id, not a hint.
+        // The diff_id is known before any work (a compressed member, at most
+        // SMALL_MEMBER bytes, is inflated once for it and again to encode):
+        // the known map is asked with the real diff_id, not a hint.
         let member = match (self.opts.known)(&diff_id) {
             Some(descriptor) => {
                 on_event(ReadEvent::LayerSkipped {
