@@ -747,6 +747,18 @@ mod tests {
         ReadOptions::new(GZIP, dir.path())
     }
 
+    /// Options whose destination already has `layer` (by its diff_id), and
+    /// the descriptor it has it under.
+    fn opts_knowing(dir: &tempfile::TempDir, layer: &[u8]) -> (ReadOptions, Descriptor) {
+        let present = Descriptor::new(crate::oci::MEDIA_TYPE_LAYER_GZIP, Digest::of(b"blob"), 4);
+        let mut o = opts(dir);
+        o.known = Arc::new({
+            let (d, p) = (Digest::of(layer), present.clone());
+            move |x: &Digest| (*x == d).then(|| p.clone())
+        });
+        (o, present)
+    }
+
     /// Deterministic layer tar of about `size` bytes.
     fn layer_tar(seed: u8, size: usize) -> Vec<u8> {
         let mut b = tar::Builder::new(Vec::new());
@@ -1019,12 +1031,7 @@ mod tests {
         }
 
         // A layer the destination has is found by its diff_id, not its name.
-        let present = Descriptor::new(crate::oci::MEDIA_TYPE_LAYER_GZIP, Digest::of(b"blob"), 4);
-        let mut o = opts(&dir);
-        o.known = Arc::new({
-            let (d, p) = (Digest::of(&small), present.clone());
-            move |x: &Digest| (*x == d).then(|| p.clone())
-        });
+        let (o, _) = opts_knowing(&dir, &small);
         let run = read_with(&bytes, &o);
         assert!(
             run.events.contains(&format!("skip {}", names[1])),
@@ -1119,12 +1126,7 @@ mod tests {
             ("c.json", &config),
             ("manifest.json", &manifest("c.json", &[&name])),
         ]);
-        let present = Descriptor::new(crate::oci::MEDIA_TYPE_LAYER_GZIP, Digest::of(b"blob"), 4);
-        let mut o = opts(&dir);
-        o.known = Arc::new({
-            let (d, p) = (Digest::of(&big), present.clone());
-            move |x: &Digest| (*x == d).then(|| p.clone())
-        });
+        let (o, present) = opts_knowing(&dir, &big);
         let run = read_with(&bytes, &o);
         assert_eq!(run.events, vec![format!("skip {name}")]);
         match &run.result.unwrap().layers[0].blob {
