@@ -316,10 +316,11 @@ impl Pass<'_> {
         // keeps layers as they were pulled) is read decompressed: its diff_id
         // is the hash of the tar inside, and its name gives no hint of that.
         let compression = ArchiveCompression::sniff(&head);
-        let (size, hint) = match compression {
-            ArchiveCompression::None => (size, hint_of(&name)),
-            _ => (0, None),
+        let hint = match compression {
+            ArchiveCompression::None => hint_of(&name),
+            _ => None,
         };
+        let size = raw_size(compression, size);
         let mut raw = decompressed(compression, io::Cursor::new(head).chain(body))
             .map_err(|e| self.member_err(&name, e))?;
         let member = self.layer(&name, size, &mut raw, hint, on_event)?;
@@ -556,10 +557,7 @@ impl Pass<'_> {
                 }
             }
             None => {
-                let size = match compression {
-                    ArchiveCompression::None => small.len() as u64,
-                    _ => 0,
-                };
+                let size = raw_size(compression, small.len() as u64);
                 let mut raw =
                     decompressed(compression, &small[..]).map_err(|e| self.member_err(name, e))?;
                 self.layer(name, size, &mut raw, None, on_event)?
@@ -582,6 +580,15 @@ fn decompressed<'a>(
         ArchiveCompression::Gzip => Box::new(layer::gunzip::decoder(io::BufReader::new(raw))),
         ArchiveCompression::Zstd => Box::new(zstd::Decoder::new(raw)?),
     })
+}
+
+/// The uncompressed size of a layer member of `stored` bytes: that, or 0
+/// (unknown) for a compressed one.
+fn raw_size(compression: ArchiveCompression, stored: u64) -> u64 {
+    match compression {
+        ArchiveCompression::None => stored,
+        _ => 0,
+    }
 }
 
 /// Names that are docker-archive metadata, never layers, whatever their size.

@@ -5,9 +5,9 @@
 //! the spool's in-memory tail. With a dozen stream inputs at once, before
 //! this limit, that was 150 MB. More layers at once cannot go faster
 //! either: one layer already spreads over every core (see `gzip`), and
-//! uploads run from the spools, outside the slots. So a layer waits for a slot before it reads its first
-//! byte, and its input waits with it (a stream script blocks on its full
-//! pipe).
+//! uploads run from the spools, outside the slots. So a layer waits for a
+//! slot before it reads its first byte, and its input waits with it (a
+//! stream script blocks on its full pipe).
 //!
 //! `encode_layer` takes a [`Slot`], so no layer is encoded without one; its
 //! caller takes it first (nix2container, before starting the layer's tar

@@ -131,20 +131,25 @@ pub fn publish_streams(repo: &str, tag: &str) -> Run {
     publish_inputs(repo, tag, &[&amd64, &arm64])
 }
 
-/// The config digest and diff_ids of a plain docker-archive, read with a
-/// real tar reader.
-fn archive_facts(path: &Path) -> (Digest, Vec<Digest>) {
+/// The regular files of a (small) tar, by name, read with a real tar reader.
+fn tar_members(path: &Path) -> BTreeMap<String, Vec<u8>> {
     let mut archive = tar::Archive::new(std::fs::File::open(path).unwrap());
-    let mut files = BTreeMap::new();
+    let mut members = BTreeMap::new();
     for entry in archive.entries().unwrap() {
         let mut entry = entry.unwrap();
-        let name = entry.path().unwrap().to_string_lossy().into_owned();
-        if name.ends_with(".json") {
+        if entry.header().entry_type().is_file() {
+            let name = entry.path().unwrap().to_string_lossy().into_owned();
             let mut bytes = Vec::new();
             std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
-            files.insert(name, bytes);
+            members.insert(name, bytes);
         }
     }
+    members
+}
+
+/// The config digest and diff_ids of a plain docker-archive.
+fn archive_facts(path: &Path) -> (Digest, Vec<Digest>) {
+    let files = tar_members(path);
     let manifest: serde_json::Value = serde_json::from_slice(&files["manifest.json"]).unwrap();
     let config_name = manifest[0]["Config"].as_str().unwrap();
     let config = &files[config_name];
@@ -380,17 +385,7 @@ fn a_re_run_of_a_skopeo_written_archive_only_hashes_its_layers() {
 /// compressed digest under `blobs/sha256/`, the config there too, with an OCI
 /// `index.json` and `oci-layout` beside `manifest.json`.
 fn write_containerd_style_archive(src: &Path, dst: &Path) {
-    let mut members = BTreeMap::new();
-    let mut archive = tar::Archive::new(std::fs::File::open(src).unwrap());
-    for entry in archive.entries().unwrap() {
-        let mut entry = entry.unwrap();
-        if entry.header().entry_type().is_file() {
-            let name = entry.path().unwrap().to_string_lossy().into_owned();
-            let mut bytes = Vec::new();
-            std::io::Read::read_to_end(&mut entry, &mut bytes).unwrap();
-            members.insert(name, bytes);
-        }
-    }
+    let members = tar_members(src);
     let manifest: serde_json::Value = serde_json::from_slice(&members["manifest.json"]).unwrap();
     let blob_name = |bytes: &[u8]| format!("blobs/sha256/{}", Digest::of(bytes).hex());
     let mut blobs = Vec::new();
