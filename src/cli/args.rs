@@ -50,8 +50,9 @@ Examples:
 Inputs are `[PLATFORM=][KIND:]PATH`. KIND is detected from the content when
 left out: `stream:` (an executable writing a docker-archive to stdout, nixpkgs
 streamLayeredImage), `archive:` (a docker-archive, plain, .gz or .zst),
-`nix2container:` (an image.json), `oci:` (an OCI layout directory) and
-`docker://REF` (an image already in a registry). PLATFORM is `os/arch[/variant]`
+`nix2container:` (an image.json), `oci:` (an OCI layout directory),
+`oci-archive:` (an OCI layout in a tar file) and `docker://REF` (an image
+already in a registry). PLATFORM is `os/arch[/variant]`
 or a Nix system such as `aarch64-linux`.";
 
 #[derive(Debug, Parser)]
@@ -184,7 +185,8 @@ pub struct PublishArgs {
     #[arg(long)]
     pub dry_run: bool,
 
-    /// Directory for the temp files that hold compressed layers [default: $TMPDIR]
+    /// Directory for the temp files that hold compressed layers (and a
+    /// decompressed `oci-archive:`) [default: $TMPDIR]
     #[arg(long, value_name = "DIR")]
     pub spool_dir: Option<PathBuf>,
 

@@ -37,10 +37,14 @@ impl ArchiveCompression {
 /// What an input turned out to be.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Detected {
-    Archive { compression: ArchiveCompression },
+    Archive {
+        compression: ArchiveCompression,
+    },
     Stream,
     Nix2Container,
     OciLayout,
+    /// A plain tar holding an OCI image layout (and no `manifest.json`).
+    OciArchive,
 }
 
 /// How much of a file is looked at: a tar header is 512 bytes.
@@ -109,7 +113,14 @@ pub fn detect(path: &Path) -> Result<Detected, InputError> {
         };
     }
     if is_tar_header(&head) {
-        return Ok(Detected::Archive { compression });
+        // Only a plain tar is looked through: its headers are read by seeking
+        // past the data. A compressed OCI archive is named by the docker-archive
+        // reader, which finds no `manifest.json`.
+        return Ok(if super::oci_archive::is_oci_archive(&resolved) {
+            Detected::OciArchive
+        } else {
+            Detected::Archive { compression }
+        });
     }
     if head.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{') {
         return if meta.len() <= JSON_LIMIT && is_nix2container(&resolved) {
@@ -233,6 +244,29 @@ mod tests {
         );
         write(dir.path(), "index.json", br#"{}"#, 0o444);
         assert_eq!(detect(dir.path()).unwrap(), Detected::OciLayout);
+    }
+
+    #[test]
+    fn a_plain_tar_of_an_oci_layout_is_an_oci_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut b = tar::Builder::new(Vec::new());
+        for name in ["oci-layout", "index.json"] {
+            let mut h = tar::Header::new_ustar();
+            h.set_size(2);
+            b.append_data(&mut h, name, &b"{}"[..]).unwrap();
+        }
+        let tar = b.into_inner().unwrap();
+        let p = write(dir.path(), "layout.tar", &tar, 0o444);
+        assert_eq!(detect(&p).unwrap(), Detected::OciArchive);
+        // Compressed, it is not looked through.
+        let zst = zstd::encode_all(&tar[..], 1).unwrap();
+        let p = write(dir.path(), "layout.tar.zst", &zst, 0o444);
+        assert_eq!(
+            detect(&p).unwrap(),
+            Detected::Archive {
+                compression: ArchiveCompression::Zstd
+            }
+        );
     }
 
     #[test]

@@ -1211,7 +1211,7 @@ mod tests {
         expect(&archive(&[("c.json", &config)]), "no `manifest.json`");
         expect(
             &archive(&[("oci-layout", b"{}"), ("index.json", b"{}")]),
-            "hint: extract it and pass the directory as `oci:DIR`",
+            "hint: name its kind, as in `oci-archive:test.tar`",
         );
         expect(
             &archive(&[("manifest.json", b"{not json")]),

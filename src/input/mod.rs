@@ -13,6 +13,7 @@ pub mod command;
 pub mod detect;
 pub mod docker_archive;
 pub mod nix2container;
+pub mod oci_archive;
 pub mod pipe;
 mod read_ahead;
 
@@ -35,7 +36,7 @@ pub use docker_archive::{
 /// Everything that can go wrong between naming an input and holding its image.
 #[derive(Debug, thiserror::Error)]
 pub enum InputError {
-    #[error("`{text}` is not an input: {reason}\nhint: inputs are written `[PLATFORM=][KIND:]PATH`, KIND being `stream`, `archive`, `nix2container`, `oci` or `docker://REF`")]
+    #[error("`{text}` is not an input: {reason}\nhint: inputs are written `[PLATFORM=][KIND:]PATH`, KIND being `stream`, `archive`, `nix2container`, `oci`, `oci-archive` or `docker://REF`")]
     BadSpec { text: String, reason: String },
 
     #[error("cannot open input `{input}`")]
@@ -90,8 +91,14 @@ pub enum InputError {
     #[error("`{input}` has no `manifest.json`: it is not a docker-archive")]
     NoManifest { input: String },
 
-    #[error("`{input}` is an OCI image layout archive without `manifest.json`, not a docker-archive\nhint: extract it and pass the directory as `oci:DIR`")]
+    #[error("`{input}` is an OCI image layout archive without `manifest.json`, not a docker-archive\nhint: name its kind, as in `oci-archive:{input}`")]
     OciArchive { input: String },
+
+    #[error("`{input}` has no `{missing}`: it is not an OCI image layout archive")]
+    NotAnOciArchive {
+        input: String,
+        missing: &'static str,
+    },
 
     #[error("`manifest.json` in `{input}` is not valid")]
     BadManifest {
@@ -208,6 +215,8 @@ pub enum InputKind {
     Nix2Container,
     /// An OCI image layout directory.
     OciLayout,
+    /// An OCI image layout in a tar file.
+    OciArchive,
     /// An image in a registry: `docker://REF`.
     Remote,
 }
@@ -219,6 +228,7 @@ impl InputKind {
             InputKind::Archive => "docker-archive",
             InputKind::Nix2Container => "nix2container",
             InputKind::OciLayout => "OCI layout",
+            InputKind::OciArchive => "OCI archive",
             InputKind::Remote => "`docker://`",
         }
     }
@@ -236,11 +246,12 @@ pub struct InputSpec {
     pub path: PathBuf,
 }
 
-const KIND_PREFIXES: [(&str, InputKind); 4] = [
+const KIND_PREFIXES: [(&str, InputKind); 5] = [
     ("stream:", InputKind::Stream),
     ("archive:", InputKind::Archive),
     ("nix2container:", InputKind::Nix2Container),
     ("oci:", InputKind::OciLayout),
+    ("oci-archive:", InputKind::OciArchive),
 ];
 
 impl FromStr for InputSpec {
@@ -466,6 +477,7 @@ pub fn open_with(spec: &InputSpec, stream: StreamOptions) -> Result<OpenedInput,
             Detected::Stream => InputKind::Stream,
             Detected::Nix2Container => InputKind::Nix2Container,
             Detected::OciLayout => InputKind::OciLayout,
+            Detected::OciArchive => InputKind::OciArchive,
         },
     };
     match kind {
@@ -479,10 +491,12 @@ pub fn open_with(spec: &InputSpec, stream: StreamOptions) -> Result<OpenedInput,
         InputKind::Nix2Container => Ok(OpenedInput::Nix2Container {
             path: spec.path.clone(),
         }),
-        InputKind::OciLayout | InputKind::Remote => Err(InputError::Unsupported {
-            input,
-            kind: kind.describe(),
-        }),
+        InputKind::OciLayout | InputKind::OciArchive | InputKind::Remote => {
+            Err(InputError::Unsupported {
+                input,
+                kind: kind.describe(),
+            })
+        }
     }
 }
 

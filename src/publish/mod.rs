@@ -217,8 +217,8 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     })
 }
 
-/// One input → its images: one, or for an index (`docker://`, `oci:`)
-/// each of its images.
+/// One input → its images: one, or for an index (`docker://`, `oci:`,
+/// `oci-archive:`) each of its images.
 async fn publish_input(
     spec: InputSpec,
     destinations: Arc<Vec<Destination>>,
@@ -227,19 +227,27 @@ async fn publish_input(
     sources: remote::SourceClients,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Vec<PublishedImage>> {
-    let is_layout = match spec.kind {
-        Some(InputKind::OciLayout) => true,
-        Some(_) => false,
-        None => matches!(
-            crate::input::detect(&spec.path),
-            Ok(crate::input::Detected::OciLayout)
-        ),
+    let kind = match spec.kind {
+        Some(kind) => Some(kind),
+        None => match crate::input::detect(&spec.path) {
+            Ok(crate::input::Detected::OciLayout) => Some(InputKind::OciLayout),
+            Ok(crate::input::Detected::OciArchive) => Some(InputKind::OciArchive),
+            // Other kinds, and errors, are for the image reader to name.
+            _ => None,
+        },
     };
-    if spec.kind == Some(InputKind::Remote) {
-        return remote::publish_remote(spec, destinations, options.format, sources, reporter).await;
-    }
-    if is_layout {
-        return oci_input::publish_layout(spec, destinations, options.format, reporter).await;
+    match kind {
+        Some(InputKind::Remote) => {
+            return remote::publish_remote(spec, destinations, options.format, sources, reporter)
+                .await
+        }
+        Some(InputKind::OciLayout) => {
+            return oci_input::publish_layout(spec, destinations, options.format, reporter).await
+        }
+        Some(InputKind::OciArchive) => {
+            return oci_input::publish_archive(spec, destinations, &options, reporter).await
+        }
+        _ => {}
     }
     Ok(vec![
         image::publish_image(spec, destinations, options, in_flight, reporter).await?,

@@ -1,24 +1,29 @@
-//! `oci:DIR[:TAG]` inputs: an OCI image layout directory as the source of
-//! an image (or of every image of an index).
+//! `oci:DIR[:TAG]` and `oci-archive:PATH[:TAG]` inputs: an OCI image layout,
+//! as a directory or packed in a tar file, as the source of an image (or of
+//! every image of an index).
 //!
 //! The entry of `index.json` is picked by its
 //! `org.opencontainers.image.ref.name` when a TAG is given, else it must be
 //! the only one. Blobs are the layout's files, uploaded as they are (no
-//! recompression, same digests): the copying itself is
+//! recompression, same digests), or the archive's members read in place: the
+//! copying itself is
 //! [`super::remote::publish_existing`], shared with `docker://` inputs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use anyhow::Result;
+use std::sync::atomic::AtomicBool;
 
+use anyhow::{Context, Result};
+
+use crate::input::oci_archive::OciArchive;
 use crate::input::InputSpec;
 use crate::manifest::Format;
 use crate::oci::{self, Descriptor, ImageIndex};
 use crate::progress::Reporter;
 
 use super::destination::Destination;
-use super::image::PublishedImage;
+use super::image::{CancelOnDrop, ImageOptions, PublishedImage};
 use super::remote::{self, ImageSource};
 
 /// Why a layout cannot be read as an input.
@@ -48,9 +53,11 @@ pub enum OciInputError {
         names: Vec<String>,
     },
 
-    #[error("OCI layout `{}` lists {count} different manifests{}\nhint: pick one by name, as in `oci:{}:TAG`", dir.display(), known_names(.names), dir.display())]
+    #[error("OCI layout `{}` lists {count} different manifests{}\nhint: pick one by name, as in `{scheme}:{}:TAG`", dir.display(), known_names(.names), dir.display())]
     Ambiguous {
         dir: PathBuf,
+        /// `oci` or `oci-archive`, for the hint.
+        scheme: &'static str,
         count: usize,
         names: Vec<String>,
     },
@@ -77,19 +84,28 @@ fn known_names(names: &[String]) -> String {
 /// Splits `DIR[:TAG]`: the whole text when it is a directory, else the part
 /// before the last `:` when that is one.
 pub fn split_dir_and_tag(path: &Path) -> (PathBuf, Option<String>) {
-    if path.is_dir() {
+    split_at_tag(path, Path::is_dir)
+}
+
+/// Splits `PATH[:TAG]` as [`split_dir_and_tag`] does, for a file.
+pub fn split_file_and_tag(path: &Path) -> (PathBuf, Option<String>) {
+    split_at_tag(path, Path::is_file)
+}
+
+fn split_at_tag(path: &Path, exists: fn(&Path) -> bool) -> (PathBuf, Option<String>) {
+    if exists(path) {
         return (path.to_owned(), None);
     }
     let text = path.to_string_lossy();
     if let Some((dir, tag)) = text.rsplit_once(':') {
-        if !tag.is_empty() && !tag.contains('/') && Path::new(dir).is_dir() {
+        if !tag.is_empty() && !tag.contains('/') && exists(Path::new(dir)) {
             return (PathBuf::from(dir), Some(tag.to_owned()));
         }
     }
     (path.to_owned(), None)
 }
 
-/// The `index.json` entry to publish from `dir`.
+/// The `index.json` entry to publish from the layout directory `dir`.
 pub fn pick_entry(dir: &Path, tag: Option<&str>) -> Result<Descriptor, OciInputError> {
     let path = dir.join("index.json");
     let bytes = match std::fs::read(&path) {
@@ -101,9 +117,21 @@ pub fn pick_entry(dir: &Path, tag: Option<&str>) -> Result<Descriptor, OciInputE
         }
         Err(source) => return Err(OciInputError::Read { path, source }),
     };
+    choose_entry(&bytes, &path, dir, "oci", tag)
+}
+
+/// The entry of `index` (read from `path`, in the layout `dir`) named `tag`,
+/// or its only one.
+fn choose_entry(
+    index: &[u8],
+    path: &Path,
+    dir: &Path,
+    scheme: &'static str,
+    tag: Option<&str>,
+) -> Result<Descriptor, OciInputError> {
     let index: ImageIndex =
-        serde_json::from_slice(&bytes).map_err(|source| OciInputError::BadIndex {
-            path: path.clone(),
+        serde_json::from_slice(index).map_err(|source| OciInputError::BadIndex {
+            path: path.to_owned(),
             source,
         })?;
     let name_of = |d: &Descriptor| d.annotations.get(oci::ANNOTATION_REF_NAME).cloned();
@@ -130,6 +158,7 @@ pub fn pick_entry(dir: &Path, tag: Option<&str>) -> Result<Descriptor, OciInputE
         (1, Some(first)) => Ok(first.clone()),
         (count, _) => Err(OciInputError::Ambiguous {
             dir: dir.to_owned(),
+            scheme,
             count,
             names,
         }),
@@ -149,6 +178,50 @@ pub async fn publish_layout(
     let source = ImageSource::Layout { dir };
     let top = source.manifest(&entry).await?;
     remote::publish_existing(&spec, &source, top, &destinations, format, &*reporter).await
+}
+
+/// How large an archive's `index.json` may be.
+const MAX_INDEX_BYTES: u64 = 4 << 20;
+
+/// Publishes the image (or images) of the layout archive named by `spec`.
+pub async fn publish_archive(
+    spec: InputSpec,
+    destinations: Arc<Vec<Destination>>,
+    options: &ImageOptions,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Vec<PublishedImage>> {
+    let (path, tag) = split_file_and_tag(&spec.path);
+    reporter.on_input_started(&spec.text);
+    let cancel = Arc::new(AtomicBool::new(false));
+    let _stop_on_drop = CancelOnDrop(cancel.clone());
+    let spool_dir = options.spool_dir.clone();
+    let archive = tokio::task::spawn_blocking(move || -> Result<_, crate::input::InputError> {
+        let archive = OciArchive::open(&path, &spool_dir, &cancel)?;
+        let index = archive.read_member("index.json", MAX_INDEX_BYTES)?;
+        Ok((archive, index))
+    })
+    .await
+    .context("the OCI archive reader stopped")?;
+    let (archive, index) = archive?;
+    let input = PathBuf::from(archive.input());
+    let entry = choose_entry(
+        &index,
+        &input.join("index.json"),
+        &input,
+        "oci-archive",
+        tag.as_deref(),
+    )?;
+    let source = ImageSource::Archive(Arc::new(archive));
+    let top = source.manifest(&entry).await?;
+    remote::publish_existing(
+        &spec,
+        &source,
+        top,
+        &destinations,
+        options.format,
+        &*reporter,
+    )
+    .await
 }
 
 #[cfg(test)]

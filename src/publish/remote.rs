@@ -1,5 +1,6 @@
 //! Images that already exist as manifests: `docker://REF` inputs (an image in
-//! a registry) and, through [`super::oci_input`], OCI layout directories.
+//! a registry) and, through [`super::oci_input`], OCI layouts (directories
+//! and archives).
 //!
 //! Such an image is not rebuilt: its manifest is copied byte for byte (so its
 //! digest, the one the index cites, does not change) and its blobs are made
@@ -12,7 +13,8 @@
 //!
 //! Bytes are streamed, never held whole nor spooled: a registry's blob goes
 //! GET → PUT ([`BlobBody::Remote`], GET again on each try of the upload), a
-//! layout's blob from its file ([`BlobBody::File`]), hashed on the way and
+//! layout's blob from its file or archive member ([`BlobBody::File`]), hashed
+//! on the way and
 //! refused when it is not its digest's. Concurrency is bounded by each
 //! registry client's `--jobs` cap. Manifests of the other family than the
 //! index (Docker v2s2 in an OCI index, OCI under `--format docker`) are
@@ -29,7 +31,8 @@ use anyhow::{Context, Result};
 use bytes::Bytes;
 
 use crate::digest::Digest;
-use crate::input::InputSpec;
+use crate::input::oci_archive::{self, OciArchive};
+use crate::input::{InputError, InputSpec};
 use crate::manifest::Format;
 use crate::oci::{
     self, ConfigSummary, Descriptor, ImageIndex, ImageManifest, Platform, RawManifest,
@@ -109,6 +112,13 @@ pub enum RemoteError {
         limit: u64,
     },
 
+    #[error("`{reference}` is {size} bytes, but its descriptor says {expected}")]
+    SizeMismatch {
+        reference: String,
+        size: u64,
+        expected: u64,
+    },
+
     #[error("blob `{digest}` of `{reference}` hashes to `{actual}`")]
     DigestMismatch {
         reference: String,
@@ -127,6 +137,8 @@ pub enum ImageSource {
     /// An OCI image layout directory; blobs are its files, streamed from
     /// there.
     Layout { dir: PathBuf },
+    /// An OCI image layout archive; blobs are its members, read in place.
+    Archive(Arc<OciArchive>),
 }
 
 impl std::fmt::Display for ImageSource {
@@ -134,6 +146,7 @@ impl std::fmt::Display for ImageSource {
         match self {
             ImageSource::Registry { repository, .. } => write!(f, "{repository}"),
             ImageSource::Layout { dir } => write!(f, "oci:{}", dir.display()),
+            ImageSource::Archive(archive) => write!(f, "oci-archive:{}", archive.input()),
         }
     }
 }
@@ -156,7 +169,7 @@ impl ImageSource {
                 .await
                 .with_context(|| format!("cannot read `{name}`"))?
                 .ok_or_else(|| RemoteError::NotFound { reference: name }.into()),
-            ImageSource::Layout { .. } => {
+            ImageSource::Layout { .. } | ImageSource::Archive(_) => {
                 let bytes = self
                     .small_blob(&descriptor.digest, MAX_CONFIG_BYTES)
                     .await?;
@@ -203,6 +216,14 @@ impl ImageSource {
                         .with_context(|| format!("cannot read blob `{}`", path.display()))?,
                 )
             }
+            ImageSource::Archive(archive) => {
+                let archive = archive.clone();
+                let member = oci_archive::blob_name(digest);
+                let bytes = tokio::task::spawn_blocking(move || archive.read_member(&member, max))
+                    .await
+                    .context("the OCI archive reader stopped")??;
+                Bytes::from(bytes)
+            }
         };
         let actual = Digest::of(&bytes);
         if &actual != digest {
@@ -218,8 +239,8 @@ impl ImageSource {
 
     /// A layer's bytes for a destination that lacks it, as a body read
     /// anew on each try: a GET of the source registry, or the layout's file.
-    fn body(&self, descriptor: &Descriptor) -> BlobBody {
-        match self {
+    fn body(&self, descriptor: &Descriptor) -> Result<BlobBody> {
+        Ok(match self {
             ImageSource::Registry { client, repository } => BlobBody::Remote {
                 client: client.clone(),
                 repo: repository.path.clone(),
@@ -228,10 +249,35 @@ impl ImageSource {
             },
             ImageSource::Layout { dir } => BlobBody::File {
                 path: Self::blob_path(dir, &descriptor.digest),
+                offset: 0,
                 digest: descriptor.digest.clone(),
                 size: descriptor.size,
             },
-        }
+            ImageSource::Archive(archive) => {
+                let member = oci_archive::blob_name(&descriptor.digest);
+                let span = archive
+                    .member(&member)
+                    .ok_or_else(|| InputError::MissingMember {
+                        input: archive.input().to_owned(),
+                        member,
+                        role: "a blob of the image",
+                    })?;
+                if span.size != descriptor.size {
+                    return Err(RemoteError::SizeMismatch {
+                        reference: self.named(&descriptor.digest),
+                        size: span.size,
+                        expected: descriptor.size,
+                    }
+                    .into());
+                }
+                BlobBody::File {
+                    path: archive.data_path().to_owned(),
+                    offset: span.offset,
+                    digest: descriptor.digest.clone(),
+                    size: descriptor.size,
+                }
+            }
+        })
     }
 }
 
@@ -563,7 +609,7 @@ async fn copy_blob(
             Some(b) => destination.push_bytes(b.clone(), reporter).await?,
             None => {
                 destination
-                    .push_stream(source.body(&descriptor), reporter)
+                    .push_stream(source.body(&descriptor)?, reporter)
                     .await?
             }
         };

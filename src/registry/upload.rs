@@ -68,9 +68,11 @@ pub enum BlobBody {
         digest: Digest,
         size: u64,
     },
-    /// A file holding the blob, reopened on each try.
+    /// A file holding the blob from `offset` on (a layout's blob file, or
+    /// an archive's member), reopened on each try.
     File {
         path: PathBuf,
+        offset: u64,
         digest: Digest,
         size: u64,
     },
@@ -130,17 +132,28 @@ impl BlobBody {
                     true,
                 ))))
             }
-            BlobBody::File { path, digest, size } => {
+            BlobBody::File {
+                path,
+                offset,
+                digest,
+                size,
+            } => {
                 // For messages: the file's full path as a `file:` URL.
                 let url = std::path::absolute(path)
                     .ok()
                     .and_then(|p| Url::from_file_path(p).ok())
                     .or_else(|| Url::parse("file:///").ok())
                     .expect("`file:///` is a URL");
-                let file = tokio::fs::File::open(path)
+                let mut file = tokio::fs::File::open(path)
                     .await
                     .map_err(|e| file_error(path, e))?;
-                let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 * 1024);
+                use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _};
+                file.seek(std::io::SeekFrom::Start(*offset))
+                    .await
+                    .map_err(|e| file_error(path, e))?;
+                // Exactly the blob's bytes: an archive's next member follows.
+                let stream =
+                    tokio_util::io::ReaderStream::with_capacity(file.take(*size), 256 * 1024);
                 Ok(BodySource::Stream(Box::new(Checked::new(
                     Box::pin(stream),
                     url,
@@ -1096,6 +1109,7 @@ mod tests {
         std::fs::write(&path, b"file blob").unwrap();
         let body = BlobBody::File {
             path: path.clone(),
+            offset: 0,
             digest: Digest::of(b"file blob"),
             size: 9,
         };

@@ -392,6 +392,124 @@ fn an_oci_layout_is_an_input() {
     );
 }
 
+/// `tar -cf` of a layout directory, names `./`-prefixed as `tar -C DIR .`
+/// writes them.
+fn tar_layout(dir: &Path, to: &Path) {
+    let status = std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(to)
+        .arg("-C")
+        .arg(dir)
+        .arg(".")
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[test]
+fn an_oci_archive_is_an_input() {
+    let registry = TestRegistry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    Run::new(&[
+        "publish",
+        "--repo",
+        &format!("oci:{}", layout.display()),
+        "--tag",
+        "v1",
+        testdata("fd-amd64.tar").to_str().unwrap(),
+        testdata("fd-arm64.tar.zst").to_str().unwrap(),
+    ])
+    .success();
+    let layout_index = std::fs::read(
+        layout.join("blobs/sha256").join(
+            serde_json::from_slice::<ImageIndex>(
+                &std::fs::read(layout.join("index.json")).unwrap(),
+            )
+            .unwrap()
+            .manifests[0]
+                .digest
+                .hex(),
+        ),
+    )
+    .unwrap();
+    let layout_index: ImageIndex = serde_json::from_slice(&layout_index).unwrap();
+    let archive = dir.path().join("layout.tar");
+    tar_layout(&layout, &archive);
+
+    // Named, with the entry's name; and detected, as its only entry.
+    let repo = registry.repo("acme/from-archive");
+    for (tag, input) in [
+        ("named", format!("oci-archive:{}:v1", archive.display())),
+        ("detected", archive.display().to_string()),
+    ] {
+        Run::new(&["publish", "--repo", &repo, "--tag", tag, &input]).success();
+        let (_, index) = index_at(&registry, &format!("{repo}:{tag}"));
+        assert_eq!(index.manifests, layout_index.manifests, "{input}");
+    }
+    skopeo_copy_all(&format!("{repo}:named"), None);
+
+    // skopeo's own archive of a docker-archive, gzip-compressed: the same
+    // image as skopeo reads it.
+    let sk = dir.path().join("sk.tar");
+    skopeo([
+        "copy".to_owned(),
+        format!("docker-archive:{}", testdata("fd-amd64.tar").display()),
+        format!("oci-archive:{}:v1", sk.display()),
+    ]);
+    let gz = dir.path().join("sk.tar.gz");
+    let gzip = std::process::Command::new("gzip")
+        .args(["-k", "-1"])
+        .arg(&sk)
+        .status()
+        .unwrap();
+    assert!(gzip.success());
+    Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "sk",
+        &format!("oci-archive:{}", gz.display()),
+    ])
+    .success();
+    let raw = registry.skopeo_inspect_raw(&format!("{repo}:sk"));
+    let index: ImageIndex = serde_json::from_slice(&raw).unwrap();
+    let sk_manifest = skopeo([
+        "inspect".to_owned(),
+        "--raw".to_owned(),
+        format!("oci-archive:{}:v1", sk.display()),
+    ]);
+    assert_eq!(index.manifests.len(), 1);
+    assert_eq!(index.manifests[0].digest, Digest::of(&sk_manifest));
+
+    // Without the name a compressed archive is read as a docker-archive,
+    // and refused with the hint to name it.
+    let out = Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "no",
+        gz.to_str().unwrap(),
+    ])
+    .output();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "hint: name its kind, as in `oci-archive:{}`",
+            gz.display()
+        )),
+        "{stderr}"
+    );
+    assert_eq!(
+        registry.count_requests("PUT /v2/acme/from-archive/manifests/no "),
+        0,
+        "a refused input moved a tag"
+    );
+}
+
 #[test]
 fn a_docker_v2s2_image_is_refused_rather_than_mixed_into_an_oci_index() {
     let registry = TestRegistry::start(Auth::None);
