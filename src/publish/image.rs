@@ -342,7 +342,7 @@ fn read_input(
 /// The platform for the index entry: the user's (prefix of the input), else
 /// the config's. A docker-archive config is never rewritten (its digest is
 /// fixed), so a correction goes only into the index.
-fn platform_of(
+pub(super) fn platform_of(
     spec: &InputSpec,
     config: &ConfigSummary,
     reporter: &dyn Reporter,

@@ -42,7 +42,7 @@ use crate::reference::{Reference, Repository};
 use crate::registry::{BlobBody, RegistryClient};
 
 use super::destination::Destination;
-use super::image::PublishedImage;
+use super::image::{platform_of, PublishedImage};
 
 /// Clients for the registries `docker://` inputs read from, by registry
 /// (`Registry`'s Display: `host[:port]`).
@@ -101,7 +101,7 @@ pub enum RemoteError {
     #[error("`{reference}` lists no image")]
     EmptyIndex { reference: String },
 
-    #[error("`{reference}`: the image config names no architecture\nhint: give the platform before the input, as in `linux/amd64=docker://{reference}`")]
+    #[error("`{reference}`: neither its index entry nor its image config names a platform")]
     NoPlatform { reference: String },
 
     #[error("blob `{digest}` of `{reference}` is {size} bytes, more than the {limit} bytes a config or manifest may have")]
@@ -398,7 +398,7 @@ pub async fn publish_existing(
             spec,
             source,
             top,
-            spec.platform.clone(),
+            PlatformFrom::Input,
             destinations,
             reporter,
             &in_flight,
@@ -431,7 +431,7 @@ pub async fn publish_existing(
             spec,
             source,
             raw,
-            child.platform,
+            PlatformFrom::Index(child.platform),
             destinations,
             reporter,
             in_flight,
@@ -492,12 +492,21 @@ fn select_children(
     Ok(children)
 }
 
+/// Where the index entry of a copied image gets its platform.
+enum PlatformFrom {
+    /// A lone image manifest: the input's platform prefix (a mismatch with
+    /// the config is warned of, as for built images), else its config.
+    Input,
+    /// A child of an index: the platform the index lists, else its config.
+    Index(Option<Platform>),
+}
+
 /// Copies one image manifest, byte for byte, with its config and layers.
 async fn copy_image(
     spec: &InputSpec,
     source: &ImageSource,
     raw: RawManifest,
-    platform: Option<Platform>,
+    platform: PlatformFrom,
     destinations: &[Destination],
     reporter: &dyn Reporter,
     in_flight: &InFlight,
@@ -519,8 +528,9 @@ async fn copy_image(
             source,
         })?;
     let platform = match platform {
-        Some(p) => p,
-        None => match config.platform() {
+        PlatformFrom::Input => platform_of(spec, &config, reporter)?,
+        PlatformFrom::Index(Some(p)) => p,
+        PlatformFrom::Index(None) => match config.platform() {
             Some(p) => p,
             None => return Err(RemoteError::NoPlatform { reference: name }.into()),
         },

@@ -483,6 +483,27 @@ fn an_oci_archive_is_an_input() {
     assert_eq!(index.manifests.len(), 1);
     assert_eq!(index.manifests[0].digest, Digest::of(&sk_manifest));
 
+    // A platform given before the input goes into the index, with the
+    // warning a built image gets when its config says otherwise.
+    let input = format!("linux/arm64=oci-archive:{}", sk.display());
+    let out = Run::new(&["publish", "--repo", &repo, "--tag", "arm", &input]).output();
+    assert!(out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "warning: `{input}` says its platform is `linux/amd64`; publishing it as `linux/arm64` as asked"
+        )),
+        "{stderr}"
+    );
+    let (_, index) = index_at(&registry, &format!("{repo}:arm"));
+    assert_eq!(
+        index.manifests[0]
+            .platform
+            .as_ref()
+            .map(ToString::to_string),
+        Some("linux/arm64".to_owned())
+    );
+
     // Without the name a compressed archive is read as a docker-archive,
     // and refused with the hint to name it.
     let out = Run::new(&[
