@@ -388,6 +388,12 @@ mod tests {
             4096,
         ));
         assert!(err.is_err());
+        // An invalid block after which ISA-L reports avail_in wrapped below
+        // zero (found by the oci_archive fuzzer): an error, not an overflow.
+        let invalid_block = b"\x1f\x8b\x08\x10\x00\x00\x00\x00\x02\xdc\xd2\xdc\xdc\x6f\x75\x00\
+            \x83\x20\x0a\x06\x70\xe3\x2e\x79\x6f\x75\x00\x56\x65\x72\x00\x00";
+        let err = read_all(isal_reader(invalid_block.to_vec(), 4096)).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidData, "{err}");
     }
 
     #[test]

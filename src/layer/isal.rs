@@ -376,18 +376,27 @@ impl Inflater {
         // `avail_out` writable bytes borrowed for this call; ISA-L never
         // writes through next_in.
         let code = unsafe { isal_inflate(s) };
-        let step = InflateStep {
-            consumed: avail_in - s.avail_in as usize,
-            produced: avail_out - s.avail_out as usize,
-            member_end: s.block_state == ISAL_BLOCK_FINISH,
-        };
         s.next_in = std::ptr::null_mut();
         s.next_out = std::ptr::null_mut();
         match code {
-            ISAL_DECOMP_OK | ISAL_END_INPUT | ISAL_OUT_OVERFLOW => Ok(step),
-            ISAL_INCORRECT_CHECKSUM => Err(IsalError::Checksum),
-            code => Err(IsalError::Corrupt { code }),
+            ISAL_DECOMP_OK | ISAL_END_INPUT | ISAL_OUT_OVERFLOW => {}
+            ISAL_INCORRECT_CHECKSUM => return Err(IsalError::Checksum),
+            // After an error the counters are not to be trusted (ISA-L
+            // leaves avail_in wrapped below zero on some invalid blocks).
+            code => return Err(IsalError::Corrupt { code }),
         }
+        // A success never reports more bytes left than it was given; should
+        // one, it is an error rather than an overflow.
+        let consumed = avail_in.checked_sub(s.avail_in as usize);
+        let produced = avail_out.checked_sub(s.avail_out as usize);
+        let (Some(consumed), Some(produced)) = (consumed, produced) else {
+            return Err(IsalError::Corrupt { code });
+        };
+        Ok(InflateStep {
+            consumed,
+            produced,
+            member_end: s.block_state == ISAL_BLOCK_FINISH,
+        })
     }
 }
 
