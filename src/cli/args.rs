@@ -49,7 +49,8 @@ Examples:
 
 Inputs are `[PLATFORM=][KIND:]PATH`. KIND is detected from the content when
 left out: `stream:` (an executable writing a docker-archive to stdout, nixpkgs
-streamLayeredImage), `archive:` (a docker-archive, plain, .gz or .zst),
+streamLayeredImage), `archive:` (a docker-archive, plain, .gz or .zst; of
+several images pick one with `archive:PATH:REF` or `archive:PATH:@N`),
 `nix2container:` (an image.json), `oci:` (an OCI layout directory),
 `oci-archive:` (an OCI layout in a tar file) and `docker://REF` (an image
 already in a registry). PLATFORM is `os/arch[/variant]`

@@ -43,6 +43,7 @@ use crate::layer::{self, Compression, EncodedLayer, Spool};
 use crate::oci::{ConfigSummary, Descriptor};
 
 use super::detect::{is_tar_header, ArchiveCompression};
+use super::tar_index::{normalize, resolve_relative, TarIndex, MAX_LINKS};
 use super::InputError;
 
 /// Members up to this size are kept in memory until the manifest says what
@@ -53,8 +54,6 @@ pub const SMALL_MEMBER: u64 = 1 << 20;
 pub const BUFFER_BUDGET: u64 = 64 << 20;
 /// The largest JSON member kept (a config with a very long history).
 pub const METADATA_LIMIT: u64 = 16 << 20;
-/// How many links (symlinks, hard links) are followed to find a member.
-const MAX_LINKS: usize = 8;
 /// How many raw bytes of a layer are read between two progress events.
 const PROGRESS_STEP: u64 = 1 << 20;
 
@@ -83,6 +82,167 @@ impl ReadOptions {
             spool_dir: spool_dir.into(),
             known: Arc::new(|_| None),
         }
+    }
+}
+
+/// Which image of a docker-archive to read: `archive:PATH:REF` or
+/// `archive:PATH:@N`, as skopeo's `docker-archive:` transport takes them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ImageChoice {
+    /// The archive's only image.
+    #[default]
+    Only,
+    /// The image whose `RepoTags` has this reference (`fd:1.0`;
+    /// `docker.io/library/fd:1.0` names the same).
+    Reference(String),
+    /// The image at this position of `manifest.json`, from 0.
+    Index(usize),
+}
+
+impl ImageChoice {
+    /// `@N` is a position, anything else a reference.
+    pub fn parse(text: &str) -> ImageChoice {
+        match text.strip_prefix('@').map(str::parse::<usize>) {
+            Some(Ok(n)) => ImageChoice::Index(n),
+            _ => ImageChoice::Reference(text.to_owned()),
+        }
+    }
+
+    /// The chosen entry of `manifest.json`.
+    fn pick(
+        &self,
+        input: &str,
+        mut entries: Vec<ManifestEntry>,
+    ) -> Result<ManifestEntry, InputError> {
+        let position = match self {
+            ImageChoice::Only if entries.len() == 1 => Some(0),
+            ImageChoice::Only => {
+                return Err(InputError::ImageCount {
+                    input: input.to_owned(),
+                    count: entries.len(),
+                    images: describe_images(&entries),
+                })
+            }
+            ImageChoice::Index(n) => Some(*n).filter(|n| *n < entries.len()),
+            ImageChoice::Reference(wanted) => entries.iter().position(|e| {
+                e.repo_tags
+                    .iter()
+                    .flatten()
+                    .any(|tag| same_reference(tag, wanted))
+            }),
+        };
+        match position {
+            Some(n) => Ok(entries.swap_remove(n)),
+            None => Err(InputError::NoSuchImage {
+                input: input.to_owned(),
+                wanted: match self {
+                    ImageChoice::Index(n) => format!("@{n}"),
+                    ImageChoice::Reference(r) => r.clone(),
+                    ImageChoice::Only => String::new(),
+                },
+                images: describe_images(&entries),
+            }),
+        }
+    }
+}
+
+/// Whether two references name the same image, as Docker reads them
+/// (`fd:1.0` is `docker.io/library/fd:1.0`).
+fn same_reference(a: &str, b: &str) -> bool {
+    a == b
+        || match (
+            crate::reference::Reference::parse(a),
+            crate::reference::Reference::parse(b),
+        ) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+}
+
+/// Each image of `manifest.json` as `@N` and its tags, for messages.
+fn describe_images(entries: &[ManifestEntry]) -> String {
+    entries
+        .iter()
+        .enumerate()
+        .map(|(n, e)| match e.repo_tags.as_deref() {
+            Some(tags) if !tags.is_empty() => format!("@{n} `{}`", tags.join("`, `")),
+            _ => format!("@{n} (untagged)"),
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The image a read keeps, and, when known before reading (a plain file's
+/// `manifest.json` read ahead by [`Selection::prepare`]), the members that
+/// are its layers: other images' layers are then skipped unread, never
+/// compressed or uploaded.
+#[derive(Clone, Debug, Default)]
+pub struct Selection {
+    pub choice: ImageChoice,
+    layers: Option<std::collections::HashSet<String>>,
+}
+
+impl Selection {
+    /// The selection of `choice` in the archive at `path` (`input` names it
+    /// in messages). A plain tar file is looked into at once, so a choice
+    /// it lacks fails before anything is read; a compressed one is only
+    /// read once, and the choice is checked at its end.
+    pub fn prepare(
+        input: &str,
+        path: &std::path::Path,
+        choice: ImageChoice,
+    ) -> Result<Selection, InputError> {
+        if choice == ImageChoice::Only {
+            return Ok(Selection::default());
+        }
+        let open_err = |source| InputError::Open {
+            input: input.to_owned(),
+            source,
+        };
+        let mut file = std::fs::File::open(path).map_err(open_err)?;
+        let mut head = Vec::with_capacity(4);
+        (&mut file)
+            .take(4)
+            .read_to_end(&mut head)
+            .map_err(open_err)?;
+        if ArchiveCompression::sniff(&head) != ArchiveCompression::None {
+            return Ok(Selection {
+                choice,
+                layers: None,
+            });
+        }
+        let file = std::fs::File::open(path).map_err(open_err)?;
+        let index = TarIndex::scan(input, file)?;
+        let manifest = index.read(
+            input,
+            path,
+            "manifest.json",
+            METADATA_LIMIT,
+            "the image list",
+        )?;
+        let entries: Vec<ManifestEntry> =
+            serde_json::from_slice(&manifest).map_err(|source| InputError::BadManifest {
+                input: input.to_owned(),
+                source,
+            })?;
+        let entry = choice.pick(input, entries)?;
+        let mut layers = std::collections::HashSet::new();
+        for cited in &entry.layers {
+            let cited = normalize(cited);
+            if let Some(target) = index.target(&cited) {
+                layers.insert(target);
+            }
+            layers.insert(cited);
+        }
+        Ok(Selection {
+            choice,
+            layers: Some(layers),
+        })
+    }
+
+    /// Whether the member `name` may be a layer of the chosen image.
+    fn may_be_layer(&self, name: &str) -> bool {
+        self.layers.as_ref().is_none_or(|l| l.contains(name))
     }
 }
 
@@ -167,19 +327,32 @@ pub fn read_docker_archive(
     opts: &ReadOptions,
     on_event: &mut dyn FnMut(ReadEvent),
 ) -> Result<ArchiveImage, InputError> {
-    read_with_budget(input, reader, opts, on_event, BUFFER_BUDGET)
+    read_selected(input, reader, opts, &Selection::default(), on_event)
+}
+
+/// [`read_docker_archive`] of the image `selection` chooses.
+pub fn read_selected(
+    input: &str,
+    reader: &mut dyn Read,
+    opts: &ReadOptions,
+    selection: &Selection,
+    on_event: &mut dyn FnMut(ReadEvent),
+) -> Result<ArchiveImage, InputError> {
+    read_with_budget(input, reader, opts, selection, on_event, BUFFER_BUDGET)
 }
 
 fn read_with_budget(
     input: &str,
     reader: &mut dyn Read,
     opts: &ReadOptions,
+    selection: &Selection,
     on_event: &mut dyn FnMut(ReadEvent),
     budget: u64,
 ) -> Result<ArchiveImage, InputError> {
     let mut pass = Pass {
         input,
         opts,
+        selection,
         members: HashMap::new(),
         buffered: 0,
         budget,
@@ -236,6 +409,7 @@ fn read_with_budget(
 struct Pass<'a> {
     input: &'a str,
     opts: &'a ReadOptions,
+    selection: &'a Selection,
     members: HashMap<String, Member>,
     buffered: u64,
     /// [`BUFFER_BUDGET`], smaller in tests.
@@ -310,6 +484,11 @@ impl Pass<'_> {
             head.append(&mut rest);
             self.buffered += size;
             self.members.insert(name, Member::Small(Bytes::from(head)));
+            return Ok(());
+        }
+        if !self.selection.may_be_layer(&name) {
+            // Another image's layer.
+            io::copy(&mut body, &mut io::sink()).map_err(|e| self.member_err(&name, e))?;
             return Ok(());
         }
         // A compressed layer (`docker save` from containerd's image store
@@ -428,18 +607,12 @@ impl Pass<'_> {
             }
             _ => return Err(InputError::NoManifest { input }),
         };
-        let mut entries: Vec<ManifestEntry> =
+        let entries: Vec<ManifestEntry> =
             serde_json::from_slice(&manifest).map_err(|source| InputError::BadManifest {
                 input: input.clone(),
                 source,
             })?;
-        if entries.len() != 1 {
-            return Err(InputError::ImageCount {
-                input,
-                count: entries.len(),
-            });
-        }
-        let entry = entries.remove(0);
+        let entry = self.selection.choice.pick(&input, entries)?;
         let config_name = normalize(&entry.config);
         let config = match self.target(&config_name).and_then(|n| self.members.get(&n)) {
             Some(Member::Small(b)) => b.clone(),
@@ -598,35 +771,6 @@ fn is_metadata_name(name: &str) -> bool {
         base,
         "manifest.json" | "index.json" | "oci-layout" | "repositories" | "json" | "VERSION"
     ) || base.ends_with(".json")
-}
-
-/// A member name as `manifest.json` cites it: no `./`, no trailing `/`.
-fn normalize(name: &str) -> String {
-    let mut n = name;
-    while let Some(rest) = n.strip_prefix("./") {
-        n = rest;
-    }
-    n.trim_start_matches('/').trim_end_matches('/').to_owned()
-}
-
-/// A symlink target, relative to the link's directory, as a member name.
-fn resolve_relative(link: &str, target: &str) -> String {
-    let mut parts: Vec<&str> = if target.starts_with('/') {
-        Vec::new()
-    } else {
-        link.split('/').collect()
-    };
-    parts.pop(); // the link's own name
-    for p in target.split('/') {
-        match p {
-            "" | "." => {}
-            ".." => {
-                parts.pop();
-            }
-            p => parts.push(p),
-        }
-    }
-    parts.join("/")
 }
 
 /// The diff_id a member's name claims: `<64 hex>/layer.tar` (streamLayeredImage),
@@ -1286,6 +1430,7 @@ mod tests {
             "t",
             &mut &bytes[..],
             &opts(&dir),
+            &Selection::default(),
             &mut |e| {
                 if let ReadEvent::LayerStarted { member, .. } = e {
                     events.push(member)
@@ -1373,17 +1518,154 @@ mod tests {
         assert!(matches!(err(read_with(&bad, &o)), InputError::Tar { .. }));
     }
 
+    /// Two images sharing a layer, each with one of its own, all large
+    /// enough to stream; tagged `a:1` and `ghcr.io/b/b:2`.
+    fn two_image_archive() -> (Vec<u8>, [Vec<u8>; 3]) {
+        let size = SMALL_MEMBER as usize + 1000;
+        let (shared, only_a, only_b) = (layer_tar(1, size), layer_tar(2, size), layer_tar(3, size));
+        let config_a = config_for(&[&shared, &only_a]);
+        let config_b = config_for(&[&shared, &only_b]);
+        let list = serde_json::to_vec(&serde_json::json!([
+            {"Config": "a.json", "RepoTags": ["a:1"], "Layers": ["s/layer.tar", "a/layer.tar"]},
+            {"Config": "b.json", "RepoTags": ["ghcr.io/b/b:2"], "Layers": ["s/layer.tar", "b/layer.tar"]},
+        ]))
+        .unwrap();
+        let bytes = archive(&[
+            ("s/layer.tar", &shared),
+            ("a/layer.tar", &only_a),
+            ("b/layer.tar", &only_b),
+            ("a.json", &config_a),
+            ("b.json", &config_b),
+            ("manifest.json", &list),
+        ]);
+        (bytes, [shared, only_a, only_b])
+    }
+
+    fn started(run: &Run) -> Vec<&str> {
+        run.events
+            .iter()
+            .filter_map(|e| e.strip_prefix("start "))
+            .map(|e| e.split(' ').next().unwrap())
+            .collect()
+    }
+
+    fn read_choosing(bytes: &[u8], opts: &ReadOptions, selection: &Selection) -> Run {
+        let mut events = Vec::new();
+        let result = read_selected("two.tar", &mut &bytes[..], opts, selection, &mut |e| {
+            if let ReadEvent::LayerStarted { member, .. } = e {
+                events.push(format!("start {member}"));
+            }
+        });
+        Run { result, events }
+    }
+
     #[test]
-    fn names_and_hints() {
-        assert_eq!(normalize("./a/layer.tar"), "a/layer.tar");
+    fn one_image_of_several_is_chosen_by_tag_or_position() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, [shared, only_a, only_b]) = two_image_archive();
+        let diff_ids = |run: Run| -> Vec<Digest> {
+            run.result
+                .unwrap()
+                .layers
+                .iter()
+                .map(|l| l.diff_id.clone())
+                .collect()
+        };
+        let count = err(read_with(&bytes, &opts(&dir)));
+        assert!(
+            count
+                .to_string()
+                .contains("lists 2 images (@0 `a:1`; @1 `ghcr.io/b/b:2`)"),
+            "{count}"
+        );
+        assert!(count.to_string().contains("`archive:PATH:@N`"), "{count}");
+        // Read from a stream, a choice is settled at the end: every layer was
+        // encoded on the way.
+        for (choice, top) in [
+            (ImageChoice::Reference("a:1".into()), &only_a),
+            (
+                ImageChoice::Reference("docker.io/library/a:1".into()),
+                &only_a,
+            ),
+            (ImageChoice::Index(1), &only_b),
+            (ImageChoice::parse("ghcr.io/b/b:2"), &only_b),
+        ] {
+            let selection = Selection {
+                choice: choice.clone(),
+                layers: None,
+            };
+            let run = read_choosing(&bytes, &opts(&dir), &selection);
+            assert_eq!(started(&run).len(), 3, "{choice:?}");
+            assert_eq!(
+                diff_ids(run),
+                [Digest::of(&shared), Digest::of(top)],
+                "{choice:?}"
+            );
+        }
+        let selection = Selection {
+            choice: ImageChoice::parse("@2"),
+            layers: None,
+        };
+        let err = err(read_choosing(&bytes, &opts(&dir), &selection));
+        assert!(
+            err.to_string()
+                .contains("`two.tar` has no image `@2` (it has @0 `a:1`; @1 `ghcr.io/b/b:2`)"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_plain_file_is_looked_into_first_so_other_images_are_not_encoded() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bytes, [shared, _, only_b]) = two_image_archive();
+        let path = dir.path().join("two.tar");
+        std::fs::write(&path, &bytes).unwrap();
+        let selection = Selection::prepare("two.tar", &path, ImageChoice::Index(1)).unwrap();
+        let run = read_choosing(&bytes, &opts(&dir), &selection);
+        assert_eq!(started(&run), ["s/layer.tar", "b/layer.tar"]);
+        let image = run.result.unwrap();
+        assert_eq!(image.repo_tags, ["ghcr.io/b/b:2"]);
+        assert_eq!(image.layers[0].diff_id, Digest::of(&shared));
+        assert_eq!(image.layers[1].diff_id, Digest::of(&only_b));
+        // A choice the archive lacks fails before any reading.
+        let err = Selection::prepare("two.tar", &path, ImageChoice::parse("c:3")).unwrap_err();
+        assert!(matches!(err, InputError::NoSuchImage { .. }), "{err}");
+        // Compressed, it is settled at the end.
+        let gz = dir.path().join("two.tar.gz");
+        let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        std::io::Write::write_all(&mut enc, &bytes).unwrap();
+        std::fs::write(&gz, enc.finish().unwrap()).unwrap();
+        let selection = Selection::prepare("two.tar.gz", &gz, ImageChoice::parse("c:3")).unwrap();
+        assert!(selection.layers.is_none());
+    }
+
+    #[test]
+    fn archive_inputs_split_off_an_image_choice() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("a:b.tar");
+        std::fs::write(&file, b"x").unwrap();
+        let text = |suffix: &str| std::path::PathBuf::from(format!("{}{suffix}", file.display()));
         assert_eq!(
-            resolve_relative("b/layer.tar", "../a/layer.tar"),
-            "a/layer.tar"
+            crate::input::split_image_choice(&file),
+            (file.clone(), ImageChoice::Only)
         );
         assert_eq!(
-            resolve_relative("b/layer.tar", "/a/layer.tar"),
-            "a/layer.tar"
+            crate::input::split_image_choice(&text(":fd:1.0")),
+            (file.clone(), ImageChoice::Reference("fd:1.0".into()))
         );
+        assert_eq!(
+            crate::input::split_image_choice(&text(":@3")),
+            (file.clone(), ImageChoice::Index(3))
+        );
+        let missing = dir.path().join("missing.tar:fd");
+        assert_eq!(
+            crate::input::split_image_choice(&missing),
+            (missing.clone(), ImageChoice::Only)
+        );
+    }
+
+    #[test]
+    fn hints() {
         let d = Digest::of(b"x");
         assert_eq!(hint_of(&format!("{}/layer.tar", d.hex())), Some(d.clone()));
         assert_eq!(

@@ -16,6 +16,7 @@ pub mod nix2container;
 pub mod oci_archive;
 pub mod pipe;
 mod read_ahead;
+pub mod tar_index;
 
 use std::fs::File;
 use std::io::{self, BufRead, BufReader, Read};
@@ -30,7 +31,8 @@ use crate::oci::Platform;
 pub use command::{StreamCommand, StreamOptions};
 pub use detect::{detect, ArchiveCompression, Detected};
 pub use docker_archive::{
-    read_docker_archive, ArchiveImage, ArchiveLayer, KnownLayers, LayerBlob, ReadEvent, ReadOptions,
+    read_docker_archive, read_selected, ArchiveImage, ArchiveLayer, ImageChoice, KnownLayers,
+    LayerBlob, ReadEvent, ReadOptions, Selection,
 };
 
 /// Everything that can go wrong between naming an input and holding its image.
@@ -107,8 +109,19 @@ pub enum InputError {
         source: serde_json::Error,
     },
 
-    #[error("`manifest.json` in `{input}` lists {count} images, manifold reads exactly one per input\nhint: save one image per archive (`docker save` with a single reference)")]
-    ImageCount { input: String, count: usize },
+    #[error("`manifest.json` in `{input}` lists {count} images ({images}), manifold reads one per input\nhint: pick one by a tag or position, as in `archive:PATH:REF` or `archive:PATH:@N`")]
+    ImageCount {
+        input: String,
+        count: usize,
+        images: String,
+    },
+
+    #[error("`{input}` has no image `{wanted}` (it has {images})")]
+    NoSuchImage {
+        input: String,
+        wanted: String,
+        images: String,
+    },
 
     #[error("`{input}` has no member `{member}`, which `manifest.json` names as {role}")]
     MissingMember {
@@ -302,6 +315,23 @@ impl FromStr for InputSpec {
     }
 }
 
+/// Splits `PATH[:REF]` or `PATH[:@N]` of an `archive:` input: the whole
+/// text when it is a file, else the part before the first `:` after which
+/// the rest names an image (a reference may hold `:` itself, `fd:1.0`).
+pub fn split_image_choice(path: &Path) -> (PathBuf, ImageChoice) {
+    if path.is_file() {
+        return (path.to_owned(), ImageChoice::Only);
+    }
+    let text = path.to_string_lossy();
+    for (at, _) in text.match_indices(':') {
+        let (file, rest) = (&text[..at], &text[at + 1..]);
+        if !rest.is_empty() && Path::new(file).is_file() {
+            return (PathBuf::from(file), ImageChoice::parse(rest));
+        }
+    }
+    (path.to_owned(), ImageChoice::Only)
+}
+
 /// How much of an input is read at a time from disk.
 const FILE_BUFFER: usize = 1 << 20;
 
@@ -346,6 +376,8 @@ pub enum OpenedInput {
 pub struct ArchiveSource {
     name: String,
     source: Source,
+    /// Which image of the archive is read.
+    selection: Selection,
     /// Set by the caller to abandon the read (the publish was cancelled).
     cancel: Option<Arc<AtomicBool>>,
 }
@@ -361,6 +393,7 @@ impl ArchiveSource {
         ArchiveSource {
             name: name.into(),
             source: Source::File(reader),
+            selection: Selection::default(),
             cancel: None,
         }
     }
@@ -370,6 +403,7 @@ impl ArchiveSource {
         ArchiveSource {
             name: command.name().to_owned(),
             source: Source::Command(Box::new(command)),
+            selection: Selection::default(),
             cancel: None,
         }
     }
@@ -415,15 +449,16 @@ impl ArchiveSource {
     ) -> Result<ArchiveImage, InputError> {
         let name = self.name.clone();
         let cancel = self.cancel.clone();
+        let selection = std::mem::take(&mut self.selection);
         let result = match &cancel {
             Some(flag) => {
                 let mut reader = Cancellable {
                     inner: self.reader(),
                     flag: flag.clone(),
                 };
-                read_docker_archive(&name, &mut reader, opts, on_event)
+                read_selected(&name, &mut reader, opts, &selection, on_event)
             }
-            None => read_docker_archive(&name, self.reader(), opts, on_event),
+            None => read_selected(&name, self.reader(), opts, &selection, on_event),
         };
         let cancelled = cancel.is_some_and(|f| f.load(Ordering::Relaxed));
         match (result, &mut self.source) {
@@ -481,10 +516,13 @@ pub fn open_with(spec: &InputSpec, stream: StreamOptions) -> Result<OpenedInput,
         },
     };
     match kind {
-        InputKind::Archive => Ok(OpenedInput::DockerArchive(ArchiveSource::from_reader(
-            input,
-            open_archive(&spec.path)?,
-        ))),
+        InputKind::Archive => {
+            let (path, choice) = split_image_choice(&spec.path);
+            let selection = Selection::prepare(&input, &path, choice)?;
+            let mut source = ArchiveSource::from_reader(input, open_archive(&path)?);
+            source.selection = selection;
+            Ok(OpenedInput::DockerArchive(source))
+        }
         InputKind::Stream => Ok(OpenedInput::DockerArchive(ArchiveSource::from_command(
             StreamCommand::spawn_with(&input, &spec.path, stream)?,
         ))),

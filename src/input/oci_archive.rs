@@ -8,31 +8,14 @@
 //! cannot be read by range, so it is first decompressed into a temp file
 //! (removed when the archive is dropped), as skopeo unpacks one.
 
-use std::collections::HashMap;
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek, SeekFrom};
-use std::path::{Component, Path, PathBuf};
+use std::io::{self, BufReader, Read, Seek};
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::detect::ArchiveCompression;
+use super::tar_index::{Span, TarIndex};
 use super::InputError;
-
-/// Where a member's bytes lie in the (plain) tar file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Span {
-    pub offset: u64,
-    pub size: u64,
-}
-
-#[derive(Debug)]
-enum Member {
-    Data(Span),
-    /// A hard or symbolic link, by the archive-relative name it points at.
-    Link(String),
-}
-
-/// How many links a name may go through before it is given up on.
-const MAX_LINKS: usize = 16;
 
 /// An OCI layout archive, indexed.
 #[derive(Debug)]
@@ -41,7 +24,7 @@ pub struct OciArchive {
     input: String,
     /// The plain tar the spans point into: the input, or its decompressed copy.
     data: PathBuf,
-    members: HashMap<String, Member>,
+    members: TarIndex,
     /// The decompressed copy, deleted on drop.
     _decompressed: Option<tempfile::TempPath>,
 }
@@ -67,22 +50,21 @@ impl OciArchive {
             }
         };
         let file = File::open(&data).map_err(open_err)?;
-        let members = scan(&input, file)?;
-        let archive = OciArchive {
-            input,
-            data,
-            members,
-            _decompressed: decompressed,
-        };
+        let members = TarIndex::scan(&input, file)?;
         for required in ["oci-layout", "index.json"] {
-            if archive.member(required).is_none() {
+            if members.span(required).is_none() {
                 return Err(InputError::NotAnOciArchive {
-                    input: archive.input,
+                    input,
                     missing: required,
                 });
             }
         }
-        Ok(archive)
+        Ok(OciArchive {
+            input,
+            data,
+            members,
+            _decompressed: decompressed,
+        })
     }
 
     /// The input's path as given.
@@ -97,44 +79,18 @@ impl OciArchive {
 
     /// Where the member `name` (links followed) lies, if the archive has it.
     pub fn member(&self, name: &str) -> Option<Span> {
-        let mut name = name.to_owned();
-        for _ in 0..=MAX_LINKS {
-            match self.members.get(&name)? {
-                Member::Data(span) => return Some(*span),
-                Member::Link(to) => name = to.clone(),
-            }
-        }
-        None
+        self.members.span(name)
     }
 
     /// The whole of a small member, refused past `max` bytes.
     pub fn read_member(&self, name: &str, max: u64) -> Result<Vec<u8>, InputError> {
-        let span = self.member(name).ok_or_else(|| InputError::MissingMember {
-            input: self.input.clone(),
-            member: name.to_owned(),
-            role: "a file of the OCI layout",
-        })?;
-        if span.size > max {
-            return Err(InputError::MemberTooLarge {
-                input: self.input.clone(),
-                member: name.to_owned(),
-                size: span.size,
-                limit: max,
-            });
-        }
-        let member_err = |source| InputError::Member {
-            input: self.input.clone(),
-            member: name.to_owned(),
-            source,
-        };
-        let mut file = File::open(&self.data).map_err(member_err)?;
-        file.seek(SeekFrom::Start(span.offset))
-            .map_err(member_err)?;
-        let mut bytes = Vec::with_capacity(span.size as usize);
-        file.take(span.size)
-            .read_to_end(&mut bytes)
-            .map_err(member_err)?;
-        Ok(bytes)
+        self.members.read(
+            &self.input,
+            &self.data,
+            name,
+            max,
+            "a file of the OCI layout",
+        )
     }
 }
 
@@ -144,13 +100,13 @@ impl OciArchive {
 pub fn is_oci_archive(path: &Path) -> bool {
     let Ok(members) = File::open(path)
         .map_err(|_| ())
-        .and_then(|f| scan(&path.display().to_string(), f).map_err(|_| ()))
+        .and_then(|f| TarIndex::scan(&path.display().to_string(), f).map_err(|_| ()))
     else {
         return false;
     };
-    members.contains_key("oci-layout")
-        && members.contains_key("index.json")
-        && !members.contains_key("manifest.json")
+    members.contains("oci-layout")
+        && members.contains("index.json")
+        && !members.contains("manifest.json")
 }
 
 /// The member name of a blob.
@@ -223,79 +179,6 @@ impl Read for Cancellable<'_> {
         }
         self.inner.read(buf)
     }
-}
-
-/// One pass over the headers of a plain tar, seeking past member data.
-fn scan(input: &str, file: File) -> Result<HashMap<String, Member>, InputError> {
-    let tar_err = |source| InputError::Tar {
-        input: input.to_owned(),
-        source,
-    };
-    let len = file.metadata().map_err(tar_err)?.len();
-    let mut archive = tar::Archive::new(file);
-    let mut members = HashMap::new();
-    for entry in archive.entries_with_seek().map_err(tar_err)? {
-        let entry = entry.map_err(tar_err)?;
-        let path = entry.path().map_err(tar_err)?;
-        let Some(name) = normalize(Path::new(""), &path) else {
-            continue;
-        };
-        let kind = entry.header().entry_type();
-        let member = if kind.is_file() || kind.is_contiguous() {
-            let span = Span {
-                offset: entry.raw_file_position(),
-                size: entry.size(),
-            };
-            if span.offset.saturating_add(span.size) > len {
-                return Err(InputError::Truncated {
-                    input: input.to_owned(),
-                });
-            }
-            Member::Data(span)
-        } else if kind.is_hard_link() || kind.is_symlink() {
-            let Some(target) = entry.link_name().map_err(tar_err)? else {
-                continue;
-            };
-            // A hard link names its target from the archive's root, a
-            // symlink from its own directory.
-            let base = if kind.is_symlink() {
-                Path::new(&name).parent().unwrap_or(Path::new(""))
-            } else {
-                Path::new("")
-            };
-            match normalize(base, &target) {
-                Some(to) => Member::Link(to),
-                None => continue,
-            }
-        } else {
-            continue;
-        };
-        members.insert(name, member);
-    }
-    Ok(members)
-}
-
-/// `path` under `base` as an archive-relative name (`./` and `/` dropped),
-/// or `None` for the root itself or a name that climbs out of it.
-fn normalize(base: &Path, path: &Path) -> Option<String> {
-    let mut parts: Vec<&std::ffi::OsStr> = Vec::new();
-    if !path.has_root() {
-        parts.extend(base.components().map(Component::as_os_str));
-    }
-    for c in path.components() {
-        match c {
-            Component::Normal(p) => parts.push(p),
-            Component::ParentDir => {
-                parts.pop()?;
-            }
-            Component::CurDir | Component::RootDir | Component::Prefix(_) => {}
-        }
-    }
-    if parts.is_empty() {
-        return None;
-    }
-    let joined: PathBuf = parts.iter().collect();
-    joined.to_str().map(str::to_owned)
 }
 
 #[cfg(test)]
@@ -412,16 +295,5 @@ mod tests {
         assert!(!is_oci_archive(&cut));
         let err = open(&cut).unwrap_err();
         assert!(matches!(err, InputError::Truncated { .. }), "{err}");
-    }
-
-    #[test]
-    fn names_are_normalized_and_kept_inside_the_archive() {
-        let n = |base: &str, p: &str| normalize(Path::new(base), Path::new(p));
-        assert_eq!(n("", "./a/./b"), Some("a/b".into()));
-        assert_eq!(n("", "/index.json"), Some("index.json".into()));
-        assert_eq!(n("blobs/sha256", "../x"), Some("blobs/x".into()));
-        assert_eq!(n("blobs/sha256", "/x"), Some("x".into()));
-        assert_eq!(n("", "../x"), None);
-        assert_eq!(n("", "./"), None);
     }
 }

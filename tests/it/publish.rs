@@ -840,3 +840,107 @@ fn completions_are_printed_for_every_shell() {
         assert!(script.contains("publish"), "{shell}");
     }
 }
+
+/// `docker save a b c`: one archive holding both fixtures' images, tagged
+/// `fd:amd64` and `fd:arm64`, and a third image with a 3 MB random layer
+/// (streamed, unlike the fixtures' small ones), `rand:1`.
+fn write_three_image_archive(dst: &Path) {
+    let arm64_tar = dst.with_extension("arm64.tar");
+    let zst = std::fs::File::open(testdata("fd-arm64.tar.zst")).unwrap();
+    zstd::stream::copy_decode(zst, std::fs::File::create(&arm64_tar).unwrap()).unwrap();
+    let random = random_archive(&dst.with_extension("rand.tar"), 3 << 20, 7);
+    let mut members = BTreeMap::new();
+    let mut entries = Vec::new();
+    for (source, tag) in [
+        (testdata("fd-amd64.tar"), "fd:amd64"),
+        (arm64_tar, "fd:arm64"),
+        (random, "rand:1"),
+    ] {
+        let mut files = tar_members(&source);
+        let mut list: serde_json::Value =
+            serde_json::from_slice(&files.remove("manifest.json").unwrap()).unwrap();
+        list[0]["RepoTags"] = serde_json::json!([tag]);
+        entries.push(list[0].clone());
+        members.extend(files);
+    }
+    members.insert(
+        "manifest.json".to_owned(),
+        serde_json::to_vec(&entries).unwrap(),
+    );
+    let mut out = tar::Builder::new(std::fs::File::create(dst).unwrap());
+    for (name, data) in &members {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(data.len() as u64);
+        h.set_mode(0o644);
+        h.set_cksum();
+        out.append_data(&mut h, name, &data[..]).unwrap();
+    }
+    out.finish().unwrap();
+}
+
+/// Each image of a several-image archive is picked by tag or position, as
+/// skopeo's `docker-archive:PATH:REF` does: the index is the one the
+/// single-image archives give, and the other images' layers are never
+/// compressed nor uploaded.
+#[test]
+fn one_image_of_a_several_image_archive_is_chosen_by_tag_or_position() {
+    let registry = TestRegistry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let two = dir.path().join("three.tar");
+    write_three_image_archive(&two);
+    let direct = registry.repo("acme/direct");
+    let chosen = registry.repo("acme/chosen");
+    let (amd64, arm64) = (testdata("fd-amd64.tar"), testdata("fd-arm64.tar.zst"));
+    publish_inputs(&direct, "x", &[&amd64, &arm64]).success();
+    let by_tag = format!("archive:{}:fd:arm64", two.display());
+    let by_position = format!("archive:{}:@0", two.display());
+    let out = Run::new(&["publish", "--repo", &chosen, "--tag", "arm", &by_tag]).output();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let arm64_index: ImageIndex =
+        serde_json::from_slice(&registry.skopeo_inspect_raw(&format!("{chosen}:arm"))).unwrap();
+    let manifest: ImageManifest = serde_json::from_slice(
+        &registry.skopeo_inspect_raw(&format!("{chosen}@{}", arm64_index.manifests[0].digest)),
+    )
+    .unwrap();
+    // Only the arm64 image's layers were compressed (and so uploaded): the
+    // random image's big layer was skipped unread.
+    let compressed: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.ends_with(" compressed"))
+        .collect();
+    assert_eq!(compressed.len(), manifest.layers.len(), "{stderr}");
+    Run::new(&[
+        "publish",
+        "--repo",
+        &chosen,
+        "--tag",
+        "x",
+        &by_position,
+        &by_tag,
+    ])
+    .success();
+    assert_eq!(
+        registry.skopeo_inspect_raw(&format!("{chosen}:x")),
+        registry.skopeo_inspect_raw(&format!("{direct}:x"))
+    );
+    // Unchosen, the archive is refused naming its images; a wrong choice too.
+    for (input, message) in [
+        (
+            two.display().to_string(),
+            "lists 3 images (@0 `fd:amd64`; @1 `fd:arm64`; @2 `rand:1`)".to_owned(),
+        ),
+        (
+            format!("archive:{}:fd:riscv64", two.display()),
+            format!(
+                "`archive:{}:fd:riscv64` has no image `fd:riscv64`",
+                two.display()
+            ),
+        ),
+    ] {
+        let out = Run::new(&["publish", "--repo", &chosen, "--tag", "no", &input]).output();
+        assert_eq!(out.status.code(), Some(1), "{input}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(&message), "{stderr}");
+    }
+}
