@@ -107,6 +107,38 @@ def main():
     for f in ["fd-amd64.tar", "fd-amd64.tar.gz", "fd-arm64.tar.zst", "hello-buildimage.tar.gz"]:
         put("docker_archive", f, (ROOT / "testdata" / f).read_bytes())
 
+    # OCI layout archives: `./`-prefixed as `tar -C DIR .` writes them, and
+    # with a symlinked blob.
+    blob = b"blob"
+    digest = hashlib.sha256(blob).hexdigest()
+    index = json.dumps({"schemaVersion": 2, "manifests": [{
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "digest": "sha256:" + digest, "size": len(blob)}]}).encode()
+    for prefix, link in [("./", False), ("", True)]:
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+            member(t, prefix + "oci-layout", b'{"imageLayoutVersion":"1.0.0"}')
+            member(t, prefix + "index.json", index)
+            member(t, prefix + "blobs/sha256/" + digest, blob)
+            if link:
+                member(t, "blobs/sha256/a", b"", type=tarfile.SYMTYPE, linkname=digest)
+        name = "layout-dot.tar" if prefix else "layout-link.tar"
+        put("oci_archive", name, buf.getvalue())
+        put("oci_archive", name + ".gz", gzip.compress(buf.getvalue(), mtime=0))
+
+    # gzip streams: one member, concatenated members, every header field.
+    put("gunzip", "one.gz", gzip.compress(layer(1, 3), mtime=0))
+    put("gunzip", "two-members.gz", gzip.compress(b"first", mtime=0) + gzip.compress(layer(2, 2), 9, mtime=0))
+    put("gunzip", "empty.gz", gzip.compress(b"", mtime=0))
+    head = bytes([0x1f, 0x8b, 8, 0x1e, 0, 0, 0, 0, 0, 255]) + b"\x03\x00ab" + b"name\x00" + b"comment\x00"
+    import zlib
+    crc = zlib.crc32(head) & 0xffff
+    body = zlib.compressobj(6, zlib.DEFLATED, -15)
+    payload = b"hello hello hello"
+    raw = body.compress(payload) + body.flush()
+    trailer = (zlib.crc32(payload) & 0xffffffff).to_bytes(4, "little") + len(payload).to_bytes(4, "little")
+    put("gunzip", "fields.gz", head + crc.to_bytes(2, "little") + raw + trailer)
+
     n2c = ROOT / "testdata" / "nix2container"
     for f in sorted(n2c.glob("*.json")):
         data = f.read_bytes()

@@ -44,7 +44,7 @@ fn read(mut reader: impl Read) {
 fuzz_target!(|data: &[u8]| {
     match ArchiveCompression::sniff(data) {
         ArchiveCompression::Gzip => {
-            read(flate2::read::MultiGzDecoder::new(data).take(DECODED_LIMIT));
+            read(manifold::layer::gunzip::decoder(data).take(DECODED_LIMIT));
         }
         ArchiveCompression::Zstd => {
             if let Ok(decoder) = zstd::Decoder::new(data) {
