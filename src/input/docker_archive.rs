@@ -184,17 +184,42 @@ pub struct Selection {
 
 impl Selection {
     /// The selection of `choice` in the archive at `path` (`input` names it
-    /// in messages). A plain tar file is looked into at once, so a choice
-    /// it lacks fails before anything is read; a compressed one is only
-    /// read once, and the choice is checked at its end.
+    /// in messages). A plain tar file is looked into at once: a choice it
+    /// lacks, or several images when none was chosen, fail before anything
+    /// is read, and members that are not the image's layers are then
+    /// skipped unread. A compressed file is only read once, so its choice
+    /// is checked at its end.
     pub fn prepare(
         input: &str,
         path: &std::path::Path,
         choice: ImageChoice,
     ) -> Result<Selection, InputError> {
-        if choice == ImageChoice::Only {
-            return Ok(Selection::default());
+        let unchecked = Selection {
+            choice: choice.clone(),
+            layers: None,
+        };
+        match Self::look_ahead(input, path, choice) {
+            Ok(Some(selection)) => Ok(selection),
+            Ok(None) => Ok(unchecked),
+            // Without a choice, anything else wrong is for the reader to
+            // name as it meets it (a cut archive, no `manifest.json`).
+            Err(e)
+                if unchecked.choice == ImageChoice::Only
+                    && !matches!(e, InputError::ImageCount { .. }) =>
+            {
+                Ok(unchecked)
+            }
+            Err(e) => Err(e),
         }
+    }
+
+    /// The chosen image's layer members, read from a plain file's
+    /// `manifest.json`; `None` for a compressed file.
+    fn look_ahead(
+        input: &str,
+        path: &std::path::Path,
+        choice: ImageChoice,
+    ) -> Result<Option<Selection>, InputError> {
         let open_err = |source| InputError::Open {
             input: input.to_owned(),
             source,
@@ -206,10 +231,7 @@ impl Selection {
             .read_to_end(&mut head)
             .map_err(open_err)?;
         if ArchiveCompression::sniff(&head) != ArchiveCompression::None {
-            return Ok(Selection {
-                choice,
-                layers: None,
-            });
+            return Ok(None);
         }
         let file = std::fs::File::open(path).map_err(open_err)?;
         let index = TarIndex::scan(input, file)?;
@@ -234,10 +256,10 @@ impl Selection {
             }
             layers.insert(cited);
         }
-        Ok(Selection {
+        Ok(Some(Selection {
             choice,
             layers: Some(layers),
-        })
+        }))
     }
 
     /// Whether the member `name` may be a layer of the chosen image.
@@ -1630,6 +1652,21 @@ mod tests {
         // A choice the archive lacks fails before any reading.
         let err = Selection::prepare("two.tar", &path, ImageChoice::parse("c:3")).unwrap_err();
         assert!(matches!(err, InputError::NoSuchImage { .. }), "{err}");
+        // Without a choice, several images are refused at once too; one
+        // image is looked into the same way; a file the reader will refuse
+        // is left to it.
+        let err = Selection::prepare("two.tar", &path, ImageChoice::Only).unwrap_err();
+        assert!(
+            matches!(err, InputError::ImageCount { count: 2, .. }),
+            "{err}"
+        );
+        let one = testdata("fd-amd64.tar");
+        let selection = Selection::prepare("one.tar", &one, ImageChoice::Only).unwrap();
+        assert_eq!(selection.layers.map(|l| l.len()), Some(4));
+        let cut = dir.path().join("cut.tar");
+        std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+        let selection = Selection::prepare("cut.tar", &cut, ImageChoice::Only).unwrap();
+        assert!(selection.layers.is_none());
         // Compressed, it is settled at the end.
         let gz = dir.path().join("two.tar.gz");
         let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
