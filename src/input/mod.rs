@@ -315,21 +315,31 @@ impl FromStr for InputSpec {
     }
 }
 
-/// Splits `PATH[:REF]` or `PATH[:@N]` of an `archive:` input: the whole
-/// text when it is a file, else the part before the first `:` after which
-/// the rest names an image (a reference may hold `:` itself, `fd:1.0`).
-pub fn split_image_choice(path: &Path) -> (PathBuf, ImageChoice) {
-    if path.is_file() {
-        return (path.to_owned(), ImageChoice::Only);
+/// Splits `PATH[:SUFFIX]` where PATH must pass `exists`: the whole text
+/// when it does, else the longest part before a `:` that does, and the rest
+/// (which may hold `:` and `/` itself: `fd:1.0`, `localhost/fd:1.0`). skopeo
+/// splits its `docker-archive:`, `oci:` and `oci-archive:` names at the first
+/// `:`; here a path may hold `:` too.
+pub fn split_existing_prefix(path: &Path, exists: fn(&Path) -> bool) -> (PathBuf, Option<String>) {
+    if exists(path) {
+        return (path.to_owned(), None);
     }
     let text = path.to_string_lossy();
-    for (at, _) in text.match_indices(':') {
-        let (file, rest) = (&text[..at], &text[at + 1..]);
-        if !rest.is_empty() && Path::new(file).is_file() {
-            return (PathBuf::from(file), ImageChoice::parse(rest));
+    for (at, _) in text.rmatch_indices(':') {
+        let (prefix, rest) = (&text[..at], &text[at + 1..]);
+        if !rest.is_empty() && exists(Path::new(prefix)) {
+            return (PathBuf::from(prefix), Some(rest.to_owned()));
         }
     }
-    (path.to_owned(), ImageChoice::Only)
+    (path.to_owned(), None)
+}
+
+/// Splits `PATH[:REF]` or `PATH[:@N]` of an `archive:` input.
+pub fn split_image_choice(path: &Path) -> (PathBuf, ImageChoice) {
+    match split_existing_prefix(path, Path::is_file) {
+        (file, Some(choice)) => (file, ImageChoice::parse(&choice)),
+        (file, None) => (file, ImageChoice::Only),
+    }
 }
 
 /// How much of an input is read at a time from disk.

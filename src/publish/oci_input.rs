@@ -6,18 +6,17 @@
 //! `org.opencontainers.image.ref.name` when a TAG is given, else it must be
 //! the only one. Blobs are the layout's files, uploaded as they are (no
 //! recompression, same digests), or the archive's members read in place: the
-//! copying itself is
-//! [`super::remote::publish_existing`], shared with `docker://` inputs.
+//! copying itself is [`super::remote::publish_existing`], shared with
+//! `docker://` inputs.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-
 use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
 use crate::input::oci_archive::OciArchive;
-use crate::input::InputSpec;
+use crate::input::{split_existing_prefix, InputSpec};
 use crate::manifest::Format;
 use crate::oci::{self, Descriptor, ImageIndex};
 use crate::progress::Reporter;
@@ -81,28 +80,14 @@ fn known_names(names: &[String]) -> String {
     }
 }
 
-/// Splits `DIR[:TAG]`: the whole text when it is a directory, else the part
-/// before the last `:` when that is one.
+/// Splits `DIR[:TAG]` (see [`split_existing_prefix`]).
 pub fn split_dir_and_tag(path: &Path) -> (PathBuf, Option<String>) {
-    split_at_tag(path, Path::is_dir)
+    split_existing_prefix(path, Path::is_dir)
 }
 
-/// Splits `PATH[:TAG]` as [`split_dir_and_tag`] does, for a file.
+/// Splits `PATH[:TAG]` of an archive (see [`split_existing_prefix`]).
 pub fn split_file_and_tag(path: &Path) -> (PathBuf, Option<String>) {
-    split_at_tag(path, Path::is_file)
-}
-
-fn split_at_tag(path: &Path, exists: fn(&Path) -> bool) -> (PathBuf, Option<String>) {
-    if exists(path) {
-        return (path.to_owned(), None);
-    }
-    let text = path.to_string_lossy();
-    if let Some((dir, tag)) = text.rsplit_once(':') {
-        if !tag.is_empty() && !tag.contains('/') && exists(Path::new(dir)) {
-            return (PathBuf::from(dir), Some(tag.to_owned()));
-        }
-    }
-    (path.to_owned(), None)
+    split_existing_prefix(path, Path::is_file)
 }
 
 /// The `index.json` entry to publish from the layout directory `dir`.
@@ -289,13 +274,23 @@ mod tests {
     }
 
     #[test]
-    fn dir_and_tag_are_split_at_the_last_colon_only_for_a_directory() {
+    fn dir_and_tag_are_split_after_the_longest_existing_directory() {
         let dir = tempfile::tempdir().unwrap();
         let with_tag = PathBuf::from(format!("{}:v1", dir.path().display()));
         assert_eq!(
             split_dir_and_tag(&with_tag),
             (dir.path().to_owned(), Some("v1".to_owned()))
         );
+        // A name as podman writes it, and a directory with `:` in its name.
+        let full = PathBuf::from(format!("{}:localhost/fd:1.0", dir.path().display()));
+        assert_eq!(
+            split_dir_and_tag(&full),
+            (dir.path().to_owned(), Some("localhost/fd:1.0".to_owned()))
+        );
+        let colon = dir.path().join("a:b");
+        std::fs::create_dir(&colon).unwrap();
+        let with_tag = PathBuf::from(format!("{}:v2", colon.display()));
+        assert_eq!(split_dir_and_tag(&with_tag), (colon, Some("v2".to_owned())));
         assert_eq!(split_dir_and_tag(dir.path()), (dir.path().to_owned(), None));
         let missing = PathBuf::from("/nonexistent/x:y");
         assert_eq!(split_dir_and_tag(&missing), (missing.clone(), None));

@@ -13,12 +13,11 @@
 //!
 //! Bytes are streamed, never held whole nor spooled: a registry's blob goes
 //! GET → PUT ([`BlobBody::Remote`], GET again on each try of the upload), a
-//! layout's blob from its file or archive member ([`BlobBody::File`]), hashed
-//! on the way and
-//! refused when it is not its digest's. Concurrency is bounded by each
-//! registry client's `--jobs` cap. Manifests of the other family than the
-//! index (Docker v2s2 in an OCI index, OCI under `--format docker`) are
-//! refused rather than mixed.
+//! layout's blob from its file or archive member ([`BlobBody::File`]),
+//! hashed on the way and refused when it is not its digest's. Concurrency is
+//! bounded by each registry client's `--jobs` cap. Manifests of the other
+//! family than the index (Docker v2s2 in an OCI index, OCI under `--format
+//! docker`) are refused rather than mixed.
 //!
 //! Tags and the index are `publish`'s business; this module returns the
 //! per-architecture images as [`PublishedImage`]s.
@@ -238,7 +237,8 @@ impl ImageSource {
     }
 
     /// A layer's bytes for a destination that lacks it, as a body read
-    /// anew on each try: a GET of the source registry, or the layout's file.
+    /// anew on each try: a GET of the source registry, the layout's file, or
+    /// the archive's member.
     fn body(&self, descriptor: &Descriptor) -> Result<BlobBody> {
         Ok(match self {
             ImageSource::Registry { client, repository } => BlobBody::Remote {
