@@ -247,6 +247,18 @@ impl InputKind {
     }
 }
 
+impl From<Detected> for InputKind {
+    fn from(detected: Detected) -> InputKind {
+        match detected {
+            Detected::Archive { .. } => InputKind::Archive,
+            Detected::Stream => InputKind::Stream,
+            Detected::Nix2Container => InputKind::Nix2Container,
+            Detected::OciLayout => InputKind::OciLayout,
+            Detected::OciArchive => InputKind::OciArchive,
+        }
+    }
+}
+
 /// One positional input, `[PLATFORM=][KIND:]PATH`, parsed without touching
 /// the file system.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -517,13 +529,7 @@ pub fn open_with(spec: &InputSpec, stream: StreamOptions) -> Result<OpenedInput,
     let input = spec.text.clone();
     let kind = match spec.kind {
         Some(k) => k,
-        None => match detect(&spec.path)? {
-            Detected::Archive { .. } => InputKind::Archive,
-            Detected::Stream => InputKind::Stream,
-            Detected::Nix2Container => InputKind::Nix2Container,
-            Detected::OciLayout => InputKind::OciLayout,
-            Detected::OciArchive => InputKind::OciArchive,
-        },
+        None => detect(&spec.path)?.into(),
     };
     match kind {
         InputKind::Archive => {

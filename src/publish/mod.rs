@@ -220,38 +220,32 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
 /// One input → its images: one, or for an index (`docker://`, `oci:`,
 /// `oci-archive:`) each of its images.
 async fn publish_input(
-    spec: InputSpec,
+    mut spec: InputSpec,
     destinations: Arc<Vec<Destination>>,
     options: ImageOptions,
     in_flight: Arc<in_flight::InFlight>,
     sources: remote::SourceClients,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Vec<PublishedImage>> {
-    let kind = match spec.kind {
-        Some(kind) => Some(kind),
-        None => match crate::input::detect(&spec.path) {
-            Ok(crate::input::Detected::OciLayout) => Some(InputKind::OciLayout),
-            Ok(crate::input::Detected::OciArchive) => Some(InputKind::OciArchive),
-            // Other kinds, and errors, are for the image reader to name.
-            _ => None,
-        },
-    };
-    match kind {
+    if spec.kind.is_none() {
+        // Detected once, here; the readers take the kind from the spec. An
+        // input that cannot be detected is left for its reader to name.
+        spec.kind = crate::input::detect(&spec.path).ok().map(InputKind::from);
+    }
+    match spec.kind {
         Some(InputKind::Remote) => {
-            return remote::publish_remote(spec, destinations, options.format, sources, reporter)
-                .await
+            remote::publish_remote(spec, destinations, options.format, sources, reporter).await
         }
         Some(InputKind::OciLayout) => {
-            return oci_input::publish_layout(spec, destinations, options.format, reporter).await
+            oci_input::publish_layout(spec, destinations, options.format, reporter).await
         }
         Some(InputKind::OciArchive) => {
-            return oci_input::publish_archive(spec, destinations, &options, reporter).await
+            oci_input::publish_archive(spec, destinations, &options, reporter).await
         }
-        _ => {}
+        _ => Ok(vec![
+            image::publish_image(spec, destinations, options, in_flight, reporter).await?,
+        ]),
     }
-    Ok(vec![
-        image::publish_image(spec, destinations, options, in_flight, reporter).await?,
-    ])
 }
 
 /// `<tag>-<arch><variant>` for each tag (`1.0-amd64`, `1.0-armv7`); tags
