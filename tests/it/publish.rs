@@ -894,7 +894,7 @@ fn one_image_of_a_several_image_archive_is_chosen_by_tag_or_position() {
     publish_inputs(&direct, "x", &[&amd64, &arm64]).success();
     let by_tag = format!("archive:{}:fd:arm64", two.display());
     let by_position = format!("archive:{}:@0", two.display());
-    let out = Run::new(&["publish", "--repo", &chosen, "--tag", "arm", &by_tag]).output();
+    let out = publish_inputs(&chosen, "arm", &[Path::new(&by_tag)]).output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     let arm64_index: ImageIndex =
@@ -910,16 +910,7 @@ fn one_image_of_a_several_image_archive_is_chosen_by_tag_or_position() {
         .filter(|l| l.ends_with(" compressed"))
         .collect();
     assert_eq!(compressed.len(), manifest.layers.len(), "{stderr}");
-    Run::new(&[
-        "publish",
-        "--repo",
-        &chosen,
-        "--tag",
-        "x",
-        &by_position,
-        &by_tag,
-    ])
-    .success();
+    publish_inputs(&chosen, "x", &[Path::new(&by_position), Path::new(&by_tag)]).success();
     assert_eq!(
         registry.skopeo_inspect_raw(&format!("{chosen}:x")),
         registry.skopeo_inspect_raw(&format!("{direct}:x"))
@@ -938,7 +929,7 @@ fn one_image_of_a_several_image_archive_is_chosen_by_tag_or_position() {
             ),
         ),
     ] {
-        let out = Run::new(&["publish", "--repo", &chosen, "--tag", "no", &input]).output();
+        let out = publish_inputs(&chosen, "no", &[Path::new(&input)]).output();
         assert_eq!(out.status.code(), Some(1), "{input}");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(stderr.contains(&message), "{stderr}");

@@ -14,7 +14,7 @@ use crate::harness::{
     client_at, random_archive, skopeo, skopeo_copy_all, skopeo_copy_all_to, Auth, FaultProxy,
     FaultRates, QuirkServer, TestRegistry,
 };
-use crate::publish::{testdata, Run};
+use crate::publish::{publish_inputs, testdata, Run};
 
 /// `manifold publish --no-tags` of one input: the printed `<repo>@<digest>`.
 fn push_by_digest(repo: &str, input: &Path) -> String {
@@ -335,30 +335,31 @@ platforms = ["linux/amd64"]
     skopeo_copy_all(&format!("{second}:all"), None);
 }
 
+/// Publishes the two fd fixtures to the OCI layout `layout`, tagged `v1`,
+/// and returns the index written there.
+fn publish_fixtures_to_layout(layout: &Path) -> ImageIndex {
+    let (amd64, arm64) = (testdata("fd-amd64.tar"), testdata("fd-arm64.tar.zst"));
+    publish_inputs(
+        &format!("oci:{}", layout.display()),
+        "v1",
+        &[&amd64, &arm64],
+    )
+    .success();
+    let written: ImageIndex =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let entry = &written.manifests[0];
+    serde_json::from_slice(
+        &std::fs::read(layout.join("blobs/sha256").join(entry.digest.hex())).unwrap(),
+    )
+    .unwrap()
+}
+
 #[test]
 fn an_oci_layout_is_an_input() {
     let registry = TestRegistry::start(Auth::None);
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("layout");
-    let amd64 = testdata("fd-amd64.tar");
-    let arm64 = testdata("fd-arm64.tar.zst");
-    Run::new(&[
-        "publish",
-        "--repo",
-        &format!("oci:{}", layout.display()),
-        "--tag",
-        "v1",
-        amd64.to_str().unwrap(),
-        arm64.to_str().unwrap(),
-    ])
-    .success();
-    let written: ImageIndex =
-        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
-    let entry = &written.manifests[0];
-    let layout_index: ImageIndex = serde_json::from_slice(
-        &std::fs::read(layout.join("blobs/sha256").join(entry.digest.hex())).unwrap(),
-    )
-    .unwrap();
+    let layout_index = publish_fixtures_to_layout(&layout);
 
     let repo = registry.repo("acme/from-layout");
     Run::new(&[
@@ -411,29 +412,7 @@ fn an_oci_archive_is_an_input() {
     let registry = TestRegistry::start(Auth::None);
     let dir = tempfile::tempdir().unwrap();
     let layout = dir.path().join("layout");
-    Run::new(&[
-        "publish",
-        "--repo",
-        &format!("oci:{}", layout.display()),
-        "--tag",
-        "v1",
-        testdata("fd-amd64.tar").to_str().unwrap(),
-        testdata("fd-arm64.tar.zst").to_str().unwrap(),
-    ])
-    .success();
-    let layout_index = std::fs::read(
-        layout.join("blobs/sha256").join(
-            serde_json::from_slice::<ImageIndex>(
-                &std::fs::read(layout.join("index.json")).unwrap(),
-            )
-            .unwrap()
-            .manifests[0]
-                .digest
-                .hex(),
-        ),
-    )
-    .unwrap();
-    let layout_index: ImageIndex = serde_json::from_slice(&layout_index).unwrap();
+    let layout_index = publish_fixtures_to_layout(&layout);
     let archive = dir.path().join("layout.tar");
     tar_layout(&layout, &archive);
 
@@ -443,7 +422,7 @@ fn an_oci_archive_is_an_input() {
         ("named", format!("oci-archive:{}:v1", archive.display())),
         ("detected", archive.display().to_string()),
     ] {
-        Run::new(&["publish", "--repo", &repo, "--tag", tag, &input]).success();
+        publish_inputs(&repo, tag, &[Path::new(&input)]).success();
         let (_, index) = index_at(&registry, &format!("{repo}:{tag}"));
         assert_eq!(index.manifests, layout_index.manifests, "{input}");
     }
@@ -486,7 +465,7 @@ fn an_oci_archive_is_an_input() {
     // A platform given before the input goes into the index, with the
     // warning a built image gets when its config says otherwise.
     let input = format!("linux/arm64=oci-archive:{}", sk.display());
-    let out = Run::new(&["publish", "--repo", &repo, "--tag", "arm", &input]).output();
+    let out = publish_inputs(&repo, "arm", &[Path::new(&input)]).output();
     assert!(out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -506,15 +485,7 @@ fn an_oci_archive_is_an_input() {
 
     // Without the name a compressed archive is read as a docker-archive,
     // and refused with the hint to name it.
-    let out = Run::new(&[
-        "publish",
-        "--repo",
-        &repo,
-        "--tag",
-        "no",
-        gz.to_str().unwrap(),
-    ])
-    .output();
+    let out = publish_inputs(&repo, "no", &[&gz]).output();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
