@@ -89,16 +89,18 @@ const INSPECT_EXAMPLES: &str = "\
 Examples:
   manifold inspect ghcr.io/acme/fd:1.0.0
   manifold inspect localhost:5000/fd@sha256:… --tag latest --tag 1
-  manifold inspect --json ghcr.io/acme/fd:latest";
+  manifold inspect --json ghcr.io/acme/fd:latest
+  manifold inspect oci:./out:latest";
 
 #[derive(Debug, Args)]
 pub struct InspectArgs {
-    /// A registry reference: `host/repo:tag` or `host/repo@sha256:…`
+    /// A registry reference, `host/repo:tag` or `host/repo@sha256:…`, or an
+    /// OCI layout, `oci:DIR[:TAG]` or `oci-archive:PATH[:TAG]`
     #[arg(value_name = "REF")]
     pub reference: String,
 
-    /// Also say whether this tag of the repository points at the same index
-    /// (repeatable)
+    /// Also say whether this tag of the repository (a name of the layout)
+    /// points at the same index (repeatable)
     #[arg(long = "tag", short = 't', value_name = "TAG")]
     pub tags: Vec<String>,
 

@@ -236,11 +236,8 @@ async fn publish_input(
         Some(InputKind::Remote) => {
             remote::publish_remote(spec, destinations, options.format, sources, reporter).await
         }
-        Some(InputKind::OciLayout) => {
-            oci_input::publish_layout(spec, destinations, options.format, reporter).await
-        }
-        Some(InputKind::OciArchive) => {
-            oci_input::publish_archive(spec, destinations, &options, reporter).await
+        Some(InputKind::OciLayout | InputKind::OciArchive) => {
+            oci_input::publish_layout(spec, destinations, &options, reporter).await
         }
         _ => Ok(vec![
             image::publish_image(spec, destinations, options, in_flight, reporter).await?,

@@ -16,8 +16,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 
 use crate::input::oci_archive::OciArchive;
-use crate::input::{split_existing_prefix, InputSpec};
-use crate::manifest::Format;
+use crate::input::{split_existing_prefix, InputKind, InputSpec};
 use crate::oci::{self, Descriptor, ImageIndex};
 use crate::progress::Reporter;
 
@@ -90,42 +89,38 @@ pub fn split_file_and_tag(path: &Path) -> (PathBuf, Option<String>) {
     split_existing_prefix(path, Path::is_file)
 }
 
-/// The `index.json` entry to publish from the layout directory `dir`.
-pub fn pick_entry(dir: &Path, tag: Option<&str>) -> Result<Descriptor, OciInputError> {
+/// `index.json` of the layout directory `dir`: its path and bytes.
+fn read_dir_index(dir: &Path) -> Result<(PathBuf, Vec<u8>), OciInputError> {
     let path = dir.join("index.json");
-    let bytes = match std::fs::read(&path) {
-        Ok(b) => b,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(OciInputError::NotALayout {
-                dir: dir.to_owned(),
-            })
-        }
-        Err(source) => return Err(OciInputError::Read { path, source }),
-    };
-    choose_entry(&bytes, &path, dir, "oci", tag)
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok((path, bytes)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(OciInputError::NotALayout {
+            dir: dir.to_owned(),
+        }),
+        Err(source) => Err(OciInputError::Read { path, source }),
+    }
 }
 
-/// The entry of `index` (read from `path`, in the layout `dir`) named `tag`,
-/// or its only one.
+fn parse_index(bytes: &[u8], path: &Path) -> Result<ImageIndex, OciInputError> {
+    serde_json::from_slice(bytes).map_err(|source| OciInputError::BadIndex {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The entry of `index` (of the layout `dir`) named `tag`, or its only one.
 fn choose_entry(
-    index: &[u8],
-    path: &Path,
+    index: &ImageIndex,
     dir: &Path,
     scheme: &'static str,
     tag: Option<&str>,
 ) -> Result<Descriptor, OciInputError> {
-    let index: ImageIndex =
-        serde_json::from_slice(index).map_err(|source| OciInputError::BadIndex {
-            path: path.to_owned(),
-            source,
-        })?;
-    let name_of = |d: &Descriptor| d.annotations.get(oci::ANNOTATION_REF_NAME).cloned();
-    let names: Vec<String> = index.manifests.iter().filter_map(name_of).collect();
+    let names: Vec<String> = index.manifests.iter().filter_map(ref_name).collect();
     if let Some(tag) = tag {
         return index
             .manifests
             .iter()
-            .find(|d| name_of(d).as_deref() == Some(tag))
+            .find(|d| ref_name(d).as_deref() == Some(tag))
             .cloned()
             .ok_or_else(|| OciInputError::NoSuchTag {
                 dir: dir.to_owned(),
@@ -150,57 +145,75 @@ fn choose_entry(
     }
 }
 
-/// Publishes the image (or images) of the layout named by `spec`.
-pub async fn publish_layout(
-    spec: InputSpec,
-    destinations: Arc<Vec<Destination>>,
-    format: Format,
-    reporter: Arc<dyn Reporter>,
-) -> Result<Vec<PublishedImage>> {
-    let (dir, tag) = split_dir_and_tag(&spec.path);
-    reporter.on_input_started(&spec.text);
-    let entry = pick_entry(&dir, tag.as_deref())?;
-    let source = ImageSource::Layout { dir };
-    let top = source.manifest(&entry).await?;
-    remote::publish_existing(&spec, &source, top, &destinations, format, &*reporter).await
+/// An entry's `org.opencontainers.image.ref.name`, the layout's tag.
+pub fn ref_name(entry: &Descriptor) -> Option<String> {
+    entry.annotations.get(oci::ANNOTATION_REF_NAME).cloned()
 }
 
 /// How large an archive's `index.json` may be.
 const MAX_INDEX_BYTES: u64 = 4 << 20;
 
-/// Publishes the image (or images) of the layout archive named by `spec`.
-pub async fn publish_archive(
-    spec: InputSpec,
-    destinations: Arc<Vec<Destination>>,
-    options: &ImageOptions,
-    reporter: Arc<dyn Reporter>,
-) -> Result<Vec<PublishedImage>> {
+/// An `oci:` or `oci-archive:` input, opened.
+pub struct OpenedLayout {
+    /// Where its manifests and blobs are read from.
+    pub source: ImageSource,
+    /// Its whole `index.json`.
+    pub index: ImageIndex,
+    /// The entry of `index.json` the input names.
+    pub entry: Descriptor,
+}
+
+/// Opens the layout `spec` names (its kind is `oci:` or `oci-archive:`).
+/// An archive is indexed on a blocking thread, a compressed one
+/// decompressed into `spool_dir` first, stopped if this future is dropped.
+pub async fn open_layout(spec: &InputSpec, spool_dir: &Path) -> Result<OpenedLayout> {
+    if spec.kind != Some(InputKind::OciArchive) {
+        let (dir, tag) = split_dir_and_tag(&spec.path);
+        let (path, bytes) = read_dir_index(&dir)?;
+        let index = parse_index(&bytes, &path)?;
+        let entry = choose_entry(&index, &dir, "oci", tag.as_deref())?;
+        return Ok(OpenedLayout {
+            source: ImageSource::Layout { dir },
+            index,
+            entry,
+        });
+    }
     let (path, tag) = split_file_and_tag(&spec.path);
-    reporter.on_input_started(&spec.text);
     let cancel = Arc::new(AtomicBool::new(false));
     let _stop_on_drop = CancelOnDrop(cancel.clone());
-    let spool_dir = options.spool_dir.clone();
-    let archive = tokio::task::spawn_blocking(move || -> Result<_, crate::input::InputError> {
+    let spool_dir = spool_dir.to_owned();
+    let opened = tokio::task::spawn_blocking(move || -> Result<_, crate::input::InputError> {
         let archive = OciArchive::open(&path, &spool_dir, &cancel)?;
         let index = archive.read_member("index.json", MAX_INDEX_BYTES)?;
         Ok((archive, index))
     })
     .await
     .context("the OCI archive reader stopped")?;
-    let (archive, index) = archive?;
+    let (archive, bytes) = opened?;
     let input = PathBuf::from(archive.input());
-    let entry = choose_entry(
-        &index,
-        &input.join("index.json"),
-        &input,
-        "oci-archive",
-        tag.as_deref(),
-    )?;
-    let source = ImageSource::Archive(Arc::new(archive));
-    let top = source.manifest(&entry).await?;
+    let index = parse_index(&bytes, &input.join("index.json"))?;
+    let entry = choose_entry(&index, &input, "oci-archive", tag.as_deref())?;
+    Ok(OpenedLayout {
+        source: ImageSource::Archive(Arc::new(archive)),
+        index,
+        entry,
+    })
+}
+
+/// Publishes the image (or images) of the layout (directory or archive)
+/// named by `spec`.
+pub async fn publish_layout(
+    spec: InputSpec,
+    destinations: Arc<Vec<Destination>>,
+    options: &ImageOptions,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Vec<PublishedImage>> {
+    reporter.on_input_started(&spec.text);
+    let layout = open_layout(&spec, &options.spool_dir).await?;
+    let top = layout.source.manifest(&layout.entry).await?;
     remote::publish_existing(
         &spec,
-        &source,
+        &layout.source,
         top,
         &destinations,
         options.format,
@@ -213,6 +226,12 @@ pub async fn publish_archive(
 mod tests {
     use super::*;
     use crate::digest::Digest;
+
+    /// The `index.json` entry an `oci:DIR[:TAG]` input picks.
+    fn pick_entry(dir: &Path, tag: Option<&str>) -> Result<Descriptor, OciInputError> {
+        let (path, bytes) = read_dir_index(dir)?;
+        choose_entry(&parse_index(&bytes, &path)?, dir, "oci", tag)
+    }
 
     fn layout(entries: &[(u8, Option<&str>)]) -> tempfile::TempDir {
         let dir = tempfile::tempdir().unwrap();

@@ -502,6 +502,57 @@ fn an_oci_archive_is_an_input() {
     );
 }
 
+/// `manifold inspect` reads OCI layouts, as directories and archives, like
+/// registry references: the entry named, its platforms, and which names
+/// point at it.
+#[test]
+fn inspect_reads_oci_layouts_and_archives() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = dir.path().join("layout");
+    let index = publish_fixtures_to_layout(&layout);
+    let written: ImageIndex =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let digest = written.manifests[0].digest.to_string();
+    let archive = dir.path().join("layout.tar");
+    tar_layout(&layout, &archive);
+    for (reference, shown) in [
+        (
+            format!("oci:{}:v1", layout.display()),
+            format!("oci:{}", layout.display()),
+        ),
+        (
+            format!("oci-archive:{}:v1", archive.display()),
+            format!("oci-archive:{}", archive.display()),
+        ),
+    ] {
+        let text = Run::new(&["inspect", &reference, "--tag", "v1", "--tag", "v2"]).success();
+        assert!(text.starts_with(&format!("{shown}@{digest}\n")), "{text}");
+        assert!(text.contains("tag v1 points here"), "{text}");
+        assert!(text.contains("tag v2 points elsewhere"), "{text}");
+        let json: serde_json::Value =
+            serde_json::from_str(&Run::new(&["inspect", "--json", &reference]).success()).unwrap();
+        let platforms: Vec<&str> = json["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["platform"].as_str().unwrap())
+            .collect();
+        assert_eq!(platforms, ["linux/amd64", "linux/arm64"]);
+        for (image, entry) in json["images"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .zip(&index.manifests)
+        {
+            assert_eq!(image["digest"], entry.digest.to_string());
+        }
+    }
+    let missing = Run::new(&["inspect", &format!("oci:{}:nope", layout.display())]).output();
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("no entry named `nope`"), "{stderr}");
+}
+
 #[test]
 fn a_docker_v2s2_image_is_refused_rather_than_mixed_into_an_oci_index() {
     let registry = TestRegistry::start(Auth::None);
