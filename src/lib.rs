@@ -1,7 +1,7 @@
 //! manifold publishes multi-architecture container images built by Nix.
 //!
 //! ```text
-//!  inputs (stream script, docker-archive, nix2container, oci layout)
+//!  inputs (stream script, docker-archive, nix2container, OCI layout or archive)
 //!     │  one pass per input, all inputs concurrently
 //!     ▼
 //!  layer::encode ── hash raw (diff_id) → compress → hash (digest) → spool
@@ -25,7 +25,7 @@
 //! | [`env`](mod@env) | every environment variable manifold reads |
 //! | [`reference`](mod@reference) | registry / repository / reference parsing |
 //! | [`tags`] | tag and annotation rules (pure) |
-//! | [`input`] | stream scripts, docker-archives, nix2container: one-pass readers |
+//! | [`input`] | stream scripts, docker-archives, nix2container: one-pass readers; OCI archives indexed in place |
 //! | [`registry`] | the registry client: auth, retries, uploads, manifests |
 //! | [`layout`] | OCI image layout directories |
 //! | [`manifest`] | image manifests and indexes (OCI or Docker) |
