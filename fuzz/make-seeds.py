@@ -80,6 +80,27 @@ def archive(layers, fmt=tarfile.PAX_FORMAT, legacy=False, link_repeat=False, man
     return buf.getvalue()
 
 
+def two_images():
+    """`docker save a b`: two images sharing a layer, tagged x:1 and y:2."""
+    shared, own_a, own_b = layer(5, 2), layer(6, 1), layer(7, 1)
+    members, entries = {}, []
+    for tag, layers in [("x:1", [shared, own_a]), ("y:2", [shared, own_b])]:
+        ids = ["sha256:" + hashlib.sha256(l).hexdigest() for l in layers]
+        config = json.dumps({"architecture": "amd64", "os": "linux",
+                             "rootfs": {"type": "layers", "diff_ids": ids}}).encode()
+        config_name = hashlib.sha256(config).hexdigest() + ".json"
+        names = [i[len("sha256:"):] + "/layer.tar" for i in ids]
+        members.update(zip(names, layers))
+        members[config_name] = config
+        entries.append({"Config": config_name, "RepoTags": [tag], "Layers": names})
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as t:
+        for name, data in members.items():
+            member(t, name, data)
+        member(t, "manifest.json", json.dumps(entries).encode())
+    return buf.getvalue()
+
+
 def put(target, name, data):
     d = SEEDS / target
     d.mkdir(parents=True, exist_ok=True)
@@ -96,6 +117,7 @@ def main():
         "gnu-legacy.tar": archive([a, b], fmt=tarfile.GNU_FORMAT, legacy=True),
         "symlinked-repeat.tar": archive([a, b, a], link_repeat=True),
         "no-layers.tar": archive([]),
+        "two-images.tar": two_images(),
     }
     for name, data in small.items():
         put("docker_archive", name, data)
