@@ -26,3 +26,5 @@ out=${1:-./out}
   testdata/stream-amd64 testdata/stream-arm64
 echo "index.json of $out:" >&2
 python3 -m json.tool "$out/index.json" >&2
+echo "what latest points at (manifold inspect oci:$out:latest):" >&2
+./target/debug/manifold inspect "oci:$out:latest" >&2
