@@ -1377,7 +1377,7 @@ mod tests {
         expect(&archive(&[("c.json", &config)]), "no `manifest.json`");
         expect(
             &archive(&[("oci-layout", b"{}"), ("index.json", b"{}")]),
-            "hint: name its kind, as in `oci-archive:test.tar`",
+            "hint: name its kind, as in `oci-archive:PATH`",
         );
         expect(
             &archive(&[("manifest.json", b"{not json")]),

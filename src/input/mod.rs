@@ -93,7 +93,7 @@ pub enum InputError {
     #[error("`{input}` has no `manifest.json`: it is not a docker-archive")]
     NoManifest { input: String },
 
-    #[error("`{input}` is an OCI image layout archive without `manifest.json`, not a docker-archive\nhint: name its kind, as in `oci-archive:{input}`")]
+    #[error("`{input}` is an OCI image layout archive without `manifest.json`, not a docker-archive\nhint: name its kind, as in `oci-archive:PATH`")]
     OciArchive { input: String },
 
     #[error("`{input}` has no `{missing}`: it is not an OCI image layout archive")]

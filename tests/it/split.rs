@@ -490,7 +490,7 @@ fn an_oci_archive_is_an_input() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         stderr.contains(&format!(
-            "hint: name its kind, as in `oci-archive:{}`",
+            "`{}` is an OCI image layout archive without `manifest.json`, not a docker-archive\nhint: name its kind, as in `oci-archive:PATH`",
             gz.display()
         )),
         "{stderr}"
