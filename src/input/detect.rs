@@ -32,6 +32,14 @@ impl ArchiveCompression {
             ArchiveCompression::None
         }
     }
+
+    /// The compression of the file at `path`, by its first bytes.
+    pub fn of_file(path: &Path) -> io::Result<ArchiveCompression> {
+        Ok(ArchiveCompression::sniff(&read_head(
+            &mut File::open(path)?,
+            4,
+        )?))
+    }
 }
 
 /// What an input turned out to be.

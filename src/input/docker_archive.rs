@@ -224,13 +224,7 @@ impl Selection {
             input: input.to_owned(),
             source,
         };
-        let mut file = std::fs::File::open(path).map_err(open_err)?;
-        let mut head = Vec::with_capacity(4);
-        (&mut file)
-            .take(4)
-            .read_to_end(&mut head)
-            .map_err(open_err)?;
-        if ArchiveCompression::sniff(&head) != ArchiveCompression::None {
+        if ArchiveCompression::of_file(path).map_err(open_err)? != ArchiveCompression::None {
             return Ok(None);
         }
         let file = std::fs::File::open(path).map_err(open_err)?;

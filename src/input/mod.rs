@@ -474,10 +474,7 @@ impl ArchiveSource {
         let selection = std::mem::take(&mut self.selection);
         let result = match &cancel {
             Some(flag) => {
-                let mut reader = Cancellable {
-                    inner: self.reader(),
-                    flag: flag.clone(),
-                };
+                let mut reader = Cancellable::new(self.reader(), flag);
                 read_selected(&name, &mut reader, opts, &selection, on_event)
             }
             None => read_selected(&name, self.reader(), opts, &selection, on_event),
@@ -501,15 +498,22 @@ impl ArchiveSource {
     }
 }
 
-/// Fails reads once its flag is set.
-struct Cancellable<'a> {
-    inner: &'a mut (dyn Read + Send),
-    flag: Arc<AtomicBool>,
+/// A reader that fails once `cancel` is set, so an abandoned publish stops
+/// reading at its next read.
+pub struct Cancellable<'a, R> {
+    inner: R,
+    cancel: &'a AtomicBool,
 }
 
-impl Read for Cancellable<'_> {
+impl<'a, R: Read> Cancellable<'a, R> {
+    pub fn new(inner: R, cancel: &'a AtomicBool) -> Self {
+        Cancellable { inner, cancel }
+    }
+}
+
+impl<R: Read> Read for Cancellable<'_, R> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.flag.load(Ordering::Relaxed) {
+        if self.cancel.load(Ordering::Relaxed) {
             // Not `Interrupted`: readers retry on that.
             return Err(io::Error::other("publish cancelled"));
         }

@@ -9,13 +9,13 @@
 //! (removed when the archive is dropped), as skopeo unpacks one.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Seek};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 
 use super::detect::ArchiveCompression;
 use super::tar_index::{Span, TarIndex};
-use super::InputError;
+use super::{Cancellable, InputError};
 
 /// An OCI layout archive, indexed.
 #[derive(Debug)]
@@ -38,14 +38,11 @@ impl OciArchive {
             input: input.clone(),
             source,
         };
-        let mut file = File::open(path).map_err(open_err)?;
-        let mut head = [0u8; 4];
-        let n = read_up_to(&mut file, &mut head).map_err(open_err)?;
-        file.rewind().map_err(open_err)?;
-        let (data, decompressed) = match ArchiveCompression::sniff(&head[..n]) {
+        let compression = ArchiveCompression::of_file(path).map_err(open_err)?;
+        let (data, decompressed) = match compression {
             ArchiveCompression::None => (path.to_owned(), None),
-            compression => {
-                let copy = decompress(&input, file, compression, spool_dir, cancel)?;
+            _ => {
+                let copy = decompress(path, spool_dir, cancel)?;
                 (copy.to_path_buf(), Some(copy))
             }
         };
@@ -98,9 +95,9 @@ impl OciArchive {
 /// `oci-layout` and `index.json` but no `manifest.json` (an archive with
 /// both, as `docker save` ≥ 25 writes, is read as a docker-archive).
 pub fn is_oci_archive(path: &Path) -> bool {
-    let Ok(members) = File::open(path)
-        .map_err(|_| ())
-        .and_then(|f| TarIndex::scan(&path.display().to_string(), f).map_err(|_| ()))
+    let Some(members) = File::open(path)
+        .ok()
+        .and_then(|f| TarIndex::scan(&path.display().to_string(), f).ok())
     else {
         return false;
     };
@@ -114,22 +111,10 @@ pub fn blob_name(digest: &crate::digest::Digest) -> String {
     format!("blobs/sha256/{}", digest.hex())
 }
 
-fn read_up_to(r: &mut impl Read, buf: &mut [u8]) -> io::Result<usize> {
-    let mut n = 0;
-    while n < buf.len() {
-        match r.read(&mut buf[n..])? {
-            0 => break,
-            k => n += k,
-        }
-    }
-    Ok(n)
-}
-
-/// Decompresses `file` into a temp file in `spool_dir`.
+/// Decompresses the archive at `path` into a temp file in `spool_dir`,
+/// with the decoders (and read-ahead) of docker-archive files.
 fn decompress(
-    input: &str,
-    file: File,
-    compression: ArchiveCompression,
+    path: &Path,
     spool_dir: &Path,
     cancel: &AtomicBool,
 ) -> Result<tempfile::TempPath, InputError> {
@@ -137,48 +122,27 @@ fn decompress(
         dir: spool_dir.to_owned(),
         source,
     };
-    let read_err = |source| InputError::Tar {
-        input: input.to_owned(),
-        source,
-    };
-    let buffered = BufReader::with_capacity(1 << 20, file);
-    let decoder: Box<dyn Read> = match compression {
-        ArchiveCompression::Gzip => Box::new(crate::layer::gunzip::decoder(buffered)),
-        _ => Box::new(zstd::Decoder::with_buffer(buffered).map_err(read_err)?),
-    };
     let mut copy = tempfile::Builder::new()
         .prefix(".manifold-oci-archive-")
         .tempfile_in(spool_dir)
         .map_err(spool_err)?;
-    let mut reader = Cancellable {
-        inner: decoder,
-        cancel,
-    };
+    let mut reader = Cancellable::new(super::open_archive(path)?, cancel);
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = match reader.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(read_err(e)),
+            Err(source) => {
+                return Err(InputError::Tar {
+                    input: path.display().to_string(),
+                    source,
+                })
+            }
         };
-        io::Write::write_all(copy.as_file_mut(), &buf[..n]).map_err(spool_err)?;
+        copy.as_file_mut().write_all(&buf[..n]).map_err(spool_err)?;
     }
     Ok(copy.into_temp_path())
-}
-
-struct Cancellable<'a> {
-    inner: Box<dyn Read + 'a>,
-    cancel: &'a AtomicBool,
-}
-
-impl Read for Cancellable<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.cancel.load(Ordering::Relaxed) {
-            return Err(io::Error::other("publish cancelled"));
-        }
-        self.inner.read(buf)
-    }
 }
 
 #[cfg(test)]

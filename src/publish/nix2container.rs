@@ -24,7 +24,7 @@
 //! the input module, with the platform the image is published as. The index
 //! and the tags are left to `publish`.
 
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -40,7 +40,7 @@ use crate::input::nix2container::{
     N2cLayer,
 };
 use crate::input::pipe::{pipe, Chunk, PipeSender};
-use crate::input::InputSpec;
+use crate::input::{Cancellable, InputSpec};
 use crate::layer::slots::Slots;
 use crate::layer::{encode_layer, spool, Compression, DiffIdMismatch, EncodedLayer};
 use crate::manifest;
@@ -534,28 +534,6 @@ fn build_layer(
     }
 }
 
-/// Stops the read when the publish is cancelled (another input failed), so
-/// a layer's encoder does not run on for nothing.
-struct Cancellable<'a, R> {
-    inner: R,
-    cancel: &'a AtomicBool,
-}
-
-impl<'a, R: Read> Cancellable<'a, R> {
-    fn new(inner: R, cancel: &'a AtomicBool) -> Self {
-        Cancellable { inner, cancel }
-    }
-}
-
-impl<R: Read> Read for Cancellable<'_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if self.cancel.load(Ordering::Relaxed) {
-            return Err(io::Error::other("publish cancelled"));
-        }
-        self.inner.read(buf)
-    }
-}
-
 /// The tar writer's end of the pipe.
 struct PipeWriter<'a> {
     tx: Option<PipeSender>,
@@ -626,6 +604,7 @@ mod tests {
     use super::*;
     use crate::digest::HashingWriter;
     use crate::input::nix2container::{PathOptions, Rewrite, StorePath};
+    use std::io::Read;
 
     /// A small store: one path with a file a few pipe chunks long.
     fn store() -> (tempfile::TempDir, N2cLayer) {
