@@ -56,6 +56,14 @@ several images pick one with `archive:PATH:REF` or `archive:PATH:@N`),
 already in a registry). PLATFORM is `os/arch[/variant]`
 or a Nix system such as `aarch64-linux`.";
 
+// Option groups in `--help`, in the order a publish goes: where to, which
+// tags, how layers are made, how registries are reached.
+const DESTINATION: &str = "Destination options";
+const TAGS: &str = "Tag options";
+const LAYERS: &str = "Layer options";
+const REGISTRY: &str = "Registry options";
+const GLOBAL: &str = "Global options";
+
 #[derive(Debug, Parser)]
 #[command(name = "manifold", version, about = ABOUT, long_about = LONG_ABOUT, after_long_help = TOP_EXAMPLES)]
 pub struct Cli {
@@ -63,11 +71,11 @@ pub struct Cli {
     pub command: Command,
 
     /// More detail on stderr (-v: debug, -vv: trace); RUST_LOG also works
-    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count, help_heading = GLOBAL)]
     pub verbose: u8,
 
     /// Only errors on stderr
-    #[arg(short, long, global = true)]
+    #[arg(short, long, global = true, help_heading = GLOBAL)]
     pub quiet: bool,
 }
 
@@ -125,99 +133,101 @@ pub struct PublishArgs {
     #[arg(value_name = "INPUT", required_unless_present = "config")]
     pub inputs: Vec<String>,
 
+    /// Destination: a registry repository (`ghcr.io/acme/fd`) or `oci:DIR`
+    ///
+    /// Repeat it to publish to several places; every destination gets the
+    /// same index and the same tags. In GitHub Actions the default is
+    /// `ghcr.io/<owner>/<repository>`, lower-cased.
+    #[arg(long = "repo", value_name = "REPO", help_heading = DESTINATION)]
+    pub repos: Vec<String>,
+
     /// Publish several images from a TOML file, one `[[image]]` table each
     /// (`repo`, `inputs`, optional `tags`, `annotations`, `platforms`)
     ///
     /// Paths in the file are relative to it; the other flags apply to every
     /// image. Layers shared between images are uploaded once per registry and
     /// mounted into the other repositories.
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["inputs", "repos"])]
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["inputs", "repos"], help_heading = DESTINATION)]
     pub config: Option<PathBuf>,
+
+    /// Document format: OCI, or Docker v2s2 for old clients (gzip layers
+    /// only; annotations cannot be written there and are dropped with a warning)
+    #[arg(long, value_enum, default_value_t = FormatArg::Oci, help_heading = DESTINATION)]
+    pub format: FormatArg,
+
+    /// Read the inputs, resolve platforms, tags and annotations, ask the
+    /// registries which blobs they have, and print the plan; write nothing
+    #[arg(long, help_heading = DESTINATION)]
+    pub dry_run: bool,
+
+    /// Also write the result as JSON to this file
+    #[arg(long, value_name = "PATH", help_heading = DESTINATION)]
+    pub metadata_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    pub tags: TagArgs,
 
     /// Also tag each per-architecture manifest `<tag>-<arch><variant>`
     /// (`1.0-amd64`, `1.0-armv7`), for registries whose clean-up deletes
     /// untagged manifests (ghcr.io)
-    #[arg(long)]
+    #[arg(long, help_heading = TAGS)]
     pub arch_tags: bool,
 
-    /// Destination: a registry repository (`ghcr.io/acme/fd`) or `oci:DIR`
-    ///
-    /// Repeat it to publish to several places; every destination gets the
-    /// same index and the same tags. In GitHub Actions the default is
-    /// `ghcr.io/<owner>/<repository>`, lower-cased.
-    #[arg(long = "repo", value_name = "REPO")]
-    pub repos: Vec<String>,
-
-    #[command(flatten)]
-    pub tags: TagArgs,
-
-    #[command(flatten)]
-    pub registry: RegistryArgs,
-
-    /// Document format: OCI, or Docker v2s2 for old clients (gzip layers
-    /// only; annotations cannot be written there and are dropped with a warning)
-    #[arg(long, value_enum, default_value_t = FormatArg::Oci)]
-    pub format: FormatArg,
+    /// Put annotations on the index only, or on the per-arch manifests too
+    #[arg(long, value_enum, default_value_t = AnnotationLevel::Index, help_heading = TAGS)]
+    pub annotation_level: AnnotationLevel,
 
     /// Layer compression
-    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip)]
+    #[arg(long, value_enum, default_value_t = CompressionArg::Gzip, help_heading = LAYERS)]
     pub compression: CompressionArg,
 
     /// Compression level (gzip 1–9, default 1; zstd 1–19, default 3)
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", help_heading = LAYERS)]
     pub compression_level: Option<i32>,
 
     /// Reuse layers of this image besides those of the tags being published
-    #[arg(long, value_name = "REF")]
+    #[arg(long, value_name = "REF", help_heading = LAYERS)]
     pub cache_from: Vec<String>,
 
     /// Don't read or write the local layer cache ($XDG_CACHE_HOME/manifold)
-    #[arg(long)]
+    #[arg(long, help_heading = LAYERS)]
     pub no_cache: bool,
-
-    /// Put annotations on the index only, or on the per-arch manifests too
-    #[arg(long, value_enum, default_value_t = AnnotationLevel::Index)]
-    pub annotation_level: AnnotationLevel,
-
-    /// Also write the result as JSON to this file
-    #[arg(long, value_name = "PATH")]
-    pub metadata_file: Option<PathBuf>,
-
-    /// Read the inputs, resolve platforms, tags and annotations, ask the
-    /// registries which blobs they have, and print the plan; write nothing
-    #[arg(long)]
-    pub dry_run: bool,
 
     /// Directory for the temp files that hold compressed layers (and a
     /// decompressed `oci-archive:`) [default: $TMPDIR]
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", help_heading = LAYERS)]
     pub spool_dir: Option<PathBuf>,
 
     /// Kill a stream script that runs longer than this many seconds
-    #[arg(long, value_name = "SECONDS")]
+    #[arg(long, value_name = "SECONDS", help_heading = LAYERS)]
     pub stream_timeout: Option<u64>,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 #[derive(Debug, Args)]
 pub struct TagsArgs {
-    #[command(flatten)]
-    pub tags: TagArgs,
-
     /// Apply the never-backwards guard against this repository's tags
     #[arg(long = "repo", value_name = "REPO")]
     pub repo: Option<String>,
-
-    #[command(flatten)]
-    pub registry: RegistryArgs,
 
     /// Print a structured view: tags, version, annotations, and why each
     /// automatic tag was or was not given
     #[arg(long)]
     pub json: bool,
+
+    // Flattened last: a flattened group's heading carries on to what follows.
+    #[command(flatten)]
+    pub tags: TagArgs,
+
+    #[command(flatten)]
+    pub registry: RegistryArgs,
 }
 
 /// How tags and annotations are derived (see the README's tag rules).
 #[derive(Debug, Args, Default, Clone)]
+#[command(next_help_heading = TAGS)]
 pub struct TagArgs {
     /// A tag to push, before the automatic ones (repeatable)
     #[arg(long = "tag", short = 't', value_name = "TAG")]
@@ -275,6 +285,7 @@ pub struct TagArgs {
 
 /// How manifold talks to registries.
 #[derive(Debug, Args, Default, Clone)]
+#[command(next_help_heading = REGISTRY)]
 pub struct RegistryArgs {
     /// Registry user name; the password is read from stdin (--password-stdin)
     #[arg(long, value_name = "USER", requires = "password_stdin")]

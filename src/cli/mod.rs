@@ -109,26 +109,44 @@ pub fn init_logging(cli: &Cli) {
         .try_init();
 }
 
-/// The message for an error: its chain, once, with `hint:` lines last.
+/// The message for an error: its chain, once, with `hint:` lines last. Each
+/// cause after the first starts a `caused by:` line; further lines of one
+/// message (a stream's stderr tail) stay indented under it.
 pub fn render_error(error: &anyhow::Error) -> String {
-    let mut lines = Vec::new();
-    let mut hints = Vec::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
+    let mut out = String::new();
+    let mut kept: Vec<&str> = Vec::new();
+    let mut hints: Vec<&str> = Vec::new();
+    let texts: Vec<String> = error.chain().map(|cause| cause.to_string()).collect();
+    for text in &texts {
+        let mut first_of_cause = true;
         for line in text.lines() {
             if line.starts_with("hint:") {
-                if !hints.contains(&line.to_owned()) {
-                    hints.push(line.to_owned());
+                if !hints.contains(&line) {
+                    hints.push(line);
                 }
-            } else if !lines.iter().any(|l: &String| l.contains(line)) {
-                lines.push(line.to_owned());
+                continue;
             }
+            // Context messages often repeat their source's text: say it once.
+            if kept.iter().any(|l| l.contains(line)) {
+                continue;
+            }
+            if !out.is_empty() {
+                out.push_str(if first_of_cause {
+                    "\n  caused by: "
+                } else if line.starts_with(char::is_whitespace) {
+                    "\n"
+                } else {
+                    "\n  "
+                });
+            }
+            out.push_str(line);
+            kept.push(line);
+            first_of_cause = false;
         }
     }
-    let mut out = lines.join("\n  caused by: ");
     for hint in hints {
         out.push('\n');
-        out.push_str(&hint);
+        out.push_str(hint);
     }
     out
 }
@@ -649,4 +667,32 @@ async fn run_tags(args: TagsArgs, env: &Env) -> Result<()> {
     }
     stdout.flush()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_chain_is_rendered_once_with_hints_last() {
+        let error = anyhow::anyhow!("No such file or directory (os error 2)")
+            .context("cannot open input `nope`: No such file or directory (os error 2)")
+            .context("hint: check the path\npublishing failed");
+        assert_eq!(
+            render_error(&error),
+            "publishing failed\n  caused by: cannot open input `nope`: No such file or directory (os error 2)\nhint: check the path"
+        );
+    }
+
+    #[test]
+    fn further_lines_of_one_message_stay_under_it() {
+        let error = anyhow::anyhow!(
+            "stream `s` failed (exit status: 3); its last stderr lines:\n  boom\n  bang"
+        )
+        .context("reading `s`");
+        assert_eq!(
+            render_error(&error),
+            "reading `s`\n  caused by: stream `s` failed (exit status: 3); its last stderr lines:\n  boom\n  bang"
+        );
+    }
 }

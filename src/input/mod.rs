@@ -41,7 +41,7 @@ pub enum InputError {
     #[error("`{text}` is not an input: {reason}\nhint: inputs are written `[PLATFORM=][KIND:]PATH`, KIND being `stream`, `archive`, `nix2container`, `oci`, `oci-archive` or `docker://REF`")]
     BadSpec { text: String, reason: String },
 
-    #[error("cannot open input `{input}`")]
+    #[error("cannot open input `{input}`{}", not_a_platform_hint(.input, .source))]
     Open {
         input: String,
         #[source]
@@ -191,6 +191,22 @@ pub enum InputError {
 
     #[error("stream `{input}` did not finish within {}s and was killed", after.as_secs())]
     TimedOut { input: String, after: Duration },
+}
+
+/// For a missing `LEFT=PATH` whose LEFT was meant as a platform but is not
+/// one (`linux/amd64/v3/x=./result`): the spec parser took the whole text as
+/// a path, since a path may hold `=`; say why.
+fn not_a_platform_hint(input: &str, error: &io::Error) -> String {
+    let Some((left, _)) = input.split_once('=') else {
+        return String::new();
+    };
+    if error.kind() != io::ErrorKind::NotFound || left.starts_with(['.', '/', '~']) {
+        return String::new();
+    }
+    match left.parse::<Platform>() {
+        Err(e) => format!("\nhint: {e}"),
+        Ok(_) => String::new(),
+    }
 }
 
 /// The last lines a failed command wrote on stderr, indented under the message.
@@ -607,6 +623,28 @@ mod tests {
         let s = spec("not a platform=stream:x");
         assert_eq!(s.kind, None);
         assert_eq!(s.path, PathBuf::from("not a platform=stream:x"));
+    }
+
+    #[test]
+    fn a_missing_input_with_a_bad_platform_says_so() {
+        let missing = || io::Error::from(io::ErrorKind::NotFound);
+        let err = InputError::Open {
+            input: "linux/amd64/v3/x=./result".into(),
+            source: missing(),
+        };
+        let text = err.to_string();
+        assert!(text.starts_with("cannot open input `linux/amd64/v3/x=./result`\nhint: `linux/amd64/v3/x` is not a platform"), "{text}");
+        for (input, source) in [
+            ("./a=b", missing()),
+            ("plain-path", missing()),
+            ("a b=c", io::Error::from(io::ErrorKind::PermissionDenied)),
+        ] {
+            let err = InputError::Open {
+                input: input.into(),
+                source,
+            };
+            assert!(!err.to_string().contains("hint:"), "{err}");
+        }
     }
 
     #[test]
