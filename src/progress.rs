@@ -44,8 +44,16 @@ pub trait Reporter: Send + Sync {
         _outcome: BlobOutcome,
     ) {
     }
-    /// A manifest or index is in place at `destination` under its digest.
-    fn on_manifest_pushed(&self, _destination: &str, _what: &str, _digest: &Digest) {}
+    /// A manifest or index is in place at `destination` under its digest;
+    /// `already` when the registry had it and nothing was sent.
+    fn on_manifest_pushed(
+        &self,
+        _destination: &str,
+        _what: &str,
+        _digest: &Digest,
+        _already: bool,
+    ) {
+    }
     /// `tag` at `destination` now points at the index.
     fn on_tag(&self, _destination: &str, _tag: &str) {}
     /// A notice for the user (already formatted, one line).
@@ -124,8 +132,9 @@ impl Reporter for Tally {
         counter.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
         self.inner.on_blob_done(destination, digest, size, outcome)
     }
-    fn on_manifest_pushed(&self, destination: &str, what: &str, digest: &Digest) {
-        self.inner.on_manifest_pushed(destination, what, digest)
+    fn on_manifest_pushed(&self, destination: &str, what: &str, digest: &Digest, already: bool) {
+        self.inner
+            .on_manifest_pushed(destination, what, digest, already)
     }
     fn on_tag(&self, destination: &str, tag: &str) {
         self.inner.on_tag(destination, tag)

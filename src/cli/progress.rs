@@ -104,9 +104,9 @@ impl Reporter for Bars {
                 .set_position(self.upload.position().saturating_sub(bytes.unsigned_abs()));
         }
     }
-    fn on_manifest_pushed(&self, destination: &str, what: &str, digest: &Digest) {
+    fn on_manifest_pushed(&self, destination: &str, what: &str, digest: &Digest, already: bool) {
         self.multi
-            .println(format!("{destination}: pushed {what} {digest}"))
+            .println(manifest_line(destination, what, digest, already))
             .ok();
     }
     fn on_tag(&self, destination: &str, tag: &str) {
@@ -169,14 +169,22 @@ impl Reporter for Lines {
             digest.short()
         );
     }
-    fn on_manifest_pushed(&self, destination: &str, what: &str, digest: &Digest) {
-        eprintln!("{destination}: pushed {what} {digest}");
+    fn on_manifest_pushed(&self, destination: &str, what: &str, digest: &Digest, already: bool) {
+        eprintln!("{}", manifest_line(destination, what, digest, already));
     }
     fn on_tag(&self, destination: &str, tag: &str) {
         eprintln!("{destination}: tagged {tag}");
     }
     fn on_notice(&self, message: &str) {
         eprintln!("{message}");
+    }
+}
+
+fn manifest_line(destination: &str, what: &str, digest: &Digest, already: bool) -> String {
+    if already {
+        format!("{destination}: already has {what} {digest}")
+    } else {
+        format!("{destination}: pushed {what} {digest}")
     }
 }
 

@@ -265,10 +265,11 @@ impl Destination {
         what: &str,
         reporter: &dyn Reporter,
     ) -> Result<()> {
+        let mut already = false;
         match self {
             Destination::Registry { client, repository } => {
                 let reference = manifest.digest.to_string();
-                let present = client
+                already = client
                     .head_manifest(&repository.path, &reference)
                     .await
                     .with_context(|| {
@@ -278,7 +279,7 @@ impl Destination {
                         )
                     })?
                     .is_some();
-                if !present {
+                if !already {
                     client
                         .put_manifest(&repository.path, &reference, manifest)
                         .await
@@ -293,7 +294,7 @@ impl Destination {
             // Nothing is written; the plan lists the manifest's digest.
             Destination::DryRun(_) => return Ok(()),
         }
-        reporter.on_manifest_pushed(&self.to_string(), what, &manifest.digest);
+        reporter.on_manifest_pushed(&self.to_string(), what, &manifest.digest, already);
         Ok(())
     }
 
