@@ -181,11 +181,17 @@ pub struct PublishArgs {
     #[arg(long, value_enum, default_value_t = CompressionArg::Gzip, help_heading = LAYERS)]
     pub compression: CompressionArg,
 
-    /// Compression level (gzip 1–9, default 1; zstd 1–19, default 3)
+    /// Compression level (gzip 1–9, default 2; zstd 1–19, default 3)
     #[arg(long, value_name = "N", help_heading = LAYERS)]
     pub compression_level: Option<i32>,
 
     /// Reuse layers of this image besides those of the tags being published
+    /// (repeatable)
+    ///
+    /// A tag or digest (`main`, `sha256:…`) is looked up in every destination;
+    /// an image (`ghcr.io/acme/base:1.0`) in its own repository, whose layers
+    /// are then mounted into destinations on the same registry instead of
+    /// being compressed and uploaded.
     #[arg(long, value_name = "REF", help_heading = LAYERS)]
     pub cache_from: Vec<String>,
 

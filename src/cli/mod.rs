@@ -375,9 +375,13 @@ fn compression(args: &PublishArgs) -> Result<Compression> {
             level: Compression::DEFAULT_ZSTD_LEVEL,
         },
         (CompressionArg::Zstd, Some(l)) if (1..=19).contains(&l) => Compression::Zstd { level: l },
-        (c, Some(l)) => bail!(UsageError(format!(
-            "`--compression-level {l}` is out of range for {c:?} (gzip 1–9, zstd 1–19)"
-        ))),
+        (c, Some(l)) => {
+            let name = clap::ValueEnum::to_possible_value(&c).map(|v| v.get_name().to_owned());
+            bail!(UsageError(format!(
+                "`--compression-level {l}` is out of range for {} (gzip 1–9, zstd 1–19)",
+                name.unwrap_or_default()
+            )))
+        }
     })
 }
 
@@ -480,6 +484,14 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
     plan.check_writable(args.dry_run)?;
     let batch = args.config.is_some();
     let jobs = read_jobs(&args, env, &*screen)?;
+    let cache_from = args
+        .cache_from
+        .iter()
+        .map(|text| {
+            text.parse::<publish::known::CacheFrom>()
+                .map_err(UsageError)
+        })
+        .collect::<Result<Vec<_>, _>>()?;
 
     // Every repository and every `docker://` source at once, so that a
     // password from stdin is read once and each registry gets one client.
@@ -586,7 +598,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
                 },
             )),
             tags: tag_set,
-            cache_from: args.cache_from.clone(),
+            cache_from: cache_from.clone(),
             cache: (!args.no_cache && !args.dry_run)
                 .then(|| cache_dir(env).map(|d| publish::known::LayerCache::in_dir(&d)))
                 .flatten(),

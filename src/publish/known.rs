@@ -14,15 +14,23 @@
 //! pairs from earlier runs on this machine, for tags that do not exist yet;
 //! a cached pair is used only after a HEAD shows every destination has it.
 //!
+//! `--cache-from` adds images to read: a tag or digest is looked up in every
+//! destination repository, a full reference (`host/repo:tag`) in its own
+//! repository; layers found in another repository of a destination's
+//! registry are mounted from it (`POST …?mount=&from=`) when a reader meets
+//! them, as `docker buildx --cache-from` reuses a base image's layers.
+//!
 //! Everything here is an optimisation: a failure only means less is skipped.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
 use crate::digest::Digest;
 use crate::layer::Compression;
 use crate::oci::{self, ConfigSummary, Descriptor, ImageIndex, ImageManifest};
 use crate::progress::Reporter;
+use crate::reference::{self, Reference, Repository};
 
 use super::destination::Destination;
 
@@ -31,10 +39,51 @@ const MAX_CONFIG_BYTES: u64 = 4 << 20;
 /// Index children followed per reference.
 const MAX_CHILDREN: usize = 32;
 
+/// A `--cache-from` value.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheFrom {
+    /// A tag or digest, read in every registry destination.
+    InDestinations(String),
+    /// An image by full reference, read in its own repository.
+    Image(Reference),
+}
+
+impl FromStr for CacheFrom {
+    type Err = String;
+
+    /// `TAG`, `sha256:…` (or `@sha256:…`), or `host/repo[:tag][@digest]`.
+    /// A value with no `/` or `:` is a tag, as `--tag` takes it.
+    fn from_str(text: &str) -> Result<CacheFrom, String> {
+        let bare = text.strip_prefix('@').unwrap_or(text);
+        if bare.parse::<Digest>().is_ok() || reference::is_valid_tag(text) {
+            return Ok(CacheFrom::InDestinations(bare.to_owned()));
+        }
+        Reference::parse(text).map(CacheFrom::Image).map_err(|e| {
+            format!(
+                "`--cache-from {text}` is not a tag, a digest or an image reference: {e}\n\
+                 hint: write a tag of the destinations (`main`), a digest (`sha256:…`) \
+                 or an image (`ghcr.io/acme/base:1.0`)"
+            )
+        })
+    }
+}
+
+impl std::fmt::Display for CacheFrom {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheFrom::InDestinations(reference) => f.write_str(reference),
+            CacheFrom::Image(reference) => reference.fmt(f),
+        }
+    }
+}
+
 /// diff_id → a blob every destination has.
 #[derive(Default)]
 pub struct KnownLayers {
     layers: HashMap<Digest, Descriptor>,
+    /// Blobs of a `--cache-from` image in another repository of the
+    /// destinations' registry: mounted from it when asked for.
+    mountable: HashMap<Digest, (Descriptor, Repository)>,
     /// Pairs from the local cache, checked (HEAD) only when asked for.
     cached: HashMap<Digest, (Digest, u64)>,
     media_type: String,
@@ -44,7 +93,7 @@ pub struct KnownLayers {
 
 impl KnownLayers {
     pub fn is_empty(&self) -> bool {
-        self.layers.is_empty() && self.cached.is_empty()
+        self.layers.is_empty() && self.mountable.is_empty() && self.cached.is_empty()
     }
 
     /// The descriptor for `diff_id` if every destination has its blob. Called
@@ -54,8 +103,23 @@ impl KnownLayers {
         if let Some(d) = self.layers.get(diff_id) {
             return Some(d.clone());
         }
-        let (digest, size) = self.cached.get(diff_id)?;
         let runtime = self.runtime.as_ref()?;
+        if let Some((descriptor, from)) = self.mountable.get(diff_id) {
+            // A mount is idempotent: two inputs sharing the layer may both ask.
+            let mounted = runtime.block_on(async {
+                for destination in &self.destinations {
+                    let has = destination.has_blob(&descriptor.digest).await;
+                    if !has.unwrap_or(false)
+                        && !destination.mount_from(from, &descriptor.digest).await
+                    {
+                        return false;
+                    }
+                }
+                true
+            });
+            return mounted.then(|| descriptor.clone());
+        }
+        let (digest, size) = self.cached.get(diff_id)?;
         let present = runtime.block_on(async {
             for destination in &self.destinations {
                 if !destination.has_blob(digest).await.unwrap_or(false) {
@@ -68,86 +132,187 @@ impl KnownLayers {
     }
 
     /// Adds the local cache's pairs for this compression.
-    pub fn with_cache(mut self, cache: &LayerCache, destinations: &[Destination]) -> KnownLayers {
+    pub fn with_cache(mut self, cache: &LayerCache) -> KnownLayers {
         self.cached = cache.load(&self.media_type);
-        self.destinations = destinations.to_vec();
-        self.runtime = tokio::runtime::Handle::try_current().ok();
         self
     }
 
-    /// Reads what `references` point at in the registry destinations and keeps
-    /// the layers that every destination has.
-    pub async fn fetch<'a>(
+    /// Reads what `tags` point at in the registry destinations, and what
+    /// `cache_from` names, and keeps the layers that every destination has
+    /// or can mount from where they were found.
+    pub async fn fetch(
         destinations: &[Destination],
-        references: impl Iterator<Item = &'a String>,
+        tags: &[String],
+        cache_from: &[CacheFrom],
         compression: Compression,
         reporter: &dyn Reporter,
     ) -> KnownLayers {
-        let references: Vec<&String> = references.collect();
-        // Every (destination, reference) at once: against a remote registry
-        // each read is a few round trips, and a publish names several tags.
-        let reads = destinations
-            .iter()
-            .filter_map(|destination| destination.registry())
-            .flat_map(|(client, repository)| {
-                references.iter().map(move |reference| async move {
-                    let pairs = read_reference(client, &repository.path, reference).await;
-                    (repository, reference, pairs)
-                })
-            });
-        let mut candidates: HashMap<Digest, Descriptor> = HashMap::new();
-        // In the order given: the first pair for a diff_id wins, as before.
-        for (repository, reference, pairs) in futures::future::join_all(reads).await {
-            match pairs {
-                Ok(pairs) => {
+        let reads = plan_reads(destinations, tags, cache_from, reporter);
+        // Every read at once: against a remote registry each is a few round
+        // trips, and a publish names several tags.
+        let results = futures::future::join_all(reads.iter().map(|read| async move {
+            read_reference(read.client, &read.repository.path, &read.reference).await
+        }))
+        .await;
+        let mut candidates: HashMap<Digest, (Descriptor, &Repository)> = HashMap::new();
+        // In the order given: the first pair for a diff_id wins.
+        for (read, pairs) in reads.iter().zip(results) {
+            let at = if read.reference.parse::<Digest>().is_ok() {
+                '@'
+            } else {
+                ':'
+            };
+            let source = format!("{}{at}{}", read.repository, read.reference);
+            match (pairs, read.named) {
+                (Ok(pairs), named) => {
+                    if pairs.is_empty() && named {
+                        reporter.on_notice(&format!(
+                            "`--cache-from`: `{source}` was not found or has no usable layers"
+                        ));
+                    }
                     for (diff_id, mut descriptor) in pairs {
                         // A Docker manifest cites the same gzip blob under another name.
                         if descriptor.media_type == oci::MEDIA_TYPE_DOCKER_LAYER_GZIP {
                             descriptor.media_type = oci::MEDIA_TYPE_LAYER_GZIP.to_owned();
                         }
                         if descriptor.media_type == compression.media_type() {
-                            candidates.entry(diff_id).or_insert(descriptor);
+                            candidates
+                                .entry(diff_id)
+                                .or_insert((descriptor, &read.repository));
                         }
                     }
                 }
-                Err(e) => {
-                    tracing::debug!("known layers: cannot read `{repository}:{reference}`: {e:#}")
+                (Err(e), true) => {
+                    reporter.on_notice(&format!("`--cache-from`: cannot read `{source}`: {e:#}"))
+                }
+                (Err(e), false) => {
+                    tracing::debug!("known layers: cannot read `{source}`: {e:#}")
                 }
             }
         }
-        let media_type = compression.media_type().to_owned();
-        if candidates.is_empty() {
-            return KnownLayers {
-                media_type,
-                ..KnownLayers::default()
-            };
-        }
-        // Keep the candidates every destination has.
-        let mut missing: HashSet<Digest> = HashSet::new();
-        let checks = candidates.values().flat_map(|d| {
-            destinations.iter().map(move |dest| async move {
-                let present = dest.has_blob(&d.digest).await.unwrap_or(false);
-                (d.digest.clone(), present)
-            })
+
+        // Which destinations lack each candidate (HEAD), all at once.
+        let checks = candidates.values().flat_map(|(d, _)| {
+            destinations
+                .iter()
+                .enumerate()
+                .map(move |(i, dest)| async move {
+                    let present = dest.has_blob(&d.digest).await.unwrap_or(false);
+                    (d.digest.clone(), i, present)
+                })
         });
-        for (digest, present) in futures::future::join_all(checks).await {
+        let mut lacking: HashMap<Digest, Vec<usize>> = HashMap::new();
+        for (digest, i, present) in futures::future::join_all(checks).await {
             if !present {
-                missing.insert(digest);
+                lacking.entry(digest).or_default().push(i);
             }
         }
-        candidates.retain(|_, d| !missing.contains(&d.digest));
-        if !candidates.is_empty() {
+        let mut layers = HashMap::new();
+        let mut mountable = HashMap::new();
+        for (diff_id, (descriptor, source)) in candidates {
+            match lacking.get(&descriptor.digest) {
+                None => {
+                    layers.insert(diff_id, descriptor);
+                }
+                // Mountable only where the source's registry is the destination's.
+                Some(missing)
+                    if missing.iter().all(|&i| {
+                        destinations[i]
+                            .registry()
+                            .is_some_and(|(_, r)| r.registry == source.registry)
+                    }) =>
+                {
+                    mountable.insert(diff_id, (descriptor, source.clone()));
+                }
+                Some(_) => {}
+            }
+        }
+        if !layers.is_empty() {
             reporter.on_notice(&format!(
                 "{} layer(s) already published will be reused without compressing or uploading them",
-                candidates.len()
+                layers.len()
+            ));
+        }
+        if !mountable.is_empty() {
+            reporter.on_notice(&format!(
+                "{} more layer(s) found in other repositories will be mounted from there, \
+                 not compressed or uploaded, if the inputs have them",
+                mountable.len()
             ));
         }
         KnownLayers {
-            layers: candidates,
-            media_type,
-            ..KnownLayers::default()
+            layers,
+            mountable,
+            media_type: compression.media_type().to_owned(),
+            cached: HashMap::new(),
+            destinations: destinations.to_vec(),
+            runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
+}
+
+/// One image to read for the map.
+struct Read<'a> {
+    client: &'a crate::registry::RegistryClient,
+    repository: Repository,
+    reference: String,
+    /// Named by `--cache-from`: worth a notice when it cannot be read (a
+    /// tag being published often does not exist yet).
+    named: bool,
+}
+
+/// The tags and `--cache-from` tags in every registry destination, and each
+/// `--cache-from` image in its own repository through a client of its
+/// registry (one of a destination's: layers cannot be mounted across
+/// registries, so an image elsewhere is of no use).
+fn plan_reads<'a>(
+    destinations: &'a [Destination],
+    tags: &[String],
+    cache_from: &[CacheFrom],
+    reporter: &dyn Reporter,
+) -> Vec<Read<'a>> {
+    let registries: Vec<_> = destinations
+        .iter()
+        .filter_map(Destination::registry)
+        .collect();
+    let mut reads = Vec::new();
+    for (client, repository) in &registries {
+        let named = cache_from.iter().filter_map(|c| match c {
+            CacheFrom::InDestinations(reference) => Some(reference),
+            CacheFrom::Image(_) => None,
+        });
+        for (reference, named) in tags
+            .iter()
+            .map(|t| (t, false))
+            .chain(named.map(|r| (r, true)))
+        {
+            reads.push(Read {
+                client,
+                repository: (*repository).clone(),
+                reference: reference.clone(),
+                named,
+            });
+        }
+    }
+    for image in cache_from.iter().filter_map(|c| match c {
+        CacheFrom::Image(image) => Some(image),
+        CacheFrom::InDestinations(_) => None,
+    }) {
+        let registry = &image.repository.registry;
+        match registries.iter().find(|(_, r)| &r.registry == registry) {
+            Some((client, _)) => reads.push(Read {
+                client,
+                repository: image.repository.clone(),
+                reference: image.manifest_reference(),
+                named: true,
+            }),
+            None => reporter.on_notice(&format!(
+                "`--cache-from {image}` is not read: no destination is on `{registry}`, \
+                 and layers cannot be mounted across registries"
+            )),
+        }
+    }
+    reads
 }
 
 /// The local record of which blob was pushed for which diff_id.
@@ -264,4 +429,39 @@ async fn read_reference(
     }))
     .await?;
     Ok(per_manifest.into_iter().flatten().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_from_takes_tags_digests_and_images() {
+        let digest = format!("sha256:{}", "ab".repeat(32));
+        let in_destinations = |s: &str| CacheFrom::InDestinations(s.to_owned());
+        assert_eq!("main".parse(), Ok(in_destinations("main")));
+        assert_eq!("v1.2.3".parse(), Ok(in_destinations("v1.2.3")));
+        assert_eq!(digest.parse(), Ok(in_destinations(&digest)));
+        assert_eq!(format!("@{digest}").parse(), Ok(in_destinations(&digest)));
+        let image: CacheFrom = "ghcr.io/acme/base:1.0".parse().unwrap();
+        let CacheFrom::Image(reference) = &image else {
+            panic!("{image:?}")
+        };
+        assert_eq!(reference.repository.to_string(), "ghcr.io/acme/base");
+        assert_eq!(reference.manifest_reference(), "1.0");
+        // Docker Hub names as `docker pull` reads them.
+        let CacheFrom::Image(hub) = "fd:1.0".parse().unwrap() else {
+            panic!("a name with a tag is an image")
+        };
+        assert_eq!(hub.repository.to_string(), "docker.io/library/fd");
+    }
+
+    #[test]
+    fn cache_from_refuses_what_is_neither() {
+        for bad in ["garbage::ref", "", "UPPER/case:1", "-x", "a b"] {
+            let err = bad.parse::<CacheFrom>().unwrap_err();
+            assert!(err.contains(&format!("`--cache-from {bad}`")), "{err}");
+            assert!(err.contains("\nhint: "), "{err}");
+        }
+    }
 }

@@ -53,8 +53,8 @@ pub struct Request {
     /// read (labels of every per-architecture config).
     pub complete_annotations: Option<AnnotationFiller>,
     pub tags: TagSet,
-    /// References whose layers may be reused (`--cache-from`), besides the tags.
-    pub cache_from: Vec<String>,
+    /// Images whose layers may be reused (`--cache-from`), besides the tags'.
+    pub cache_from: Vec<known::CacheFrom>,
     /// The local layer cache (`None` with `--no-cache`).
     pub cache: Option<known::LayerCache>,
     /// Clients for the registries `docker://` inputs are read from.
@@ -112,13 +112,14 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     let mut image_options = request.image.clone();
     let known = known::KnownLayers::fetch(
         &destinations,
-        request.tags.tags.iter().chain(request.cache_from.iter()),
+        &request.tags.tags,
+        &request.cache_from,
         image_options.compression,
         &*reporter,
     )
     .await;
     let known = match &request.cache {
-        Some(cache) => known.with_cache(cache, &destinations),
+        Some(cache) => known.with_cache(cache),
         None => known,
     };
     if !known.is_empty() {

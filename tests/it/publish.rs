@@ -733,6 +733,72 @@ fn a_second_repository_on_one_registry_mounts_instead_of_uploading() {
     }
 }
 
+/// `--cache-from` naming an image in another repository of the registry:
+/// the layers it has are mounted from there, neither compressed nor uploaded
+/// again, as `docker buildx --cache-from` reuses a base image's layers.
+#[test]
+fn cache_from_another_repository_mounts_its_layers() {
+    let registry = TestRegistry::start(Auth::token());
+    let base = registry.repo("acme/base");
+    let app = registry.repo("acme/app");
+    let (amd64, arm64) = (testdata("stream-amd64"), testdata("stream-arm64"));
+    let publish = |repo: &str, extra: &[&str], inputs: &[&Path]| {
+        let mut args = vec!["publish", "--repo", repo, "--tag", "1.0.0"];
+        args.extend_from_slice(extra);
+        args.extend(["--username", "tester", "--password-stdin"]);
+        args.extend(inputs.iter().map(|p| p.to_str().unwrap()));
+        let out = Run::new(&args).stdin(b"s3cret-pass").output();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    publish(&base, &[], &[&amd64]);
+    let cache_from = format!("{base}:1.0.0");
+    let stderr = publish(&app, &["--cache-from", &cache_from], &[&amd64, &arm64]);
+    assert!(stderr.contains("will be mounted from there"), "{stderr}");
+
+    let layers_of = |repo: &str| -> Vec<Digest> {
+        let index: ImageIndex =
+            serde_json::from_slice(&registry.skopeo_inspect_raw(&format!("{repo}:1.0.0"))).unwrap();
+        index
+            .manifests
+            .iter()
+            .flat_map(|m| {
+                let raw = registry.skopeo_inspect_raw(&format!("{repo}@{}", m.digest));
+                serde_json::from_slice::<ImageManifest>(&raw)
+                    .unwrap()
+                    .layers
+            })
+            .map(|l| l.digest)
+            .collect()
+    };
+    let base_layers = layers_of(&base);
+    let app_layers = layers_of(&app);
+    let log = registry.request_log();
+    let mut mounted = 0;
+    for digest in app_layers.iter().filter(|d| base_layers.contains(d)) {
+        let digest = digest.to_string();
+        let uploads = log
+            .iter()
+            .filter(|l| l.starts_with("PUT /v2/acme/app/blobs/uploads/") && l.contains(&digest))
+            .count();
+        assert_eq!(uploads, 0, "{digest} was uploaded again: {log:#?}");
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with("POST /v2/acme/app/blobs/uploads/?")
+                    && l.contains(&format!("mount={}", digest.replace(':', "%3A")))
+                    && l.contains("from=acme%2Fbase")
+                    && l.ends_with(" 201")),
+            "{digest} was not mounted from acme/base: {log:#?}"
+        );
+        mounted += 1;
+    }
+    // All four amd64 layers; arm64 shares glibc and tzdata with them.
+    assert!(mounted >= 4, "{mounted} mounted: {log:#?}");
+    assert!(app_layers.iter().any(|d| !base_layers.contains(d)));
+    skopeo_copy_all(&format!("docker://{app}:1.0.0"), Auth::token().creds());
+}
+
 #[test]
 fn the_docker_format_pushes_a_manifest_list_of_v2s2_manifests() {
     let registry = TestRegistry::start(Auth::None);
