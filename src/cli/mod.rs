@@ -482,6 +482,9 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
         screen.on_notice(&format!("notice: {notice}"));
     }
     plan.check_writable(args.dry_run)?;
+    if let Some(path) = &args.metadata_file {
+        outputs::check_metadata_file(path)?;
+    }
     let batch = args.config.is_some();
     let jobs = read_jobs(&args, env, &*screen)?;
     let cache_from = args

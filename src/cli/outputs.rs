@@ -3,7 +3,7 @@
 //! `--metadata-file` JSON.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
@@ -53,6 +53,28 @@ fn append(path: &str, text: &str) -> Result<()> {
         .with_context(|| format!("cannot open `{path}`"))?;
     f.write_all(text.as_bytes())
         .with_context(|| format!("cannot write `{path}`"))
+}
+
+/// Fails before anything is published when `--metadata-file` could not be
+/// written at the end (a missing directory, no permission): a publish that
+/// moved tags and then exits 1 would leave a CI step red for nothing. Leaves
+/// no file behind.
+pub fn check_metadata_file(path: &Path) -> Result<()> {
+    let existed = path.symlink_metadata().is_ok();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(path)
+        .with_context(|| {
+            format!(
+                "cannot write the metadata file `{}`; nothing was published",
+                path.display()
+            )
+        })?;
+    if !existed {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(())
 }
 
 fn write_metadata_file(path: &PathBuf, json: Vec<u8>) -> Result<()> {

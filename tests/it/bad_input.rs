@@ -145,6 +145,24 @@ fn cases() -> Vec<Case> {
             ..case(&["valid.tar"], 2, &["not a valid image reference"])
         },
         Case {
+            flags: &["--metadata-file", "/nonexistent-manifold-dir/meta.json"],
+            names: Some("meta.json"),
+            ..case(
+                &["valid.tar"],
+                1,
+                &["cannot write the metadata file", "nothing was published"],
+            )
+        },
+        Case {
+            flags: &["--cache-from", "garbage::ref"],
+            names: Some("garbage::ref"),
+            ..case(
+                &["valid.tar"],
+                2,
+                &["not a tag, a digest or an image reference", "hint:"],
+            )
+        },
+        Case {
             flags: &["--chunk-size", "4 parsecs"],
             names: Some("4 parsecs"),
             ..case(&["valid.tar"], 2, &["unknown unit"])
