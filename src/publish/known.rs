@@ -68,21 +68,13 @@ impl FromStr for CacheFrom {
     }
 }
 
-impl std::fmt::Display for CacheFrom {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            CacheFrom::InDestinations(reference) => f.write_str(reference),
-            CacheFrom::Image(reference) => reference.fmt(f),
-        }
-    }
-}
-
 /// diff_id → a blob every destination has.
 #[derive(Default)]
 pub struct KnownLayers {
     layers: HashMap<Digest, Descriptor>,
-    /// Blobs of a `--cache-from` image in another repository of the
-    /// destinations' registry: mounted from it when asked for.
+    /// Blobs some destinations lack, with the repository of their registry
+    /// they were found in (a `--cache-from` image's, or another
+    /// destination's): mounted from it when asked for.
     mountable: HashMap<Digest, (Descriptor, Repository)>,
     /// Pairs from the local cache, checked (HEAD) only when asked for.
     cached: HashMap<Digest, (Digest, u64)>,
@@ -150,19 +142,15 @@ impl KnownLayers {
         let reads = plan_reads(destinations, tags, cache_from, reporter);
         // Every read at once: against a remote registry each is a few round
         // trips, and a publish names several tags.
-        let results = futures::future::join_all(reads.iter().map(|read| async move {
-            read_reference(read.client, &read.repository.path, &read.reference).await
+        let results = futures::future::join_all(reads.iter().map(|read| {
+            let (repository, reference) = (&read.image.repository, read.image.manifest_reference());
+            async move { read_reference(read.client, &repository.path, &reference).await }
         }))
         .await;
         let mut candidates: HashMap<Digest, (Descriptor, &Repository)> = HashMap::new();
         // In the order given: the first pair for a diff_id wins.
         for (read, pairs) in reads.iter().zip(results) {
-            let at = if read.reference.parse::<Digest>().is_ok() {
-                '@'
-            } else {
-                ':'
-            };
-            let source = format!("{}{at}{}", read.repository, read.reference);
+            let source = &read.image;
             match (pairs, read.named) {
                 (Ok(pairs), named) => {
                     if pairs.is_empty() && named {
@@ -178,7 +166,7 @@ impl KnownLayers {
                         if descriptor.media_type == compression.media_type() {
                             candidates
                                 .entry(diff_id)
-                                .or_insert((descriptor, &read.repository));
+                                .or_insert((descriptor, &read.image.repository));
                         }
                     }
                 }
@@ -254,8 +242,7 @@ impl KnownLayers {
 /// One image to read for the map.
 struct Read<'a> {
     client: &'a crate::registry::RegistryClient,
-    repository: Repository,
-    reference: String,
+    image: Reference,
     /// Named by `--cache-from`: worth a notice when it cannot be read (a
     /// tag being published often does not exist yet).
     named: bool,
@@ -286,10 +273,13 @@ fn plan_reads<'a>(
             .map(|t| (t, false))
             .chain(named.map(|r| (r, true)))
         {
+            let image = match reference.parse::<Digest>() {
+                Ok(digest) => repository.digest(&digest),
+                Err(_) => repository.tag(reference),
+            };
             reads.push(Read {
                 client,
-                repository: (*repository).clone(),
-                reference: reference.clone(),
+                image,
                 named,
             });
         }
@@ -302,8 +292,7 @@ fn plan_reads<'a>(
         match registries.iter().find(|(_, r)| &r.registry == registry) {
             Some((client, _)) => reads.push(Read {
                 client,
-                repository: image.repository.clone(),
-                reference: image.manifest_reference(),
+                image: image.clone(),
                 named: true,
             }),
             None => reporter.on_notice(&format!(
