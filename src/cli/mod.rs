@@ -307,10 +307,18 @@ async fn registry_clients(
                 .with_context(|| format!("cannot find credentials for `{registry}`"))?;
         let client = RegistryClient::new(registry, credentials, &options)
             .with_context(|| format!("cannot set up a client for `{registry}`"))?;
-        client
-            .ping()
-            .await
-            .with_context(|| format!("cannot reach the registry `{registry}`"))?;
+        if let Err(e) = client.ping().await {
+            let hint = if registry::retry::is_unknown_host(&e) {
+                format!(
+                    "\nhint: no host is named `{}`: check the registry in the reference",
+                    registry.hostname()
+                )
+            } else {
+                String::new()
+            };
+            return Err(anyhow::Error::new(e)
+                .context(format!("cannot reach the registry `{registry}`{hint}")));
+        }
         clients.insert(key, client);
     }
     Ok(clients)

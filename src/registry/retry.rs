@@ -35,10 +35,30 @@ pub fn is_certificate_error(err: &reqwest::Error) -> bool {
     false
 }
 
+/// Whether the registry's host name does not exist (getaddrinfo's
+/// `EAI_NONAME`/`EAI_NODATA`, as glibc and macOS word them; hyper's resolver
+/// passes the message on). `Temporary failure in name resolution` is not
+/// one: a resolver that cannot answer now may answer later.
+pub fn is_unknown_host(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if text.contains("Name or service not known")
+            || text.contains("No address associated with hostname")
+            || text.contains("nodename nor servname provided")
+        {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
+
 /// Connect errors, timeouts, resets and connections closed mid-answer; not
-/// a refused certificate, which no retry changes.
+/// a refused certificate or a host name that does not exist, which no retry
+/// changes.
 pub fn is_transient_error(err: &reqwest::Error) -> bool {
-    if is_certificate_error(err) {
+    if is_certificate_error(err) || is_unknown_host(err) {
         return false;
     }
     if err.is_timeout() || err.is_connect() {
@@ -174,6 +194,48 @@ impl RetryState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An error whose message and source chain are given.
+    #[derive(Debug)]
+    struct Chain(&'static str, Option<Box<Chain>>);
+
+    impl std::fmt::Display for Chain {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str(self.0)
+        }
+    }
+
+    impl std::error::Error for Chain {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            self.1.as_deref().map(|c| c as _)
+        }
+    }
+
+    #[test]
+    fn a_host_that_does_not_exist_is_told_from_a_resolver_that_cannot_answer() {
+        let chain = |last: &'static str| {
+            Chain(
+                "client error (Connect)",
+                Some(Box::new(Chain(
+                    "dns error",
+                    Some(Box::new(Chain(last, None))),
+                ))),
+            )
+        };
+        for unknown in [
+            "failed to lookup address information: Name or service not known",
+            "failed to lookup address information: No address associated with hostname",
+            "failed to lookup address information: nodename nor servname provided, or not known",
+        ] {
+            assert!(is_unknown_host(&chain(unknown)), "{unknown}");
+        }
+        for other in [
+            "failed to lookup address information: Temporary failure in name resolution",
+            "Connection refused (os error 111)",
+        ] {
+            assert!(!is_unknown_host(&chain(other)), "{other}");
+        }
+    }
 
     #[test]
     fn retried_statuses_are_pinned() {
