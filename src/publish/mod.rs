@@ -100,11 +100,22 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     // registry that won't list them fails the run before any upload.
     if request.tags.guard.is_some() {
         for destination in destinations.iter() {
-            destination.list_tags().await.with_context(|| {
-                format!(
-                    "the tag guard needs the tag list of `{destination}`\n\
-                     hint: allow listing tags (ECR: `ecr:ListImages`), or pass `--tag-guard off`"
-                )
+            destination.list_tags().await.map_err(|e| {
+                // Not signed in at all: the registry error's own hint (check
+                // the credentials) is the one that helps.
+                let unauthenticated = e.chain().any(|c| {
+                    c.downcast_ref::<crate::registry::RegistryError>()
+                        .and_then(|r| r.status())
+                        == Some(reqwest::StatusCode::UNAUTHORIZED)
+                });
+                let hint = if unauthenticated {
+                    ""
+                } else {
+                    "\nhint: allow listing tags (ECR: `ecr:ListImages`), or pass `--tag-guard off`"
+                };
+                e.context(format!(
+                    "the tag guard needs the tag list of `{destination}`{hint}"
+                ))
             })?;
         }
     }

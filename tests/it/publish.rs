@@ -733,6 +733,42 @@ fn a_second_repository_on_one_registry_mounts_instead_of_uploading() {
     }
 }
 
+/// A wrong password fails the run before any upload (the tag guard's tag
+/// list is the first request that needs it), with the credentials hint and
+/// not the ECR permission one, which a 401 does not call for.
+#[test]
+fn a_wrong_password_fails_before_uploading_with_the_credentials_hint() {
+    let registry = TestRegistry::start(Auth::basic());
+    let repo = registry.repo("acme/denied");
+    let archive = testdata("fd-amd64.tar");
+    let out = Run::new(&[
+        "publish",
+        "--repo",
+        &repo,
+        "--tag",
+        "1.0.0",
+        "--username",
+        "tester",
+        "--password-stdin",
+        archive.to_str().unwrap(),
+    ])
+    .stdin(b"not-the-password")
+    .output();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(out.stdout.is_empty());
+    assert!(stderr.contains("401 Unauthorized"), "{stderr}");
+    assert!(stderr.contains("hint: check the credentials"), "{stderr}");
+    assert!(!stderr.contains("ecr:ListImages"), "{stderr}");
+    assert!(!stderr.contains("not-the-password"), "{stderr}");
+    assert_eq!(
+        registry.blob_upload_requests(),
+        0,
+        "{:#?}",
+        registry.request_log()
+    );
+}
+
 /// `--cache-from` naming an image in another repository of the registry:
 /// the layers it has are mounted from there, neither compressed nor uploaded
 /// again, as `docker buildx --cache-from` reuses a base image's layers.
