@@ -1,5 +1,5 @@
 //! Arbitrary text through every parser of names the user types: image
-//! references, repositories, inputs, platforms and tags. None may panic, and
+//! references, repositories, inputs, platforms, tags and `--cache-from`. None may panic, and
 //! where a value prints back as text, that text must parse to the same value.
 #![no_main]
 
@@ -8,6 +8,7 @@ use std::str::FromStr;
 use libfuzzer_sys::fuzz_target;
 use manifold::input::{InputKind, InputSpec};
 use manifold::oci::Platform;
+use manifold::publish::known::CacheFrom;
 use manifold::reference::{is_valid_tag, Reference, Registry, Repository};
 use manifold::tags::{sanitize, validate_tag};
 
@@ -98,6 +99,24 @@ fn check_platform_value(platform: &Platform) {
     assert_eq!(&again, platform);
 }
 
+/// A `--cache-from` value is a tag or digest of the destinations exactly
+/// when it is not taken as an image, and an image is a reference that parses.
+fn check_cache_from(text: &str) {
+    match CacheFrom::from_str(text) {
+        Ok(CacheFrom::InDestinations(reference)) => {
+            assert!(
+                is_valid_tag(&reference) || reference.parse::<manifold::digest::Digest>().is_ok(),
+                "`{text}` → `{reference}`"
+            );
+        }
+        Ok(CacheFrom::Image(reference)) => {
+            assert_eq!(Reference::parse(text).ok(), Some(reference));
+            check_reference(text);
+        }
+        Err(message) => assert!(message.contains("--cache-from"), "{message}"),
+    }
+}
+
 fn check_tags(text: &str) {
     assert_eq!(
         validate_tag(text).is_ok(),
@@ -131,4 +150,5 @@ fuzz_target!(|data: &[u8]| {
         check_platform_value(&platform);
     }
     check_tags(text);
+    check_cache_from(text);
 });
