@@ -442,9 +442,30 @@ fn read_jobs(args: &PublishArgs, env: &Env, screen: &dyn Reporter) -> Result<Vec
                 bail!(UsageError(format!("`{tag}` is not a valid tag")));
             }
         }
+        check_distinct_inputs(&job.inputs)?;
     }
 
     Ok(jobs)
+}
+
+/// One input given twice, with no platform to tell the two apart, can only
+/// make two images of one platform: refused before anything is read or
+/// uploaded (the platform check proper needs the configs, which a stream
+/// writes last).
+fn check_distinct_inputs(inputs: &[InputSpec]) -> Result<()> {
+    let mut seen: HashMap<PathBuf, &InputSpec> = HashMap::new();
+    for spec in inputs.iter().filter(|s| s.platform.is_none()) {
+        // `result` and `./result`, or a symlink and its target, are one file.
+        let key = std::fs::canonicalize(&spec.path).unwrap_or_else(|_| spec.path.clone());
+        if let Some(first) = seen.insert(key, spec) {
+            bail!(UsageError(format!(
+                "`{}` and `{}` are the same input; an index holds one image per platform\n\
+                 hint: give each platform's image once",
+                first.text, spec.text
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// `--format`: OCI, or Docker (gzip layers only; annotations dropped with a
@@ -695,6 +716,39 @@ async fn run_tags(args: TagsArgs, env: &Env) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_input_twice_is_refused_unless_platforms_tell_them_apart() {
+        let specs = |texts: &[&str]| -> Vec<InputSpec> {
+            texts.iter().map(|t| t.parse().unwrap()).collect()
+        };
+        let data = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata");
+        let same = [
+            format!("{data}/fd-amd64.tar"),
+            format!("{data}/../testdata/fd-amd64.tar"),
+        ];
+        let err = check_distinct_inputs(&specs(&[&same[0], &same[1]])).unwrap_err();
+        assert!(err.is::<UsageError>());
+        assert!(err.to_string().contains("are the same input"), "{err}");
+        let err = check_distinct_inputs(&specs(&["docker://r/x:1", "docker://r/x:1"])).unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("`docker://r/x:1` and `docker://r/x:1`"),
+            "{err}"
+        );
+
+        let arm = [
+            format!("linux/arm/v6={}", same[0]),
+            format!("linux/arm/v7={}", same[1]),
+        ];
+        for ok in [
+            vec![same[0].as_str(), "docker://r/x:1"],
+            vec![arm[0].as_str(), arm[1].as_str()],
+            vec![same[0].as_str(), arm[1].as_str()],
+        ] {
+            assert!(check_distinct_inputs(&specs(&ok)).is_ok(), "{ok:?}");
+        }
+    }
 
     #[test]
     fn an_error_chain_is_rendered_once_with_hints_last() {

@@ -144,6 +144,11 @@ fn cases() -> Vec<Case> {
             names: Some("UPPER/Case::x"),
             ..case(&["valid.tar"], 2, &["not a valid image reference"])
         },
+        case(
+            &["valid.tar", "valid.tar"],
+            2,
+            &["are the same input", "one image per platform"],
+        ),
         Case {
             flags: &["--metadata-file", "/nonexistent-manifold-dir/meta.json"],
             names: Some("meta.json"),
