@@ -58,6 +58,9 @@ pub trait Reporter: Send + Sync {
     fn on_tag(&self, _destination: &str, _tag: &str) {}
     /// A notice for the user (already formatted, one line).
     fn on_notice(&self, _message: &str) {}
+    /// Nothing more is coming: a live display clears itself, before the
+    /// results go to stdout on the same terminal.
+    fn finish(&self) {}
 }
 
 /// Reports nothing.
@@ -141,5 +144,8 @@ impl Reporter for Tally {
     }
     fn on_notice(&self, message: &str) {
         self.inner.on_notice(message)
+    }
+    fn finish(&self) {
+        self.inner.finish()
     }
 }

@@ -648,6 +648,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
         vec![publish::publish(request, reporter).await?]
     };
 
+    tally.finish();
     let version = plan.version.as_ref().map(|v| v.text.clone());
     outputs::print_reports(
         &reports,

@@ -45,7 +45,7 @@ impl Default for Bars {
 
 impl Drop for Bars {
     fn drop(&mut self) {
-        self.upload.finish_and_clear();
+        self.finish();
     }
 }
 
@@ -89,11 +89,12 @@ impl Reporter for Bars {
         }
     }
     fn on_layer_done(&self, id: usize, skipped: bool) {
+        // A finished layer leaves the live area for a line above it, as in
+        // `Lines`: only layers in progress keep a bar, however many there are.
         if let Some(bar) = self.layer(id) {
-            if skipped {
-                bar.set_message(format!("{} (already published)", bar.message()));
-            }
-            bar.finish();
+            bar.finish_and_clear();
+            let line = layer_line(&bar.prefix(), &bar.message(), skipped);
+            self.multi.println(line).ok();
         }
     }
     fn on_upload_progress(&self, _destination: &str, bytes: i64) {
@@ -117,6 +118,19 @@ impl Reporter for Bars {
     fn on_notice(&self, message: &str) {
         self.multi.println(message).ok();
     }
+    fn finish(&self) {
+        self.upload.finish_and_clear();
+        self.multi.clear().ok();
+    }
+}
+
+fn layer_line(input: &str, member: &str, skipped: bool) -> String {
+    let what = if skipped {
+        "already published"
+    } else {
+        "compressed"
+    };
+    format!("{input}: layer {member} {what}")
 }
 
 /// Plain lines, for CI logs and pipes.
@@ -149,12 +163,7 @@ impl Reporter for Lines {
     }
     fn on_layer_done(&self, id: usize, skipped: bool) {
         if let Some((input, member)) = self.layers.lock().expect("progress lock").get(id) {
-            let what = if skipped {
-                "already published"
-            } else {
-                "compressed"
-            };
-            eprintln!("{input}: layer {member} {what}");
+            eprintln!("{}", layer_line(input, member, skipped));
         }
     }
     fn on_blob_done(&self, destination: &str, digest: &Digest, size: u64, outcome: BlobOutcome) {
