@@ -44,6 +44,7 @@ pub async fn run(cli: Cli) -> Result<()> {
     } else {
         Arc::new(progress::Lines::new())
     };
+    let screen = reporter.clone();
     let work = async {
         match cli.command {
             Command::Publish(args) => run_publish(args, &env, reporter).await,
@@ -60,7 +61,7 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
         }
     };
-    tokio::select! {
+    let result = tokio::select! {
         result = work => result,
         signal = interrupted() => {
             // Dropping `work` aborts uploads and fails the readers; the
@@ -69,7 +70,10 @@ pub async fn run(cli: Cli) -> Result<()> {
             crate::input::command::kill_all_running();
             Err(Interrupted(signal).into())
         }
-    }
+    };
+    // Bars off the screen before the error (or nothing) is printed.
+    screen.finish();
+    result
 }
 
 /// The run was stopped by a signal (exit 130 for SIGINT, 143 for SIGTERM).

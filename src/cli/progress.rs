@@ -119,7 +119,16 @@ impl Reporter for Bars {
         self.multi.println(message).ok();
     }
     fn finish(&self) {
-        self.upload.finish_and_clear();
+        // Readers stopped by an error or a signal may still tick their bars,
+        // and the spinner ticks on its own thread: each bar is taken off the
+        // screen and drawn nowhere from then on, the ticker joined.
+        if let Ok(layers) = self.layers.lock() {
+            for bar in layers.iter() {
+                bar.set_draw_target(ProgressDrawTarget::hidden());
+            }
+        }
+        self.upload.disable_steady_tick();
+        self.upload.set_draw_target(ProgressDrawTarget::hidden());
         self.multi.clear().ok();
     }
 }
