@@ -397,6 +397,18 @@ fn compression(args: &PublishArgs) -> Result<Compression> {
     })
 }
 
+/// The last line on stderr: how long, and how much was sent or spared.
+fn summary_line(elapsed: std::time::Duration, totals: crate::progress::Totals) -> String {
+    use indicatif::HumanBytes;
+    format!(
+        "done in {:.1} s: {} uploaded, {} already in place or mounted, {} layer(s) reused without compressing",
+        elapsed.as_secs_f64(),
+        HumanBytes(totals.bytes_uploaded),
+        HumanBytes(totals.bytes_skipped),
+        totals.layers_reused
+    )
+}
+
 /// One image to publish: from the command line, or one `[[image]]` of a
 /// batch file.
 struct Job {
@@ -507,6 +519,7 @@ fn document_format(
 }
 
 async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) -> Result<()> {
+    let started = std::time::Instant::now();
     let plan = resolve_plan(&args.tags, env, &SystemGit)?;
     for warning in &plan.warnings {
         screen.on_notice(&format!("warning: {warning}"));
@@ -652,6 +665,9 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
         vec![publish::publish(request, reporter).await?]
     };
 
+    if !args.dry_run {
+        tally.on_notice(&summary_line(started.elapsed(), tally.totals()));
+    }
     tally.finish();
     let version = plan.version.as_ref().map(|v| v.text.clone());
     outputs::print_reports(

@@ -377,6 +377,17 @@ fn a_re_run_of_a_skopeo_written_archive_only_hashes_its_layers() {
         diff_ids.len(),
         "{stderr}"
     );
+    // The closing summary counts the same.
+    let summary = stderr.lines().last().unwrap_or_default();
+    assert!(summary.starts_with("done in "), "{stderr}");
+    assert!(summary.contains(": 0 B uploaded, "), "{summary}");
+    assert!(
+        summary.ends_with(&format!(
+            ", {} layer(s) reused without compressing",
+            diff_ids.len()
+        )),
+        "{summary}"
+    );
     assert_eq!(registry.blob_upload_requests(), uploads);
 }
 
