@@ -24,10 +24,19 @@ pub fn is_transient_status(status: StatusCode) -> bool {
 /// "invalid peer certificate"; rustls is not a direct dependency, so the
 /// chain's messages are read).
 pub fn is_certificate_error(err: &reqwest::Error) -> bool {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = err.source();
+    any_message(
+        err,
+        &["invalid peer certificate", "certificate verify failed"],
+    )
+}
+
+/// Whether `err` or one of its sources says one of `needles`: for errors of
+/// crates that are not direct dependencies, known only by their messages.
+fn any_message(err: &(dyn std::error::Error + 'static), needles: &[&str]) -> bool {
+    let mut cause = Some(err);
     while let Some(c) = cause {
         let text = c.to_string();
-        if text.contains("invalid peer certificate") || text.contains("certificate verify failed") {
+        if needles.iter().any(|n| text.contains(n)) {
             return true;
         }
         cause = c.source();
@@ -40,18 +49,14 @@ pub fn is_certificate_error(err: &reqwest::Error) -> bool {
 /// passes the message on). `Temporary failure in name resolution` is not
 /// one: a resolver that cannot answer now may answer later.
 pub fn is_unknown_host(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(err);
-    while let Some(c) = cause {
-        let text = c.to_string();
-        if text.contains("Name or service not known")
-            || text.contains("No address associated with hostname")
-            || text.contains("nodename nor servname provided")
-        {
-            return true;
-        }
-        cause = c.source();
-    }
-    false
+    any_message(
+        err,
+        &[
+            "Name or service not known",
+            "No address associated with hostname",
+            "nodename nor servname provided",
+        ],
+    )
 }
 
 /// Connect errors, timeouts, resets and connections closed mid-answer; not
