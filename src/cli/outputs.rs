@@ -134,7 +134,7 @@ fn dry_run_plan(report: &publish::Report, metadata: &Metadata) -> String {
     }
     let _ = writeln!(
         out,
-        "blobs: {} bytes to upload, {} bytes already present",
+        "blobs: {} bytes to upload, {} bytes already present or to be mounted",
         metadata.totals.bytes_uploaded, metadata.totals.bytes_skipped
     );
     out

@@ -170,8 +170,15 @@ impl Destination {
     /// a repository that has it. Only a registry destination on the same
     /// registry can mount; a refusal or an error means "upload instead".
     pub async fn mount_from(&self, from: &Repository, digest: &Digest) -> bool {
-        let Destination::Registry { client, repository } = self else {
-            return false;
+        let (client, repository) = match self {
+            Destination::Registry { client, repository } => (client, repository),
+            // A plan counts on the registry taking the mount; nothing is sent.
+            Destination::DryRun(inner) => {
+                return inner
+                    .registry()
+                    .is_some_and(|(_, repository)| repository.registry == from.registry)
+            }
+            Destination::Layout(_) => return false,
         };
         if repository.registry != from.registry {
             return false;
@@ -207,7 +214,7 @@ impl Destination {
         spool: Spool,
         reporter: &dyn Reporter,
     ) -> Result<Digest> {
-        if let Destination::Registry { repository, .. } = source {
+        if let Some((_, repository)) = source.registry() {
             if self.mount_from(repository, digest).await {
                 let size = spool.finished().map(|(_, size)| size).unwrap_or(0);
                 reporter.on_blob_done(&self.to_string(), digest, size, BlobOutcome::Mounted);
@@ -225,11 +232,11 @@ impl Destination {
         spool: Spool,
         reporter: &dyn Reporter,
     ) -> Result<Digest> {
-        // Only plain registry destinations share uploads (a dry run or a
-        // layout stands alone).
-        let registry_of = |d: &Destination| match d {
-            Destination::Registry { repository, .. } => Some(repository.registry.to_string()),
-            _ => None,
+        // Repositories of one registry share an upload (a dry run plans it
+        // the same way); a layout stands alone.
+        let registry_of = |d: &Destination| {
+            d.registry()
+                .map(|(_, repository)| repository.registry.to_string())
         };
         let mut groups: Vec<(Option<String>, Vec<&Destination>)> = Vec::new();
         for destination in destinations {

@@ -797,30 +797,53 @@ fn cache_from_another_repository_mounts_its_layers() {
         let out = Run::new(&args).stdin(b"s3cret-pass").output();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{stderr}");
-        stderr
+        (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)
     };
     publish(&base, &[], &[&amd64]);
     let cache_from = format!("{base}:1.0.0");
-    let stderr = publish(&app, &["--cache-from", &cache_from], &[&amd64, &arm64]);
+    // The plan counts the mounts as the publish then does them.
+    let (plan, _) = publish(
+        &app,
+        &["--cache-from", &cache_from, "--dry-run"],
+        &[&amd64, &arm64],
+    );
+    let (_, stderr) = publish(&app, &["--cache-from", &cache_from], &[&amd64, &arm64]);
     assert!(stderr.contains("will be mounted from there"), "{stderr}");
 
-    let layers_of = |repo: &str| -> Vec<Digest> {
+    let manifests_of = |repo: &str| -> Vec<ImageManifest> {
         let index: ImageIndex =
             serde_json::from_slice(&registry.skopeo_inspect_raw(&format!("{repo}:1.0.0"))).unwrap();
         index
             .manifests
             .iter()
-            .flat_map(|m| {
+            .map(|m| {
                 let raw = registry.skopeo_inspect_raw(&format!("{repo}@{}", m.digest));
-                serde_json::from_slice::<ImageManifest>(&raw)
-                    .unwrap()
-                    .layers
+                serde_json::from_slice::<ImageManifest>(&raw).unwrap()
             })
-            .map(|l| l.digest)
             .collect()
     };
-    let base_layers = layers_of(&base);
-    let app_layers = layers_of(&app);
+    let layers_of = |manifests: &[ImageManifest]| -> Vec<Digest> {
+        manifests
+            .iter()
+            .flat_map(|m| m.layers.iter().map(|l| l.digest.clone()))
+            .collect()
+    };
+    let app_manifests = manifests_of(&app);
+    let base_layers = layers_of(&manifests_of(&base));
+    let app_layers = layers_of(&app_manifests);
+    // To upload: the configs, and each layer the base lacks, once.
+    let mut to_upload: BTreeMap<&Digest, u64> = BTreeMap::new();
+    for m in &app_manifests {
+        to_upload.insert(&m.config.digest, m.config.size);
+        for l in m.layers.iter().filter(|l| !base_layers.contains(&l.digest)) {
+            to_upload.insert(&l.digest, l.size);
+        }
+    }
+    let planned = format!(
+        "blobs: {} bytes to upload,",
+        to_upload.values().sum::<u64>()
+    );
+    assert!(plan.contains(&planned), "want `{planned}` in:\n{plan}");
     let log = registry.request_log();
     let mut mounted = 0;
     for digest in app_layers.iter().filter(|d| base_layers.contains(d)) {
