@@ -653,6 +653,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
                 .flatten(),
             sources: sources.clone(),
             arch_tags: args.arch_tags,
+            before_tags: None,
         });
     }
     let reports = if batch {

@@ -23,12 +23,18 @@
 //! file that share one of its registries (a later image never waits for an
 //! earlier one, so there is no cycle); images on other registries publish
 //! concurrently.
+//!
+//! Tags move for the whole batch or not at all: each image, once its blobs,
+//! manifests and index are in place, waits there until every image of the
+//! batch got that far, and an image that fails first holds every tag back.
+//! (A registry refusing a tag once tagging has begun is the one failure that
+//! can still leave some images tagged.)
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Deserialize;
 use tokio::sync::watch;
 
@@ -39,7 +45,7 @@ use crate::progress::Reporter;
 use crate::reference::Repository;
 
 use super::destination::Destination;
-use super::{publish, Report, Request};
+use super::{publish, PublishedImage, Report, Request};
 
 /// A batch file that cannot be used.
 #[derive(Debug, thiserror::Error)]
@@ -217,7 +223,7 @@ struct Shared {
 }
 
 impl Shared {
-    fn record(&self, report: &Report, destinations: &[Destination]) {
+    fn record(&self, images: &[PublishedImage], destinations: &[Destination]) {
         let repositories: Vec<Repository> = destinations
             .iter()
             .filter_map(|d| match d {
@@ -228,7 +234,7 @@ impl Shared {
         let Ok(mut layers) = self.layers.lock() else {
             return;
         };
-        for image in &report.images {
+        for image in images {
             for (diff_id, descriptor) in &image.layers {
                 let held = layers.entry(diff_id.clone()).or_insert_with(|| Held {
                     descriptor: descriptor.clone(),
@@ -290,6 +296,9 @@ pub async fn publish_batch(
     reporter: Arc<dyn Reporter>,
 ) -> Result<Vec<Report>> {
     let shared = Arc::new(Shared::default());
+    let count = requests.len();
+    let (barrier, _) = watch::channel(Barrier::default());
+    let barrier = Arc::new(barrier);
     let handle = tokio::runtime::Handle::current();
     let mut done_senders = Vec::new();
     let mut done_receivers: Vec<watch::Receiver<bool>> = Vec::new();
@@ -349,17 +358,81 @@ pub async fn publish_batch(
                     // alike: leave the worker (if on one) before blocking.
                     tokio::task::block_in_place(|| handle.block_on(wait_and_mount))
                 });
+                // Everything of this image is in place: the images after it
+                // may mount its layers; its tags wait for the whole batch.
+                let done = Arc::new(done);
+                let (gate_done, gate_barrier) = (done.clone(), barrier.clone());
+                request.before_tags = Some(Arc::new(move |images: &[PublishedImage]| {
+                    shared.record(images, &destinations);
+                    let _ = gate_done.send(true);
+                    gate_barrier.send_modify(|b| b.ready += 1);
+                    let mut rx = gate_barrier.subscribe();
+                    Box::pin(async move {
+                        let settled = rx
+                            .wait_for(|b| b.ready == count || b.failed.is_some())
+                            .await
+                            .map(|b| b.failed)
+                            .map_err(|_| anyhow::anyhow!("the batch ended early"))?;
+                        match settled {
+                            Some(failed) => Err(HeldBack(failed).into()),
+                            None => Ok(()),
+                        }
+                    })
+                }));
+                let barrier = barrier.clone();
                 async move {
                     let result = publish(request, reporter).await;
-                    if let Ok(report) = &result {
-                        shared.record(report, &destinations);
+                    if result.is_err() {
+                        barrier.send_modify(|b| {
+                            b.failed.get_or_insert(i + 1);
+                        });
                     }
                     let _ = done.send(true);
-                    result.with_context(|| format!("image {} of the batch failed", i + 1))
+                    result
                 }
             });
     let results = futures::future::join_all(runs).await;
-    results.into_iter().collect()
+    batch_outcome(results)
+}
+
+/// How far the images of a batch got before their tags.
+#[derive(Default)]
+struct Barrier {
+    /// Images with every blob, manifest and index in place.
+    ready: usize,
+    /// The first image (from 1) that failed.
+    failed: Option<usize>,
+}
+
+/// An image whose tags were held back because another image failed.
+#[derive(Debug, thiserror::Error)]
+#[error("not tagged: image {0} of the batch failed")]
+struct HeldBack(usize);
+
+/// The reports, or the error of the image that failed (not of those held
+/// back because of it), naming which images were left untagged.
+fn batch_outcome(results: Vec<Result<Report>>) -> Result<Vec<Report>> {
+    let mut reports = Vec::new();
+    let mut failed = None;
+    let mut held = Vec::new();
+    for (i, result) in results.into_iter().enumerate() {
+        match result {
+            Ok(report) => reports.push(report),
+            Err(e) if e.is::<HeldBack>() => held.push((i + 1).to_string()),
+            Err(e) => {
+                failed.get_or_insert((i + 1, e));
+            }
+        }
+    }
+    let Some((image, error)) = failed else {
+        return Ok(reports);
+    };
+    let held = match held.len() {
+        0 => String::new(),
+        1 => format!("; image {} was held back untagged", held[0]),
+        _ => format!("; images {} were held back untagged", held.join(", ")),
+    };
+    Err(error.context(format!("image {image} of the batch failed{held}")))
 }
 
 #[cfg(test)]

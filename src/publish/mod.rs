@@ -36,6 +36,13 @@ pub type TagGuard = Arc<dyn Fn(&[String]) -> (Vec<String>, Vec<(String, String)>
 pub type AnnotationFiller =
     Arc<dyn Fn(&mut BTreeMap<String, String>, &[PublishedImage]) + Send + Sync>;
 
+/// Runs once every blob, manifest and the index are in place, before any
+/// tag moves; an error stops the publish untagged. A batch records there
+/// what the image pushed, for the images after it, and holds the tags until
+/// every image of the batch got that far.
+pub type BeforeTags =
+    Arc<dyn Fn(&[PublishedImage]) -> futures::future::BoxFuture<'static, Result<()>> + Send + Sync>;
+
 /// The tags to push, and the never-backwards guard (None: push them all).
 #[derive(Clone, Default)]
 pub struct TagSet {
@@ -62,6 +69,7 @@ pub struct Request {
     /// Also tag each per-architecture manifest `<tag>-<arch><variant>`
     /// (`--arch-tags`), in phase 2 with the other tags.
     pub arch_tags: bool,
+    pub before_tags: Option<BeforeTags>,
 }
 
 /// What happened at one destination.
@@ -172,6 +180,9 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
             .map(|d| d.push_manifest(&index, "the index", &*reporter)),
     )
     .await?;
+    if let Some(before_tags) = &request.before_tags {
+        before_tags(&images).await?;
+    }
 
     // Phase 2: tags, only now that everything they point at is in place.
     let mut reports = Vec::new();

@@ -232,6 +232,77 @@ fn arch_tags_name_each_per_architecture_manifest() {
     }
 }
 
+/// One image of a batch failing holds back every tag of the batch: the
+/// images that got their blobs, manifests and index in place wait for the
+/// others before tagging, and are left untagged when one fails.
+#[test]
+fn a_failing_image_holds_back_the_tags_of_the_whole_batch() {
+    let registry = TestRegistry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let (good, other, bad) = (
+        registry.repo("acme/good"),
+        registry.repo("acme/other"),
+        registry.repo("acme/bad"),
+    );
+    let config = dir.path().join("images.toml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"
+[[image]]
+repo = "{good}"
+inputs = ["{}"]
+
+[[image]]
+repo = "{other}"
+inputs = ["{}"]
+
+[[image]]
+repo = "{bad}"
+inputs = ["{}"]
+"#,
+            testdata("fd-amd64.tar").display(),
+            testdata("stream-arm64").display(),
+            testdata("bad").join("truncated-in-layer.tar").display(),
+        ),
+    )
+    .unwrap();
+    let out = Run::new(&[
+        "publish",
+        "--config",
+        config.to_str().unwrap(),
+        "--tag",
+        "v1",
+    ])
+    .output();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        out.stdout.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(
+        stderr.contains("image 3 of the batch failed; images 1, 2 were held back untagged"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("truncated"), "{stderr}");
+    // The good images were pushed (their index is in place), not tagged.
+    let log = registry.request_log();
+    for name in ["acme/good", "acme/other"] {
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with(&format!("PUT /v2/{name}/manifests/sha256:"))),
+            "{name}: {log:#?}"
+        );
+        assert!(
+            !log.iter()
+                .any(|l| l.starts_with(&format!("PUT /v2/{name}/manifests/v1"))),
+            "{name} was tagged: {log:#?}"
+        );
+    }
+}
+
 #[test]
 fn a_batch_uploads_shared_layers_once_per_registry() {
     let registry = TestRegistry::start(Auth::None);
