@@ -61,6 +61,15 @@ impl Run {
         self
     }
 
+    /// Signs in as the test registries' user (`--username tester
+    /// --password-stdin`), with `password` on stdin.
+    pub fn signed_in(self, password: &[u8]) -> Run {
+        self.arg("--username")
+            .arg("tester")
+            .arg("--password-stdin")
+            .stdin(password)
+    }
+
     pub fn output(mut self) -> Output {
         self.cmd
             .stdin(if self.stdin.is_some() {
@@ -716,12 +725,9 @@ fn a_second_repository_on_one_registry_mounts_instead_of_uploading() {
         &second,
         "--tag",
         "1.0.0",
-        "--username",
-        "tester",
-        "--password-stdin",
         amd64.to_str().unwrap(),
     ])
-    .stdin(b"s3cret-pass")
+    .signed_in(b"s3cret-pass")
     .output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
@@ -758,12 +764,9 @@ fn a_wrong_password_fails_before_uploading_with_the_credentials_hint() {
         &repo,
         "--tag",
         "1.0.0",
-        "--username",
-        "tester",
-        "--password-stdin",
         archive.to_str().unwrap(),
     ])
-    .stdin(b"not-the-password")
+    .signed_in(b"not-the-password")
     .output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
@@ -792,9 +795,8 @@ fn cache_from_another_repository_mounts_its_layers() {
     let publish = |repo: &str, extra: &[&str], inputs: &[&Path]| {
         let mut args = vec!["publish", "--repo", repo, "--tag", "1.0.0"];
         args.extend_from_slice(extra);
-        args.extend(["--username", "tester", "--password-stdin"]);
         args.extend(inputs.iter().map(|p| p.to_str().unwrap()));
-        let out = Run::new(&args).stdin(b"s3cret-pass").output();
+        let out = Run::new(&args).signed_in(b"s3cret-pass").output();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{stderr}");
         (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)

@@ -683,9 +683,9 @@ fn assembly_mounts_with_bearer_tokens() {
     let registry = TestRegistry::start(Auth::token());
     let repo = registry.repo("acme/tok");
     let with_creds = |args: &[&str]| {
-        let mut all = vec!["publish", "--username", "tester", "--password-stdin"];
+        let mut all = vec!["publish"];
         all.extend_from_slice(args);
-        Run::new(&all).stdin(b"s3cret-pass\n").success()
+        Run::new(&all).signed_in(b"s3cret-pass\n").success()
     };
     let amd64 = testdata("fd-amd64.tar");
     let first = with_creds(&["--no-tags", "--repo", &repo, amd64.to_str().unwrap()]);
