@@ -717,18 +717,11 @@ fn a_second_repository_on_one_registry_mounts_instead_of_uploading() {
     let first = registry.repo("acme/one");
     let second = registry.repo("acme/two");
     let amd64 = testdata("stream-amd64");
-    let out = Run::new(&[
-        "publish",
-        "--repo",
-        &first,
-        "--repo",
-        &second,
-        "--tag",
-        "1.0.0",
-        amd64.to_str().unwrap(),
-    ])
-    .signed_in(b"s3cret-pass")
-    .output();
+    let out = publish_inputs(&first, "1.0.0", &[&amd64])
+        .arg("--repo")
+        .arg(&second)
+        .signed_in(b"s3cret-pass")
+        .output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(stderr.contains("mounted"), "{stderr}");
@@ -758,16 +751,9 @@ fn a_wrong_password_fails_before_uploading_with_the_credentials_hint() {
     let registry = TestRegistry::start(Auth::basic());
     let repo = registry.repo("acme/denied");
     let archive = testdata("fd-amd64.tar");
-    let out = Run::new(&[
-        "publish",
-        "--repo",
-        &repo,
-        "--tag",
-        "1.0.0",
-        archive.to_str().unwrap(),
-    ])
-    .signed_in(b"not-the-password")
-    .output();
+    let out = publish_inputs(&repo, "1.0.0", &[&archive])
+        .signed_in(b"not-the-password")
+        .output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(out.stdout.is_empty());
@@ -793,10 +779,10 @@ fn cache_from_another_repository_mounts_its_layers() {
     let app = registry.repo("acme/app");
     let (amd64, arm64) = (testdata("stream-amd64"), testdata("stream-arm64"));
     let publish = |repo: &str, extra: &[&str], inputs: &[&Path]| {
-        let mut args = vec!["publish", "--repo", repo, "--tag", "1.0.0"];
-        args.extend_from_slice(extra);
-        args.extend(inputs.iter().map(|p| p.to_str().unwrap()));
-        let out = Run::new(&args).signed_in(b"s3cret-pass").output();
+        let run = extra
+            .iter()
+            .fold(publish_inputs(repo, "1.0.0", inputs), |run, a| run.arg(a));
+        let out = run.signed_in(b"s3cret-pass").output();
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(out.status.success(), "{stderr}");
         (String::from_utf8_lossy(&out.stdout).into_owned(), stderr)

@@ -232,6 +232,14 @@ fn arch_tags_name_each_per_architecture_manifest() {
     }
 }
 
+/// `publish --config DIR/images.toml` of a batch file written there with
+/// `toml` (its relative paths are relative to `dir`).
+fn batch(dir: &Path, toml: &str) -> Run {
+    let config = dir.join("images.toml");
+    std::fs::write(&config, toml).unwrap();
+    Run::new(&["publish", "--config", config.to_str().unwrap()])
+}
+
 /// One image of a batch failing holds back every tag of the batch: the
 /// images that got their blobs, manifests and index in place wait for the
 /// others before tagging, and are left untagged when one fails.
@@ -244,10 +252,9 @@ fn a_failing_image_holds_back_the_tags_of_the_whole_batch() {
         registry.repo("acme/other"),
         registry.repo("acme/bad"),
     );
-    let config = dir.path().join("images.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let run = batch(
+        dir.path(),
+        &format!(
             r#"
 [[image]]
 repo = "{good}"
@@ -265,16 +272,8 @@ inputs = ["{}"]
             testdata("stream-arm64").display(),
             testdata("bad").join("truncated-in-layer.tar").display(),
         ),
-    )
-    .unwrap();
-    let out = Run::new(&[
-        "publish",
-        "--config",
-        config.to_str().unwrap(),
-        "--tag",
-        "v1",
-    ])
-    .output();
+    );
+    let out = run.arg("--tag").arg("v1").output();
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
@@ -312,10 +311,9 @@ fn a_batch_uploads_shared_layers_once_per_registry() {
     std::fs::copy(testdata("fd-amd64.tar.gz"), dir.path().join("b.tar.gz")).unwrap();
     std::fs::copy(testdata("fd-arm64.tar.zst"), dir.path().join("c.tar.zst")).unwrap();
     let (first, second) = (registry.repo("acme/one"), registry.repo("acme/two"));
-    let config = dir.path().join("images.toml");
-    std::fs::write(
-        &config,
-        format!(
+    let run = batch(
+        dir.path(),
+        &format!(
             r#"
 [[image]]
 repo = "{first}"
@@ -329,20 +327,15 @@ inputs = ["b.tar.gz"]
 platforms = ["linux/amd64"]
 "#
         ),
-    )
-    .unwrap();
+    );
     let (outputs, metadata) = (dir.path().join("outputs"), dir.path().join("meta.json"));
-    let out = Run::new(&[
-        "publish",
-        "--config",
-        config.to_str().unwrap(),
-        "--tag",
-        "all",
-        "--metadata-file",
-        metadata.to_str().unwrap(),
-    ])
-    .env("GITHUB_OUTPUT", &outputs)
-    .success();
+    let out = run
+        .arg("--tag")
+        .arg("all")
+        .arg("--metadata-file")
+        .arg(metadata.to_str().unwrap())
+        .env("GITHUB_OUTPUT", &outputs)
+        .success();
     let lines: Vec<&str> = out.lines().collect();
     assert_eq!(lines.len(), 2, "{out}");
     assert!(lines[0].starts_with(&format!("{first}@")), "{out}");
