@@ -627,6 +627,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
                 spool_dir: spool_dir.clone(),
                 manifest_annotations: manifest_annotations.clone(),
                 known: Arc::new(|_| None),
+                mounted: Default::default(),
                 stream_timeout: args.stream_timeout.map(std::time::Duration::from_secs),
             },
             index_annotations,

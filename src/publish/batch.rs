@@ -45,6 +45,7 @@ use crate::progress::Reporter;
 use crate::reference::Repository;
 
 use super::destination::Destination;
+use super::mounted::mount_where_missing;
 use super::{publish, PublishedImage, Report, Request};
 
 /// A batch file that cannot be used.
@@ -254,32 +255,6 @@ impl Shared {
     }
 }
 
-/// Makes `descriptor`'s blob present at every destination by HEAD or by a
-/// mount from one of `holders`; false if some destination would need bytes.
-async fn mount_everywhere(
-    descriptor: &Descriptor,
-    holders: &[Repository],
-    destinations: &[Destination],
-    reporter: &dyn Reporter,
-) -> bool {
-    let digest = &descriptor.digest;
-    for destination in destinations {
-        if destination.has_blob(digest).await.unwrap_or(false) {
-            continue;
-        }
-        if !destination.mount_from_any(holders, digest).await {
-            return false;
-        }
-        reporter.on_blob_done(
-            &destination.to_string(),
-            digest,
-            descriptor.size,
-            crate::progress::BlobOutcome::Mounted,
-        );
-    }
-    true
-}
-
 fn registries(request: &Request) -> Vec<String> {
     request
         .destinations
@@ -327,7 +302,7 @@ pub async fn publish_batch(
                 let destinations = Arc::new(request.destinations.clone());
                 let (shared, handle, reporter) = (shared.clone(), handle.clone(), reporter.clone());
                 let outer = request.image.known.clone();
-                let lookup_reporter = reporter.clone();
+                let lookup_mounted = request.image.mounted.clone();
                 let lookup_destinations = destinations.clone();
                 let lookup_shared = shared.clone();
                 request.image.known = Arc::new(move |diff_id: &Digest| {
@@ -345,11 +320,11 @@ pub async fn publish_batch(
                             let _ = rx.wait_for(|finished| *finished).await;
                         }
                         let (descriptor, holders) = lookup_shared.lookup(diff_id)?;
-                        mount_everywhere(
-                            &descriptor,
-                            &holders,
+                        mount_where_missing(
                             &lookup_destinations,
-                            &*lookup_reporter,
+                            &descriptor.digest,
+                            &holders,
+                            &lookup_mounted,
                         )
                         .await
                         .then_some(descriptor)

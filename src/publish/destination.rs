@@ -180,7 +180,9 @@ impl Destination {
             }
             Destination::Layout(_) => return false,
         };
-        if repository.registry != from.registry {
+        // A repository cannot mount from itself, and no registry mounts
+        // from another.
+        if repository.registry != from.registry || repository == from {
             return false;
         }
         client

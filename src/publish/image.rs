@@ -30,6 +30,7 @@ use crate::progress::Reporter;
 
 use super::destination::Destination;
 use super::in_flight::{Claim, Claimed, InFlight};
+use super::mounted::Mounted;
 
 /// What reading an input needs besides the input itself.
 #[derive(Clone)]
@@ -42,6 +43,8 @@ pub struct ImageOptions {
     pub format: manifest::Format,
     /// The known-layer map: diff_id → a blob every destination already has.
     pub known: KnownLayers,
+    /// What the known-layer lookups mounted where, for the report.
+    pub mounted: Arc<Mounted>,
     /// Kill a stream script running longer than this (`--stream-timeout`).
     pub stream_timeout: Option<std::time::Duration>,
 }
@@ -199,7 +202,7 @@ pub async fn publish_image(
                     &destination.to_string(),
                     &descriptor.digest,
                     descriptor.size,
-                    crate::progress::BlobOutcome::AlreadyPresent,
+                    options.mounted.outcome(destination, &descriptor.digest),
                 );
             }
         }

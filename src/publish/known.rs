@@ -11,8 +11,12 @@
 //! compressing them, but the registry remembers what was pushed for them.
 //!
 //! A local cache (`$XDG_CACHE_HOME/manifold/layers.json`) remembers the same
-//! pairs from earlier runs on this machine, for tags that do not exist yet;
-//! a cached pair is used only after a HEAD shows every destination has it.
+//! pairs from earlier runs on this machine, for tags that do not exist yet,
+//! with the repositories each blob was published to. A cached pair is used
+//! only once every destination has the blob: by a HEAD, or by mounting it
+//! from one of those repositories on the destination's registry, as skopeo
+//! mounts from the locations its blob-info cache remembers (publishing to
+//! `acme/app` after `acme/app-dev` compresses and uploads nothing).
 //!
 //! `--cache-from` adds images to read: a tag or digest is looked up in every
 //! destination repository, a full reference (`host/repo:tag`) in its own
@@ -25,6 +29,9 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::layer::Compression;
@@ -33,6 +40,7 @@ use crate::progress::Reporter;
 use crate::reference::{self, Reference, Repository};
 
 use super::destination::Destination;
+use super::mounted::{mount_where_missing, Mounted};
 
 /// Configs larger than this are not read for the map.
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
@@ -77,9 +85,11 @@ pub struct KnownLayers {
     /// destination's): mounted from it when asked for.
     mountable: HashMap<Digest, (Descriptor, Repository)>,
     /// Pairs from the local cache, checked (HEAD) only when asked for.
-    cached: HashMap<Digest, (Digest, u64)>,
+    cached: HashMap<Digest, CachedBlob>,
     media_type: String,
     destinations: Vec<Destination>,
+    /// Where a lookup mounted a blob, for the report.
+    mounted: Arc<Mounted>,
     runtime: Option<tokio::runtime::Handle>,
 }
 
@@ -96,36 +106,36 @@ impl KnownLayers {
             return Some(d.clone());
         }
         let runtime = self.runtime.as_ref()?;
+        // A mount is idempotent: two inputs sharing the layer may both ask.
         if let Some((descriptor, from)) = self.mountable.get(diff_id) {
-            // A mount is idempotent: two inputs sharing the layer may both ask.
-            let mounted = runtime.block_on(async {
-                for destination in &self.destinations {
-                    let has = destination.has_blob(&descriptor.digest).await;
-                    if !has.unwrap_or(false)
-                        && !destination.mount_from(from, &descriptor.digest).await
-                    {
-                        return false;
-                    }
-                }
-                true
-            });
-            return mounted.then(|| descriptor.clone());
+            let in_place = runtime.block_on(mount_where_missing(
+                &self.destinations,
+                &descriptor.digest,
+                std::slice::from_ref(from),
+                &self.mounted,
+            ));
+            return in_place.then(|| descriptor.clone());
         }
-        let (digest, size) = self.cached.get(diff_id)?;
-        let present = runtime.block_on(async {
-            for destination in &self.destinations {
-                if !destination.has_blob(digest).await.unwrap_or(false) {
-                    return false;
-                }
-            }
-            true
-        });
-        present.then(|| Descriptor::new(self.media_type.clone(), digest.clone(), *size))
+        let cached = self.cached.get(diff_id)?;
+        let in_place = runtime.block_on(mount_where_missing(
+            &self.destinations,
+            &cached.digest,
+            &cached.holders(),
+            &self.mounted,
+        ));
+        in_place
+            .then(|| Descriptor::new(self.media_type.clone(), cached.digest.clone(), cached.size))
     }
 
     /// Adds the local cache's pairs for this compression.
     pub fn with_cache(mut self, cache: &LayerCache) -> KnownLayers {
         self.cached = cache.load(&self.media_type);
+        self
+    }
+
+    /// Records in `mounted` the blobs lookups mount.
+    pub fn recording_mounts_in(mut self, mounted: Arc<Mounted>) -> KnownLayers {
+        self.mounted = mounted;
         self
     }
 
@@ -234,6 +244,7 @@ impl KnownLayers {
             media_type: compression.media_type().to_owned(),
             cached: HashMap::new(),
             destinations: destinations.to_vec(),
+            mounted: Arc::default(),
             runtime: tokio::runtime::Handle::try_current().ok(),
         }
     }
@@ -311,8 +322,52 @@ pub struct LayerCache {
 
 /// At most this many pairs are kept per media type.
 const MAX_CACHED: usize = 20_000;
+/// At most this many repositories are remembered per blob, newest first.
+const MAX_HOLDERS: usize = 8;
 
-type CacheFile = BTreeMap<String, BTreeMap<String, (Digest, u64)>>;
+/// media type → diff_id → blob.
+type CacheFile = BTreeMap<String, BTreeMap<String, CacheEntry>>;
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum CacheEntry {
+    Blob(CachedBlob),
+    /// As written before repositories were remembered: `[digest, size]`.
+    Pair(Digest, u64),
+}
+
+impl CacheEntry {
+    fn into_blob(self) -> CachedBlob {
+        match self {
+            CacheEntry::Blob(blob) => blob,
+            CacheEntry::Pair(digest, size) => CachedBlob {
+                digest,
+                size,
+                repositories: Vec::new(),
+            },
+        }
+    }
+}
+
+/// The blob pushed for a diff_id, and where.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct CachedBlob {
+    digest: Digest,
+    size: u64,
+    /// `host/path` of the repositories it was published to, newest first.
+    #[serde(default)]
+    repositories: Vec<String>,
+}
+
+impl CachedBlob {
+    /// The repositories that hold the blob, to mount it from.
+    fn holders(&self) -> Vec<Repository> {
+        self.repositories
+            .iter()
+            .filter_map(|r| Repository::parse(r).ok())
+            .collect()
+    }
+}
 
 impl LayerCache {
     /// The cache in `dir` (`$XDG_CACHE_HOME/manifold`).
@@ -329,18 +384,19 @@ impl LayerCache {
             .unwrap_or_default()
     }
 
-    /// diff_id → (digest, size) for one media type.
-    pub fn load(&self, media_type: &str) -> HashMap<Digest, (Digest, u64)> {
+    /// diff_id → blob for one media type.
+    fn load(&self, media_type: &str) -> HashMap<Digest, CachedBlob> {
         self.read()
             .remove(media_type)
             .unwrap_or_default()
             .into_iter()
-            .filter_map(|(diff_id, blob)| Some((diff_id.parse().ok()?, blob)))
+            .filter_map(|(diff_id, entry)| Some((diff_id.parse().ok()?, entry.into_blob())))
             .collect()
     }
 
-    /// Records pairs that were just published; errors are only logged.
-    pub fn record(&self, pairs: &[(Digest, Descriptor)]) {
+    /// Records pairs that were just published to `repositories`; errors
+    /// are only logged.
+    pub fn record(&self, pairs: &[(Digest, Descriptor)], repositories: &[&Repository]) {
         let mut file = self.read();
         for (diff_id, descriptor) in pairs {
             if descriptor.media_type == oci::MEDIA_TYPE_LAYER {
@@ -350,9 +406,28 @@ impl LayerCache {
             if map.len() >= MAX_CACHED {
                 map.clear();
             }
+            // The repositories already known for this very blob stay, after
+            // the ones just published to.
+            let earlier = map
+                .remove(&diff_id.to_string())
+                .map(CacheEntry::into_blob)
+                .filter(|blob| blob.digest == descriptor.digest)
+                .map(|blob| blob.repositories)
+                .unwrap_or_default();
+            let mut holders: Vec<String> = repositories.iter().map(|r| r.to_string()).collect();
+            for repository in earlier {
+                if !holders.contains(&repository) {
+                    holders.push(repository);
+                }
+            }
+            holders.truncate(MAX_HOLDERS);
             map.insert(
                 diff_id.to_string(),
-                (descriptor.digest.clone(), descriptor.size),
+                CacheEntry::Blob(CachedBlob {
+                    digest: descriptor.digest.clone(),
+                    size: descriptor.size,
+                    repositories: holders,
+                }),
             );
         }
         let write = || -> std::io::Result<()> {
@@ -443,6 +518,68 @@ mod tests {
             panic!("a name with a tag is an image")
         };
         assert_eq!(hub.repository.to_string(), "docker.io/library/fd");
+    }
+
+    fn descriptor(digest: &Digest) -> Descriptor {
+        Descriptor::new(oci::MEDIA_TYPE_LAYER_GZIP.to_owned(), digest.clone(), 42)
+    }
+
+    fn repository(path: &str) -> Repository {
+        Repository::parse(&format!("127.0.0.1:5000/{path}")).unwrap()
+    }
+
+    #[test]
+    fn the_cache_remembers_where_each_blob_went_newest_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let cache = LayerCache::in_dir(dir.path());
+        let (diff_id, blob) = (Digest::of(b"raw"), Digest::of(b"gz"));
+        let pairs = [(diff_id.clone(), descriptor(&blob))];
+        let (dev, prod) = (repository("acme/dev"), repository("acme/prod"));
+        cache.record(&pairs, &[&dev]);
+        cache.record(&pairs, &[&prod, &dev]);
+        let loaded = cache.load(oci::MEDIA_TYPE_LAYER_GZIP);
+        assert_eq!(loaded[&diff_id].digest, blob);
+        assert_eq!(loaded[&diff_id].holders(), vec![prod.clone(), dev.clone()]);
+
+        // At most MAX_HOLDERS, the newest kept.
+        for i in 0..MAX_HOLDERS + 3 {
+            cache.record(&pairs, &[&repository(&format!("acme/r{i}"))]);
+        }
+        let holders = cache.load(oci::MEDIA_TYPE_LAYER_GZIP)[&diff_id].holders();
+        assert_eq!(holders.len(), MAX_HOLDERS);
+        assert_eq!(
+            holders[0],
+            repository(&format!("acme/r{}", MAX_HOLDERS + 2))
+        );
+
+        // Another blob for the same layer (a new encoder) starts afresh.
+        let other = Digest::of(b"gz2");
+        cache.record(&[(diff_id.clone(), descriptor(&other))], &[&dev]);
+        let loaded = cache.load(oci::MEDIA_TYPE_LAYER_GZIP);
+        assert_eq!(loaded[&diff_id].digest, other);
+        assert_eq!(loaded[&diff_id].holders(), vec![dev]);
+    }
+
+    #[test]
+    fn a_cache_written_before_repositories_were_kept_still_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let (diff_id, blob) = (Digest::of(b"raw"), Digest::of(b"gz"));
+        let old = serde_json::json!({
+            (oci::MEDIA_TYPE_LAYER_GZIP): { (diff_id.to_string()): [blob.to_string(), 42] }
+        });
+        std::fs::write(dir.path().join("layers.json"), old.to_string()).unwrap();
+        let cache = LayerCache::in_dir(dir.path());
+        let loaded = cache.load(oci::MEDIA_TYPE_LAYER_GZIP);
+        assert_eq!(loaded[&diff_id].digest, blob);
+        assert_eq!(loaded[&diff_id].size, 42);
+        assert!(loaded[&diff_id].holders().is_empty());
+        // Recording over it keeps the pair and adds where it went.
+        cache.record(
+            &[(diff_id.clone(), descriptor(&blob))],
+            &[&repository("acme/app")],
+        );
+        let loaded = cache.load(oci::MEDIA_TYPE_LAYER_GZIP);
+        assert_eq!(loaded[&diff_id].holders(), vec![repository("acme/app")]);
     }
 
     #[test]

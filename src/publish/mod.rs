@@ -9,6 +9,7 @@ pub mod destination;
 pub mod image;
 pub mod in_flight;
 pub mod known;
+pub mod mounted;
 pub mod nix2container;
 pub mod oci_input;
 pub mod outputs;
@@ -141,6 +142,7 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
         Some(cache) => known.with_cache(cache),
         None => known,
     };
+    let known = known.recording_mounts_in(image_options.mounted.clone());
     if !known.is_empty() {
         let known = Arc::new(known);
         // A map given by the caller (a batch's run-wide one) still answers
@@ -231,7 +233,11 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
             .iter()
             .flat_map(|i| i.layers.iter().cloned())
             .collect();
-        cache.record(&pairs);
+        let repositories: Vec<_> = destinations
+            .iter()
+            .filter_map(|d| d.registry().map(|(_, r)| r))
+            .collect();
+        cache.record(&pairs, &repositories);
     }
     Ok(Report {
         images,

@@ -45,11 +45,12 @@ use crate::layer::slots::Slots;
 use crate::layer::{encode_layer, spool, Compression, DiffIdMismatch, EncodedLayer};
 use crate::manifest;
 use crate::oci::{self, ConfigSummary, Descriptor, Platform};
-use crate::progress::{BlobOutcome, Reporter};
+use crate::progress::Reporter;
 
 use super::destination::Destination;
 use super::image::{CancelOnDrop, ImageOptions, PublishedImage};
 use super::in_flight::{Claimed, InFlight};
+use super::mounted::Mounted;
 
 /// Layers synthesised at once (each takes a tar thread and an encoder
 /// thread; the machine's cores are shared with the uploads).
@@ -131,6 +132,7 @@ pub async fn publish_image(
             destinations: destinations.clone(),
             spool_dir: options.spool_dir.clone(),
             reporter: reporter.clone(),
+            mounted: options.mounted.clone(),
             cancel: cancel.clone(),
         };
         let (builds, in_flight) = (builds.clone(), in_flight.clone());
@@ -370,6 +372,7 @@ struct LayerContext {
     destinations: Arc<Vec<Destination>>,
     spool_dir: PathBuf,
     reporter: Arc<dyn Reporter>,
+    mounted: Arc<Mounted>,
     cancel: Arc<AtomicBool>,
 }
 
@@ -387,7 +390,7 @@ impl LayerContext {
                 &destination.to_string(),
                 &descriptor.digest,
                 descriptor.size,
-                BlobOutcome::AlreadyPresent,
+                self.mounted.outcome(destination, &descriptor.digest),
             );
         }
         self.reporter.on_layer_done(id, true);

@@ -743,6 +743,70 @@ fn a_second_repository_on_one_registry_mounts_instead_of_uploading() {
     }
 }
 
+/// The local cache remembers where each blob was published: a publish to
+/// another repository of the same registry (`acme/prod` after `acme/dev`,
+/// no tag of it in the registry) mounts every layer from there, compresses
+/// and uploads none, and reports each layer blob as mounted once.
+#[test]
+fn the_local_cache_mounts_layers_from_the_repository_they_went_to() {
+    let registry = TestRegistry::start(Auth::token());
+    let (dev, prod) = (registry.repo("acme/dev"), registry.repo("acme/prod"));
+    let cache = tempfile::tempdir().unwrap();
+    let publish = |repo: &str| {
+        let out = publish_streams(repo, "1.0.0")
+            .env("XDG_CACHE_HOME", cache.path())
+            .signed_in(b"s3cret-pass")
+            .output();
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        stderr
+    };
+    publish(&dev);
+    let stderr = publish(&prod);
+
+    let index: ImageIndex =
+        serde_json::from_slice(&registry.skopeo_inspect_raw(&format!("{prod}:1.0.0"))).unwrap();
+    let mut layers = std::collections::BTreeSet::new();
+    for m in &index.manifests {
+        let raw = registry.skopeo_inspect_raw(&format!("{prod}@{}", m.digest));
+        let manifest: ImageManifest = serde_json::from_slice(&raw).unwrap();
+        layers.extend(manifest.layers.iter().map(|l| l.digest.to_string()));
+    }
+    let log = registry.request_log();
+    for digest in &layers {
+        assert!(
+            log.iter()
+                .any(|l| l.starts_with("POST /v2/acme/prod/blobs/uploads/?")
+                    && l.contains(&format!("mount={}", digest.replace(':', "%3A")))
+                    && l.contains("from=acme%2Fdev")
+                    && l.ends_with(" 201")),
+            "{digest} was not mounted from acme/dev: {log:#?}"
+        );
+        let short = &digest["sha256:".len().."sha256:".len() + 12];
+        let reports: Vec<&str> = stderr
+            .lines()
+            .filter(|l| l.starts_with(&format!("{prod}: blob {short}")))
+            .collect();
+        // Once per image that has the layer: mounted by the first, found
+        // in place by the other (the two arches share glibc and tzdata).
+        let mounted = reports.iter().filter(|r| r.ends_with(" mounted")).count();
+        assert_eq!(mounted, 1, "{reports:?} in:\n{stderr}");
+        assert!(
+            reports
+                .iter()
+                .all(|r| r.ends_with(" mounted") || r.ends_with(" already present")),
+            "{reports:?}"
+        );
+    }
+    // Only the two configs' bytes went to acme/prod.
+    assert_eq!(
+        registry.count_requests("PATCH /v2/acme/prod/"),
+        0,
+        "{log:#?}"
+    );
+    skopeo_copy_all(&format!("docker://{prod}:1.0.0"), Auth::token().creds());
+}
+
 /// A wrong password fails the run before any upload (the tag guard's tag
 /// list is the first request that needs it), with the credentials hint and
 /// not the ECR permission one, which a 401 does not call for.
