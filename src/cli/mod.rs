@@ -649,9 +649,17 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
             )),
             tags: tag_set,
             cache_from: cache_from.clone(),
-            cache: (!args.no_cache && !args.dry_run)
+            cache: (!args.no_cache)
                 .then(|| cache_dir(env).map(|d| publish::known::LayerCache::in_dir(&d)))
-                .flatten(),
+                .flatten()
+                // A dry run plans with what the cache knows, and adds nothing.
+                .map(|cache| {
+                    if args.dry_run {
+                        cache.read_only()
+                    } else {
+                        cache
+                    }
+                }),
             sources: sources.clone(),
             arch_tags: args.arch_tags,
             before_tags: None,

@@ -318,6 +318,9 @@ fn plan_reads<'a>(
 /// The local record of which blob was pushed for which diff_id.
 pub struct LayerCache {
     path: PathBuf,
+    /// A dry run reads the record, to plan as the publish would, but
+    /// pushed nothing to add to it.
+    read_only: bool,
 }
 
 /// At most this many pairs are kept per media type.
@@ -374,6 +377,15 @@ impl LayerCache {
     pub fn in_dir(dir: &Path) -> LayerCache {
         LayerCache {
             path: dir.join("layers.json"),
+            read_only: false,
+        }
+    }
+
+    /// The same cache, read but never written.
+    pub fn read_only(self) -> LayerCache {
+        LayerCache {
+            read_only: true,
+            ..self
         }
     }
 
@@ -397,6 +409,9 @@ impl LayerCache {
     /// Records pairs that were just published to `repositories`; errors
     /// are only logged.
     pub fn record(&self, pairs: &[(Digest, Descriptor)], repositories: &[&Repository]) {
+        if self.read_only {
+            return;
+        }
         let mut file = self.read();
         for (diff_id, descriptor) in pairs {
             if descriptor.media_type == oci::MEDIA_TYPE_LAYER {

@@ -762,6 +762,20 @@ fn the_local_cache_mounts_layers_from_the_repository_they_went_to() {
         stderr
     };
     publish(&dev);
+    // The plan reads the cache as the publish will: nothing but the two
+    // configs to upload.
+    let plan = publish_streams(&prod, "1.0.0")
+        .arg("--dry-run")
+        .env("XDG_CACHE_HOME", cache.path())
+        .signed_in(b"s3cret-pass")
+        .output();
+    let planned = String::from_utf8_lossy(&plan.stdout).into_owned();
+    assert!(
+        plan.status.success(),
+        "{}",
+        String::from_utf8_lossy(&plan.stderr)
+    );
+    let cached = std::fs::read(cache.path().join("manifold/layers.json")).unwrap();
     let stderr = publish(&prod);
 
     let index: ImageIndex =
@@ -798,12 +812,31 @@ fn the_local_cache_mounts_layers_from_the_repository_they_went_to() {
             "{reports:?}"
         );
     }
-    // Only the two configs' bytes went to acme/prod.
+    // Only the two configs' bytes went to acme/prod, as planned.
     assert_eq!(
         registry.count_requests("PATCH /v2/acme/prod/"),
         0,
         "{log:#?}"
     );
+    let configs: u64 = index
+        .manifests
+        .iter()
+        .map(|m| {
+            let raw = registry.skopeo_inspect_raw(&format!("{prod}@{}", m.digest));
+            serde_json::from_slice::<ImageManifest>(&raw)
+                .unwrap()
+                .config
+                .size
+        })
+        .sum();
+    let want = format!("blobs: {configs} bytes to upload,");
+    assert!(planned.contains(&want), "want `{want}` in:\n{planned}");
+    // The dry run left the cache as it was; the publish added acme/prod.
+    let after =
+        String::from_utf8(std::fs::read(cache.path().join("manifold/layers.json")).unwrap())
+            .unwrap();
+    assert!(!String::from_utf8(cached).unwrap().contains("acme/prod"));
+    assert!(after.contains("acme/prod"), "{after}");
     skopeo_copy_all(&format!("docker://{prod}:1.0.0"), Auth::token().creds());
 }
 
