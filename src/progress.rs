@@ -73,6 +73,7 @@ pub struct Tally {
     inner: std::sync::Arc<dyn Reporter>,
     uploaded: std::sync::atomic::AtomicU64,
     skipped: std::sync::atomic::AtomicU64,
+    mounted: std::sync::atomic::AtomicU64,
     layers_reused: std::sync::atomic::AtomicU64,
 }
 
@@ -83,6 +84,8 @@ pub struct Totals {
     pub bytes_uploaded: u64,
     /// Blob bytes not sent because the destination had them or mounted them.
     pub bytes_skipped: u64,
+    /// Of those, the bytes mounted from another repository.
+    pub bytes_mounted: u64,
     /// Layers reused through the known-layer map without being compressed.
     pub layers_reused: u64,
 }
@@ -93,6 +96,7 @@ impl Tally {
             inner,
             uploaded: Default::default(),
             skipped: Default::default(),
+            mounted: Default::default(),
             layers_reused: Default::default(),
         }
     }
@@ -102,6 +106,7 @@ impl Tally {
         Totals {
             bytes_uploaded: self.uploaded.load(Relaxed),
             bytes_skipped: self.skipped.load(Relaxed),
+            bytes_mounted: self.mounted.load(Relaxed),
             layers_reused: self.layers_reused.load(Relaxed),
         }
     }
@@ -133,6 +138,10 @@ impl Reporter for Tally {
             BlobOutcome::AlreadyPresent | BlobOutcome::Mounted => &self.skipped,
         };
         counter.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        if outcome == BlobOutcome::Mounted {
+            self.mounted
+                .fetch_add(size, std::sync::atomic::Ordering::Relaxed);
+        }
         self.inner.on_blob_done(destination, digest, size, outcome)
     }
     fn on_manifest_pushed(&self, destination: &str, what: &str, digest: &Digest, already: bool) {

@@ -400,11 +400,15 @@ fn compression(args: &PublishArgs) -> Result<Compression> {
 /// The last line on stderr: how long, and how much was sent or spared.
 fn summary_line(elapsed: std::time::Duration, totals: crate::progress::Totals) -> String {
     use indicatif::HumanBytes;
+    let mounted = match totals.bytes_mounted {
+        0 => String::new(),
+        n => format!("{} mounted, ", HumanBytes(n)),
+    };
     format!(
-        "done in {:.1} s: {} uploaded, {} already in place or mounted, {} layer(s) reused without compressing",
+        "done in {:.1} s: {} uploaded, {mounted}{} already in place, {} layer(s) reused without compressing",
         elapsed.as_secs_f64(),
         HumanBytes(totals.bytes_uploaded),
-        HumanBytes(totals.bytes_skipped),
+        HumanBytes(totals.bytes_skipped.saturating_sub(totals.bytes_mounted)),
         totals.layers_reused
     )
 }

@@ -752,8 +752,11 @@ fn the_local_cache_mounts_layers_from_the_repository_they_went_to() {
     let registry = TestRegistry::start(Auth::token());
     let (dev, prod) = (registry.repo("acme/dev"), registry.repo("acme/prod"));
     let cache = tempfile::tempdir().unwrap();
+    let metadata = cache.path().join("metadata.json");
     let publish = |repo: &str| {
         let out = publish_streams(repo, "1.0.0")
+            .arg("--metadata-file")
+            .arg(metadata.to_str().unwrap())
             .env("XDG_CACHE_HOME", cache.path())
             .signed_in(b"s3cret-pass")
             .output();
@@ -780,14 +783,28 @@ fn the_local_cache_mounts_layers_from_the_repository_they_went_to() {
 
     let index: ImageIndex =
         serde_json::from_slice(&registry.skopeo_inspect_raw(&format!("{prod}:1.0.0"))).unwrap();
-    let mut layers = std::collections::BTreeSet::new();
+    let mut layers = BTreeMap::new();
     for m in &index.manifests {
         let raw = registry.skopeo_inspect_raw(&format!("{prod}@{}", m.digest));
         let manifest: ImageManifest = serde_json::from_slice(&raw).unwrap();
-        layers.extend(manifest.layers.iter().map(|l| l.digest.to_string()));
+        layers.extend(
+            manifest
+                .layers
+                .iter()
+                .map(|l| (l.digest.to_string(), l.size)),
+        );
     }
+    // The totals count each mounted blob once.
+    let totals: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&metadata).unwrap()).unwrap();
+    assert_eq!(
+        totals["bytes_mounted"],
+        layers.values().sum::<u64>(),
+        "{totals}"
+    );
+    assert!(stderr.contains(" mounted, "), "{stderr}");
     let log = registry.request_log();
-    for digest in &layers {
+    for digest in layers.keys() {
         assert!(
             log.iter()
                 .any(|l| l.starts_with("POST /v2/acme/prod/blobs/uploads/?")
