@@ -743,6 +743,21 @@ fn a_second_repository_on_one_registry_mounts_instead_of_uploading() {
     }
 }
 
+/// Whether the registry's request log shows `digest` mounted into the
+/// repository `into` from `from` (a `POST …?mount=&from=` answered 201).
+fn was_mounted(log: &[String], into: &str, from: &str, digest: &str) -> bool {
+    let (mount, from) = (
+        format!("mount={}", digest.replace(':', "%3A")),
+        format!("from={}", from.replace('/', "%2F")),
+    );
+    log.iter().any(|l| {
+        l.starts_with(&format!("POST /v2/{into}/blobs/uploads/?"))
+            && l.contains(&mount)
+            && l.contains(&from)
+            && l.ends_with(" 201")
+    })
+}
+
 /// The local cache remembers where each blob was published: a publish to
 /// another repository of the same registry (`acme/prod` after `acme/dev`,
 /// no tag of it in the registry) mounts every layer from there, compresses
@@ -806,11 +821,7 @@ fn the_local_cache_mounts_layers_from_the_repository_they_went_to() {
     let log = registry.request_log();
     for digest in layers.keys() {
         assert!(
-            log.iter()
-                .any(|l| l.starts_with("POST /v2/acme/prod/blobs/uploads/?")
-                    && l.contains(&format!("mount={}", digest.replace(':', "%3A")))
-                    && l.contains("from=acme%2Fdev")
-                    && l.ends_with(" 201")),
+            was_mounted(&log, "acme/prod", "acme/dev", digest),
             "{digest} was not mounted from acme/dev: {log:#?}"
         );
         let short = &digest["sha256:".len().."sha256:".len() + 12];
@@ -956,11 +967,7 @@ fn cache_from_another_repository_mounts_its_layers() {
             .count();
         assert_eq!(uploads, 0, "{digest} was uploaded again: {log:#?}");
         assert!(
-            log.iter()
-                .any(|l| l.starts_with("POST /v2/acme/app/blobs/uploads/?")
-                    && l.contains(&format!("mount={}", digest.replace(':', "%3A")))
-                    && l.contains("from=acme%2Fbase")
-                    && l.ends_with(" 201")),
+            was_mounted(&log, "acme/app", "acme/base", &digest),
             "{digest} was not mounted from acme/base: {log:#?}"
         );
         mounted += 1;
