@@ -354,7 +354,7 @@ impl CacheEntry {
 
 /// The blob pushed for a diff_id, and where.
 #[derive(Clone, Debug, Serialize, Deserialize)]
-pub struct CachedBlob {
+struct CachedBlob {
     digest: Digest,
     size: u64,
     /// `host/path` of the repositories it was published to, newest first.
