@@ -653,9 +653,9 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
             )),
             tags: tag_set,
             cache_from: cache_from.clone(),
-            cache: (!args.no_cache)
-                .then(|| cache_dir(env).map(|d| publish::known::LayerCache::in_dir(&d)))
-                .flatten()
+            cache: cache_dir(env)
+                .filter(|_| !args.no_cache)
+                .map(|dir| publish::known::LayerCache::in_dir(&dir))
                 // A dry run plans with what the cache knows, and adds nothing.
                 .map(|cache| {
                     if args.dry_run {
