@@ -174,9 +174,9 @@ impl Destination {
             Destination::Registry { client, repository } => (client, repository),
             // A plan counts on the registry taking the mount; nothing is sent.
             Destination::DryRun(inner) => {
-                return inner
-                    .registry()
-                    .is_some_and(|(_, repository)| repository.registry == from.registry)
+                return inner.registry().is_some_and(|(_, repository)| {
+                    repository.registry == from.registry && repository != from
+                })
             }
             Destination::Layout(_) => return false,
         };

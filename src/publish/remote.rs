@@ -595,45 +595,42 @@ async fn copy_blob(
     }
     for destination in destinations {
         let name = destination.to_string();
-        if destination.has_blob(digest).await? {
-            reporter.on_blob_done(&name, digest, descriptor.size, BlobOutcome::AlreadyPresent);
-            if let Destination::Registry { repository, .. } = destination {
-                holders.push(repository.clone());
+        // Seen through a dry run, so the plan mounts where a publish would.
+        let repository = destination.registry().map(|(_, r)| r.clone());
+        let outcome = if destination.has_blob(digest).await? {
+            Some(BlobOutcome::AlreadyPresent)
+        } else if repository.is_some() && destination.mount_from_any(&holders, digest).await {
+            Some(BlobOutcome::Mounted)
+        } else if let Destination::DryRun(_) = destination {
+            Some(BlobOutcome::Planned)
+        } else {
+            // Bytes are needed: a config is in memory already; a layer streams
+            // from the source into each destination that lacks it. The push
+            // reports its own outcome.
+            let pushed = match &bytes {
+                Some(b) => destination.push_bytes(b.clone(), reporter).await?,
+                None => {
+                    destination
+                        .push_stream(source.body(&descriptor)?, reporter)
+                        .await?
+                }
+            };
+            if &pushed != digest {
+                return Err(RemoteError::DigestMismatch {
+                    reference: source.to_string(),
+                    digest: digest.clone(),
+                    actual: pushed,
+                }
+                .into());
             }
-            continue;
-        }
-        if let Destination::Registry { repository, .. } = destination {
-            if destination.mount_from_any(&holders, digest).await {
-                reporter.on_blob_done(&name, digest, descriptor.size, BlobOutcome::Mounted);
-                holders.push(repository.clone());
-                continue;
-            }
-        }
-        if let Destination::DryRun(_) = destination {
-            reporter.on_blob_done(&name, digest, descriptor.size, BlobOutcome::Planned);
-            continue;
-        }
-        // Bytes are needed: a config is in memory already; a layer streams
-        // from the source into each destination that lacks it.
-        let pushed = match &bytes {
-            Some(b) => destination.push_bytes(b.clone(), reporter).await?,
-            None => {
-                destination
-                    .push_stream(source.body(&descriptor)?, reporter)
-                    .await?
-            }
+            None
         };
-        if &pushed != digest {
-            return Err(RemoteError::DigestMismatch {
-                reference: source.to_string(),
-                digest: digest.clone(),
-                actual: pushed,
-            }
-            .into());
+        if let Some(outcome) = outcome {
+            reporter.on_blob_done(&name, digest, descriptor.size, outcome);
         }
-        if let Destination::Registry { repository, .. } = destination {
-            holders.push(repository.clone());
-        }
+        // Later destinations of the same registry can mount from this one
+        // (in a plan: will be able to).
+        holders.extend(repository);
     }
     Ok(())
 }

@@ -151,10 +151,25 @@ fn assembling_in_another_repository_mounts_and_across_registries_copies() {
     let arm64 = push_by_digest(&repo, &testdata("fd-arm64.tar.zst"));
     let inputs = [format!("docker://{amd64}"), format!("docker://{arm64}")];
 
-    // Same registry, another repository: mounts, no PATCH of bytes.
+    // Same registry, another repository: mounts, no PATCH of bytes. A dry
+    // run plans those mounts: nothing to upload, and nothing is sent.
+    let other = source.repo("acme/final");
+    let posts_before = source.count_requests("POST ");
+    let plan = Run::new(&[
+        "publish",
+        "--dry-run",
+        "--repo",
+        &other,
+        "--tag",
+        "1",
+        &inputs[0],
+        &inputs[1],
+    ])
+    .success();
+    assert!(plan.contains("blobs: 0 bytes to upload, "), "{plan}");
+    assert_eq!(source.count_requests("POST "), posts_before);
     let patches_before = source.count_requests("PATCH ");
     let puts_before = source.count_requests("PUT /v2/acme/final/blobs/uploads/");
-    let other = source.repo("acme/final");
     Run::new(&[
         "publish", "--repo", &other, "--tag", "1", &inputs[0], &inputs[1],
     ])
