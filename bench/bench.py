@@ -12,7 +12,8 @@ fresh registry (new storage directory, `docker-registry serve` on a free
 * rerun: the registry holds that publish; a fresh runner publishes the same
   images again.
 * changed: the registry holds that publish; publish the variant images where
-  the top layer of each architecture differs (tags v2, latest).
+  the top layer of each architecture differs (tags v2, latest). With --image
+  (the user's own images) it needs --changed-image, and is skipped without.
 
 Between scenarios the registry process is restarted (same storage, new port,
 new log) and every client cache is new: podman's storage (`--root`,
@@ -26,7 +27,9 @@ pipeline (GNU time's %M, through wait4), and what was pushed, read from the
 registry's log: every completed blob upload (PUT .../blobs/uploads/...?digest=,
 or a monolithic POST with ?digest=, answered 201) counts the size of that blob, even when the registry already had
 it; manifests PUT are counted apart. A publish is "ok" when the tags it should
-have moved resolve to an index with an amd64 and an arm64 manifest of 4 layers.
+have moved resolve to one index holding exactly the platforms of the inputs,
+each with as many layers as its input; the inputs (fixture or --image) are
+read once beforehand, untimed, to know both.
 """
 
 import argparse
@@ -41,10 +44,12 @@ import socket
 import statistics
 import subprocess
 import sys
+import tarfile
 import tempfile
 import time
 import urllib.error
 import urllib.request
+import zlib
 
 INDEX_TYPES = ", ".join([
     "application/vnd.oci.image.index.v1+json",
@@ -54,10 +59,10 @@ INDEX_TYPES = ", ".join([
 ])
 REPO_PATH = "bench/img"
 SCENARIOS = [
-    # (name, image suffix, first tag)
-    ("cold", "", "v1"),
-    ("rerun", "", "v1"),
-    ("changed", "-v2", "v2"),
+    # (name, first tag, images: the base ones or their changed variants)
+    ("cold", "v1", "base"),
+    ("rerun", "v1", "base"),
+    ("changed", "v2", "changed"),
 ]
 TOOLS = ("manifold", "skopeo", "flocken")
 LABELS = {
@@ -193,28 +198,42 @@ def http_get(url, accept):
         return r.read(), r.headers
 
 
-def verify(host, tags, layers=4):
-    """'' when each tag is an index of amd64 + arm64 manifests with `layers` layers each, else why not."""
+def verify(host, tags, expected):
+    """'' when each tag resolves to one index holding exactly the platforms of
+    `expected` ({platform_key: layer count}), each with that many layers, else
+    why not. Entries of os "unknown" (attestations) are left out; a lone image
+    manifest counts as an index of one (its platform read from its config)."""
     base = "http://%s/v2/%s/manifests/" % (host, REPO_PATH)
+    want = ", ".join(sorted("/".join(x for x in k if x) for k in expected))
     digests = set()
     for tag in tags:
         try:
             body, headers = http_get(base + tag, INDEX_TYPES)
-            index = json.loads(body)
+            doc = json.loads(body)
             digests.add(headers.get("Docker-Content-Digest"))
-            arches = set()
-            for m in index.get("manifests", []):
-                plat = m.get("platform", {})
-                if plat.get("os") != "linux":
-                    continue  # attestation manifests and the like
-                mbody, _ = http_get(base + m["digest"], INDEX_TYPES)
+            if "manifests" in doc:
+                entries = [(m.get("platform", {}), m["digest"]) for m in doc["manifests"]]
+            else:
+                config, _ = http_get("http://%s/v2/%s/blobs/%s" % (host, REPO_PATH, doc["config"]["digest"]), "*/*")
+                entries = [(json.loads(config), tag)]
+            found = set()
+            for plat, digest in entries:
+                if plat.get("os") == "unknown":
+                    continue
+                key = platform_key(plat)
+                name = "/".join(x for x in key if x)
+                if key not in expected or key in found:
+                    return "%s: %s %s (expected %s)" % (
+                        tag, "unexpected platform" if key not in expected else "twice", name, want)
+                found.add(key)
+                mbody, _ = http_get(base + digest, INDEX_TYPES)
                 got = len(json.loads(mbody).get("layers", []))
-                if got != layers:
-                    return "%s: %s has %d layers, not %d" % (tag, m["digest"], got, layers)
-                arches.add(plat.get("architecture"))
-            if arches != {"amd64", "arm64"}:
-                return "%s: platforms %s" % (tag, sorted(a or "?" for a in arches))
-        except (urllib.error.URLError, OSError, ValueError, KeyError) as e:
+                if got != expected[key]:
+                    return "%s: %s (%s) has %d layers, not %d" % (tag, name, digest, got, expected[key])
+            if found != set(expected):
+                return "%s: platforms %s, expected %s" % (
+                    tag, ", ".join(sorted("/".join(x for x in k if x) for k in found)) or "none", want)
+        except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             return "%s: %s" % (tag, e)
     if len(digests) != 1:
         return "tags point at different manifests: %s" % sorted(map(str, digests))
@@ -231,41 +250,217 @@ def crane_tag(host, src, dst):
         r.read()
 
 
+# --- the inputs ----------------------------------------------------------------
+
+# Members kept in memory while an archive goes by: streamLayeredImage writes
+# manifest.json last, so the config it names is only known at the end; every
+# `*.json` is kept, and any other small member (docker save >= 25 names its
+# config `blobs/sha256/<hex>`). Layers are bigger and only their size is kept.
+SMALL_MEMBER = 1 << 20
+
+
+def input_kind(path):
+    """'tar.gz' by gzip's magic bytes (a Nix result link has no extension),
+    'stream' for an executable not named as a tar, else 'tar'."""
+    if not os.path.isfile(path):
+        raise SystemExit("image %s: not a file" % path)
+    with open(path, "rb") as f:
+        if f.read(2) == b"\x1f\x8b":
+            return "tar.gz"
+    if os.access(path, os.X_OK) and not path.endswith((".tar", ".tar.gz", ".tgz")):
+        return "stream"
+    return "tar"
+
+
+def inspect_image(path):
+    """Reads the image at `path` once, untimed, the way the pipelines will
+    (a stream is run, a .tar.gz inflated on the fly). Returns its kind,
+    platform, layer count and uncompressed layer bytes, from manifest.json
+    (its first image) and the config that names."""
+    kind = input_kind(path)
+    small, sizes, links = {}, {}, {}
+    proc = errf = None
+    problem = None
+    try:
+        if kind == "stream":
+            errf = tempfile.TemporaryFile()
+            proc = subprocess.Popen([path], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=errf)
+            src = proc.stdout
+        else:
+            src = open(path, "rb")
+        with src, tarfile.open(fileobj=src, mode="r|gz" if kind == "tar.gz" else "r|") as tar:
+            for m in tar:
+                name = os.path.normpath(m.name)
+                sizes[name] = m.size
+                if m.issym():
+                    links[name] = os.path.normpath(os.path.join(os.path.dirname(name), m.linkname))
+                elif m.islnk():
+                    links[name] = os.path.normpath(m.linkname)
+                elif m.isfile() and (name.endswith(".json") or m.size <= SMALL_MEMBER):
+                    small[name] = tar.extractfile(m).read()
+            if proc:
+                while src.read(1 << 20):  # the stream's padding after the tar's end
+                    pass
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        problem = "%s: %s" % (type(e).__name__, e)
+    finally:
+        if proc:
+            if problem:
+                proc.kill()
+            rc = proc.wait()
+            errf.seek(0)
+            tail = errf.read().decode(errors="replace").strip()[-600:]
+            errf.close()
+            if rc != 0 and not problem:
+                problem = "the stream exited with %s: %s" % (rc, tail)
+    what = "image %s (%s)" % (path, kind)
+    if problem:
+        raise SystemExit("%s is not a readable docker-archive: %s\n(--image takes a streamLayeredImage "
+                         "script or a docker-archive, .tar or .tar.gz)" % (what, problem))
+    try:
+        manifest = json.loads(small["manifest.json"])
+    except KeyError:
+        raise SystemExit("%s has no manifest.json: it is not a docker-archive" % what)
+    except ValueError as e:
+        raise SystemExit("%s: manifest.json is not JSON: %s" % (what, e))
+    if not isinstance(manifest, list) or not manifest or not isinstance(manifest[0], dict):
+        raise SystemExit("%s: manifest.json is not a list of images" % what)
+    if len(manifest) > 1:
+        log("note: %s holds %d images; the first is published (…:@0)" % (what, len(manifest)))
+    entry = manifest[0]
+    config_name = os.path.normpath(str(entry.get("Config")))
+    try:
+        config = json.loads(small[config_name])
+    except KeyError:
+        raise SystemExit("%s: the config %s named by manifest.json is not in the archive" % (what, config_name))
+    except ValueError as e:
+        raise SystemExit("%s: the config %s is not JSON: %s" % (what, config_name, e))
+    platform = {k: config.get(k) for k in ("os", "architecture", "variant") if config.get(k)}
+    if "os" not in platform or "architecture" not in platform:
+        raise SystemExit("%s: the config %s names no os or architecture" % (what, config_name))
+    layer_bytes = 0
+    for layer in entry.get("Layers") or []:
+        name = os.path.normpath(layer)
+        for _ in range(8):  # docker save links a repeated layer to its first copy
+            if name not in links:
+                break
+            name = links[name]
+        if name not in sizes:
+            raise SystemExit("%s: layer %s named by manifest.json is not in the archive" % (what, layer))
+        layer_bytes += sizes[name]
+    return {"path": path, "kind": kind, "platform": platform, "layers": len(entry.get("Layers") or []),
+            "uncompressed_bytes": layer_bytes, "images_in_archive": len(manifest)}
+
+
+def platform_key(platform):
+    """What an index tells platforms apart by: os, architecture, variant. arm64's
+    v8 is its only variant, which containerd and containers/image add or
+    drop at will: it compares as none."""
+    variant = platform.get("variant") or ""
+    if platform.get("architecture") == "arm64" and variant == "v8":
+        variant = ""
+    return (platform.get("os") or "", platform.get("architecture") or "", variant)
+
+
+def platform_name(platform):
+    return "/".join(platform[k] for k in ("os", "architecture", "variant") if platform.get(k))
+
+
+def tag_suffix(platform):
+    """The per-image tag of the skopeo route: T-amd64, T-arm64-v8, os first
+    when not linux; unique, as two inputs never share a platform."""
+    parts = ([] if platform["os"] == "linux" else [platform["os"]]) + [platform["architecture"]]
+    parts += [platform["variant"]] if platform.get("variant") else []
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", "-".join(parts))
+
+
+def expected_platforms(images):
+    """{platform_key: layer count}: what verify() wants the index to hold."""
+    return {platform_key(i["platform"]): i["layers"] for i in images}
+
+
+def check_images(base, changed):
+    """Refuses what one index cannot hold: two images of one platform; and a
+    changed image that is not the same platform as its base image."""
+    for images in (base, changed or []):
+        seen = {}
+        for i in images:
+            key = platform_key(i["platform"])
+            if key in seen:
+                raise SystemExit("images %s and %s are both %s: an index holds one image per platform"
+                                 % (seen[key], i["path"], platform_name(i["platform"])))
+            seen[key] = i["path"]
+    for b, c in zip(base, changed or []):
+        if platform_key(b["platform"]) != platform_key(c["platform"]):
+            raise SystemExit("changed image %s is %s, but its image %s is %s (give --changed-image in "
+                             "the order of --image)" % (c["path"], platform_name(c["platform"]),
+                                                         b["path"], platform_name(b["platform"])))
+
+
+def describe(images):
+    """One line's worth: PATH (kind, platform, N layers, MB), ..."""
+    def shown(path):
+        rel = os.path.relpath(path)
+        return path if rel.startswith("..") else rel
+    return ", ".join("%s (%s, %s, %d layers, %.0f MB)" % (
+        shown(i["path"]), i["kind"], platform_name(i["platform"]), i["layers"], i["uncompressed_bytes"] / 1e6)
+        for i in images)
+
+
+def image_record(i):
+    """An inspected image as results.json records it."""
+    r = {k: i[k] for k in ("path", "kind", "platform", "layers", "uncompressed_bytes")}
+    if os.path.realpath(i["path"]) != i["path"]:
+        r["resolved"] = os.path.realpath(i["path"])  # a Nix result link: which store path it was
+    if i["images_in_archive"] > 1:
+        r["images_in_archive"] = i["images_in_archive"]
+    return r
+
+
 # --- the pipelines -----------------------------------------------------------
 
 
-def pipeline(tool, fixture, images, repo, tag, manifold, gzip_archives_ok, tarballs=False):
-    """The bash script one publish runs, for `tool`: from the stream scripts,
-    or with `tarballs` from buildLayeredImage-style tarball-<image>.tar.gz
-    (make_fixture.py tarballs)."""
+def pipeline(tool, inputs, repo, tag, manifold, gzip_archives_ok):
+    """The bash script one publish runs, for `tool`, over `inputs` (from
+    inspect_image: path, kind stream, tar or tar.gz, platform): the fixture's
+    stream scripts, its buildLayeredImage-style tarballs (make_fixture.py
+    tarballs) or the user's --image files alike."""
     q = shlex.quote
-    if tarballs:
-        inputs = [os.path.join(fixture, "tarball-%s.tar.gz" % i) for i in images]
-    else:
-        inputs = [os.path.join(fixture, "stream-" + i) for i in images]
     # A gzip archive for a skopeo or podman that cannot read one is
     # decompressed to a temp file first, as users (and a working podman,
     # inside) do; with pigz when there is one, as it is faster.
     unzip = "pigz -dc" if shutil.which("pigz") else "gzip -dc"
     # podman refuses a runroot longer than 50 characters: $RUNROOT is short.
     pod = 'podman --root "$STATE/podman/root" --runroot "$RUNROOT" --storage-driver vfs'
+
+    def pick(i):
+        # Of an archive of several images, the first one (inspect_image's).
+        return ":@0" if i["images_in_archive"] > 1 else ""
+
     if tool == "manifold":
+        # manifold reads streams, .tar and .tar.gz itself, telling them apart
+        # by content; a choice of image needs the kind named.
+        args = [("archive:" + i["path"] + pick(i)) if pick(i) and i["kind"] != "stream" else i["path"]
+                for i in inputs]
         return "%s publish --repo %s --tag %s --tag latest %s" % (
-            q(manifold), q(repo), q(tag), " ".join(q(i) for i in inputs))
+            q(manifold), q(repo), q(tag), " ".join(q(x) for x in args))
     if tool == "skopeo":
         lines = []
-        for img, src in zip(images, inputs):
-            arch = img.split("-")[0]
-            # skopeo cannot read a pipe (nor, this one, a gzip archive): the
-            # tar is written to a file first.
-            lines.append("%s %s > \"$TMPDIR/%s.tar\"" % (unzip if tarballs else "", q(src), arch))
-            lines.append("skopeo copy -q --dest-tls-verify=false docker-archive:\"$TMPDIR/%s.tar\" docker://%s:%s-%s"
-                         % (arch, repo, tag, arch))
+        for i in inputs:
+            arch = tag_suffix(i["platform"])
+            if i["kind"] == "tar":
+                tar = q(i["path"])
+            else:
+                # skopeo cannot read a pipe (nor, this one, a gzip archive): the
+                # tar is written to a file first.
+                tar = "\"$TMPDIR/%s.tar\"" % arch
+                lines.append("%s %s > %s" % (unzip if i["kind"] == "tar.gz" else "", q(i["path"]), tar))
+            lines.append("skopeo copy -q --dest-tls-verify=false docker-archive:%s%s docker://%s:%s-%s"
+                         % (tar, pick(i), repo, tag, arch))
         lines.append("%s manifest create bench-list >/dev/null" % pod)
-        for img in images:
-            arch = img.split("-")[0]
+        for i in inputs:
             lines.append("%s manifest add --tls-verify=false bench-list docker://%s:%s-%s >/dev/null"
-                         % (pod, repo, tag, arch))
+                         % (pod, repo, tag, tag_suffix(i["platform"])))
         lines.append("%s manifest push -q --all --tls-verify=false bench-list docker://%s:%s" % (pod, repo, tag))
         lines.append("skopeo copy -q --all --src-tls-verify=false --dest-tls-verify=false docker://%s:%s docker://%s:latest"
                      % (repo, tag, repo))
@@ -279,20 +474,24 @@ def pipeline(tool, fixture, images, repo, tag, manifold, gzip_archives_ok, tarba
         # (podman 4.3 has no `manifest create --annotation`: flocken's two
         # annotations are left out.)
         lines = ["%s manifest create bench-list >/dev/null" % pod]
-        for n, src in enumerate(inputs, 1):
-            if tarballs:
-                gz = q(src)
+        for n, i in enumerate(inputs, 1):
+            if i["kind"] == "tar":
+                # An uncompressed archive (buildImage) is added as it is too.
+                lines.append("%s manifest add bench-list docker-archive:%s%s >/dev/null" % (pod, q(i["path"]), pick(i)))
+                continue
+            if i["kind"] == "tar.gz":
+                gz = q(i["path"])
             else:
                 gz = "\"$TMPDIR/image-stream-%d.tar.gz\"" % n
-                lines.append("%s | gzip --fast > %s" % (q(src), gz))
+                lines.append("%s | gzip --fast > %s" % (q(i["path"]), gz))
             if gzip_archives_ok:
-                lines.append("%s manifest add bench-list docker-archive:%s >/dev/null" % (pod, gz))
+                lines.append("%s manifest add bench-list docker-archive:%s%s >/dev/null" % (pod, gz, pick(i)))
             else:
                 # This podman cannot read gzip docker-archives (see README): do
                 # what a working one does inside, decompress to a temp file.
                 tar = "\"$TMPDIR/image-stream-%d.tar\"" % n
                 lines.append("%s %s > %s" % (unzip, gz, tar))
-                lines.append("%s manifest add bench-list docker-archive:%s >/dev/null" % (pod, tar))
+                lines.append("%s manifest add bench-list docker-archive:%s%s >/dev/null" % (pod, tar, pick(i)))
         lines.append("%s manifest inspect bench-list >/dev/null" % pod)
         lines.append("%s manifest push -q --all --format oci --tls-verify=false bench-list docker://%s:%s"
                      % (pod, repo, tag))
@@ -342,9 +541,10 @@ def run_publish(script, state, env_extra, timeout):
     return rc, wall, rss, cpu, tail
 
 
-def timed_publish(registry, script, state, timeout, tag, layers, moved_away=None):
+def timed_publish(registry, script, state, timeout, tag, expected, moved_away=None):
     """Runs one publish against the started `registry`, checks the tags it
-    moved and stops the registry. Returns the measurements every scenario
+    moved (verify: `expected` platforms and layer counts) and stops the
+    registry. Returns the measurements every scenario
     records: ok/error, wall time, peak RSS, CPU of the tool and the registry,
     blobs pushed, storage growth. `moved_away` is a context manager held
     around the publish alone (the nix2container rerun hides the store)."""
@@ -353,7 +553,7 @@ def timed_publish(registry, script, state, timeout, tag, layers, moved_away=None
     with moved_away or contextlib.nullcontext():
         rc, wall, rss, cpu, tail = run_publish(script, state, {}, timeout)
     reg_cpu = cpu_delta(reg_cpu, registry.cpu_seconds())
-    problem = "exit %s: %s" % (rc, tail.strip()[-600:]) if rc != 0 else verify(registry.host, [tag, "latest"], layers)
+    problem = "exit %s: %s" % (rc, tail.strip()[-600:]) if rc != 0 else verify(registry.host, [tag, "latest"], expected)
     pushed = registry.pushed()
     registry.stop()
     return {
@@ -512,6 +712,8 @@ def run_n2c(a, tools, work, manifold):
         fixture = json.load(f)
     store = fixture["store"]
     hidden = store + ".hidden"
+    expected = {platform_key({"os": "linux", "architecture": arch}): len(img["layers"])
+                for arch, img in fixture["images"].items()}
     if os.path.exists(hidden) and not os.path.exists(store):
         os.rename(hidden, store)  # left over by an interrupted run
     results = []
@@ -528,7 +730,7 @@ def run_n2c(a, tools, work, manifold):
                     script = n2c_pipeline(tool, n2c, repo, tag, manifold)
                     hide = tool == "manifold" and scen == "rerun"
                     res = {"run": run, "tool": tool, "scenario": scen, "store_hidden": hide}
-                    res.update(timed_publish(registry, script, state, a.timeout, tag, 4,
+                    res.update(timed_publish(registry, script, state, a.timeout, tag, expected,
                                              renamed(store, hidden) if hide else None))
                     pushed, wall, rss = res["pushed"], res["wall_s"], res["peak_rss_kib"]
                     if hide:
@@ -631,12 +833,23 @@ def main():
     p.add_argument("--n2c", help="nix2container fixture (make_fixture.py n2c): also run that scenario")
     p.add_argument("--n2c-runs", type=int, help="runs of the nix2container scenario (default --runs)")
     p.add_argument("--n2c-only", action="store_true", help="only the nix2container scenario")
+    p.add_argument("--image", action="append", default=[],
+                   help="your own image, one per platform (stream script, .tar or .tar.gz docker-archive), "
+                        "published instead of the fixture; repeat it")
+    p.add_argument("--changed-image", action="append", default=[],
+                   help="the variant of each --image (same count and order) for the changed scenario, "
+                        "which is skipped without them")
     a = p.parse_args()
     if a.cmd == "crane-tag":
         crane_tag(a.host, a.src, a.dst)
         return
     if a.n2c_only and not a.n2c:
         raise SystemExit("--n2c-only needs --n2c DIR")
+    if a.image and (a.tarballs or a.n2c_only):
+        raise SystemExit("--image cannot be combined with %s" % ("--tarballs" if a.tarballs else "--n2c-only"))
+    if a.changed_image and len(a.changed_image) != len(a.image):
+        raise SystemExit("%d --changed-image for %d --image: give one variant per image, in the same order"
+                         % (len(a.changed_image), len(a.image)))
     if a.n2c_runs is None:
         a.n2c_runs = a.runs
     tools = [x for x in a.tools.split(",") if x]
@@ -653,12 +866,29 @@ def main():
     work = os.path.realpath(a.work)
     results, out = [], {}
     if not a.n2c_only:
+        # The inputs, read once (untimed) for their platforms and layer
+        # counts, which verify() checks every publish against: the user's
+        # images, or the fixture's streams or tarballs the same way.
+        if a.image:
+            paths = {"base": [os.path.abspath(x) for x in a.image],
+                     "changed": [os.path.abspath(x) for x in a.changed_image]}
+        else:
+            name = "tarball-%s.tar.gz" if a.tarballs else "stream-%s"
+            paths = {"base": [os.path.join(fixture, name % x) for x in ("amd64", "arm64")],
+                     "changed": [os.path.join(fixture, name % x) for x in ("amd64-v2", "arm64-v2")]}
+        inputs = {role: [] for role in paths}
+        for role, ps in paths.items():
+            for x in ps:
+                log("inspecting %s" % x)
+                inputs[role].append(inspect_image(x))
+        check_images(inputs["base"], inputs["changed"])
+        scenarios = [x for x in SCENARIOS if inputs[x[2]]]
+        if not inputs["changed"]:
+            log("note: no --changed-image: the changed scenario is skipped")
         gzip_ok = gzip_archive_probe(work, fixture)
         if not gzip_ok:
             log("note: this skopeo/podman cannot read gzip docker-archives; the flocken pipeline "
                 "decompresses its .tar.gz to a temp file first, as a working podman does inside")
-        with open(os.path.join(fixture, "images.json")) as f:
-            layer_count = len(json.load(f)["images"]["amd64"]["layers"])
         results = []
         for run in range(1, a.runs + 1):
             k = (run - 1) % len(tools)
@@ -667,14 +897,14 @@ def main():
                 session = tempfile.mkdtemp(prefix="%s-r%d-" % (tool, run), dir=work)
                 registry = Registry(a.registry, os.path.join(session, "storage"), session)
                 try:
-                    for scen, suffix, tag in SCENARIOS:
+                    for scen, tag, role in scenarios:
                         registry.start(scen)
                         state = os.path.join(session, scen)
                         repo = "%s/%s" % (registry.host, REPO_PATH)
-                        images = ["amd64" + suffix, "arm64" + suffix]
-                        script = pipeline(tool, fixture, images, repo, tag, manifold, gzip_ok, a.tarballs)
+                        script = pipeline(tool, inputs[role], repo, tag, manifold, gzip_ok)
                         res = {"run": run, "tool": tool, "scenario": scen}
-                        res.update(timed_publish(registry, script, state, a.timeout, tag, layer_count))
+                        res.update(timed_publish(registry, script, state, a.timeout, tag,
+                                                 expected_platforms(inputs[role])))
                         pushed, wall, rss, problem = res["pushed"], res["wall_s"], res["peak_rss_kib"], res["error"]
                         results.append(res)
                         log("run %d %-8s %-8s %6.1fs  %7.1f MB pushed in %d blobs  rss %s MB%s" % (
@@ -686,21 +916,22 @@ def main():
                     registry.stop()
                     if not a.keep:
                         shutil.rmtree(session, ignore_errors=True)
-        summary = summarize(results, tools)
-        with open(os.path.join(a.fixture, "images.json")) as f:
-            images = json.load(f)["images"]
-        fixture_info = {
-            name: {"layers": len(img["layers"]), "uncompressed_bytes": sum(l["size"] for l in img["layers"])}
-            for name, img in images.items()
-        }
+        summary = summarize(results, tools, [x[0] for x in scenarios])
         out = {
             "runs": a.runs, "tools": tools, "order": "rotated per run",
             "gzip_docker_archive_supported": gzip_ok,
-            "inputs": "tarballs" if a.tarballs else "streams",
-            "fixture": fixture_info,
-            "versions": versions(manifold if "manifold" in tools else None),
-            "summary": summary, "results": results,
+            "inputs": "images" if a.image else "tarballs" if a.tarballs else "streams",
+            "images": {role: [image_record(i) for i in xs] for role, xs in inputs.items()},
         }
+        if not a.image:
+            with open(os.path.join(fixture, "images.json")) as f:
+                images = json.load(f)["images"]
+            out["fixture"] = {
+                name: {"layers": len(img["layers"]), "uncompressed_bytes": sum(l["size"] for l in img["layers"])}
+                for name, img in images.items()
+            }
+        out.update({"versions": versions(manifold if "manifold" in tools else None),
+                    "summary": summary, "results": results})
     n2c_out = None
     if a.n2c:
         n2c_out = run_n2c(a, [t for t in tools if t in N2C_TOOLS], work, manifold)
@@ -716,6 +947,9 @@ def main():
     with open(a.out, "w") as f:
         json.dump(out, f, indent=1)
     if not a.n2c_only:
+        print("images: " + describe(inputs["base"]))
+        if inputs["changed"]:
+            print("changed images: " + describe(inputs["changed"]))
         print_tables(summary, tools, a.runs)
     if n2c_out:
         print_n2c(n2c_out)

@@ -13,6 +13,7 @@
 #                [--layer-mb MB] [--random-mb MB] [--split K] [--tarballs] [--keep] [--timeout S]
 #                [--manifold PATH] [--n2c] [--n2c-only] [--n2c-runs N]
 #                [--n2c-layer-mb MB]
+#                [--image PATH --image PATH ... [--changed-image PATH ...]]
 #
 # --split K cuts each real layer into K smaller ones: with 33, each
 # architecture has 100 layers of about 3 MB, the shape of a streamLayeredImage
@@ -23,6 +24,11 @@
 # --n2c adds the nix2container scenario (cold, rerun from a fresh runner with
 # the store moved away) on a fake store of about 420 MB (bench/.cache/n2c;
 # needs Go, installs golang-go); --n2c-only runs just that one.
+# --image PATH (repeatable, one per platform) publishes your own images
+# instead of the fixture: streamLayeredImage scripts or docker-archives
+# (.tar, .tar.gz); --changed-image PATH (same count and order) gives their
+# variants for the changed scenario, skipped without them. Not with
+# --tarballs, --split or --n2c-only; results in results-images.json.
 # Output: one table per scenario (cold, rerun, changed) on stdout, and
 # bench/.cache/results.json. See bench/README.md.
 set -euo pipefail
@@ -42,8 +48,10 @@ manifold="$root/target/release/manifold"
 n2c=0
 n2c_layer_mb=60
 extra=()
+images=()  # --image/--changed-image pairs for bench.py, paths absolute
+has_image=0
 
-usage() { sed -n '2,27p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
+usage() { sed -n '2,33p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
@@ -61,10 +69,30 @@ while [ $# -gt 0 ]; do
         --n2c-only) n2c=1; extra+=(--n2c-only); shift ;;
         --n2c-runs) extra+=(--n2c-runs "$2"); shift 2 ;;
         --n2c-layer-mb) n2c_layer_mb="$2"; shift 2 ;;
+        --image|--changed-image)
+            if [ $# -lt 2 ] || [ ! -e "$2" ]; then
+                echo "error: $1: no such file \`${2-}\`" >&2; exit 2
+            fi
+            if [ "$1" = --image ]; then has_image=1; fi
+            # -s: a Nix result link stays as named (bench.py records where it points).
+            images+=("$1" "$(realpath -s "$2")"); shift 2 ;;
         -h|--help) usage; exit 0 ;;
         *) echo "error: unknown argument \`$1\`" >&2; usage >&2; exit 2 ;;
     esac
 done
+
+if [ ${#images[@]} -gt 0 ]; then
+    # Each image's kind is read from the file; the fixture's knobs do not apply.
+    conflict=""
+    if [ "$tarballs" = 1 ]; then conflict=--tarballs; fi
+    if [ "$split" != 1 ]; then conflict=--split; fi
+    case " ${extra[*]-} " in *" --n2c-only "*) conflict=--n2c-only ;; esac
+    if [ "$has_image" = 0 ]; then
+        echo "error: --changed-image needs --image" >&2; exit 2
+    elif [ -n "$conflict" ]; then
+        echo "error: --image cannot be combined with $conflict" >&2; exit 2
+    fi
+fi
 
 if [ "$(id -u)" != 0 ]; then
     echo "error: run as root (podman with private storage and a private mount namespace need it)" >&2
@@ -108,8 +136,11 @@ fi
 if [ "$tarballs" = 1 ]; then
     results="${results%.json}-tarballs.json"
 fi
-case " ${extra[*]-} " in
-    *" --n2c-only "*) ;;
+if [ ${#images[@]} -gt 0 ]; then
+    results="$cache/results-images.json"
+fi
+case "$has_image ${extra[*]-} " in
+    1*|*" --n2c-only "*) ;;  # no fixture to build
     *) python3 "$here/make_fixture.py" build "$fixture" --layer-mb "$layer_mb" --random-mb "$random_mb" \
            --split "$split"
        if [ "$tarballs" = 1 ]; then
@@ -124,4 +155,4 @@ fi
 
 exec python3 "$here/bench.py" --runs "$runs" --tools "$tools" \
     --fixture "$fixture" --work "$cache/work" --out "$results" \
-    --manifold "$manifold" ${extra[@]+"${extra[@]}"}
+    --manifold "$manifold" ${extra[@]+"${extra[@]}"} ${images[@]+"${images[@]}"}
