@@ -35,9 +35,10 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::layer::Compression;
-use crate::oci::{self, ConfigSummary, Descriptor, ImageIndex, ImageManifest};
+use crate::oci::{self, ConfigSummary, Descriptor, ImageIndex, ImageManifest, RawManifest};
 use crate::progress::Reporter;
 use crate::reference::{self, Reference, Repository};
+use crate::registry::RegistryClient;
 
 use super::destination::Destination;
 use super::mounted::{mount_where_missing, Mounted};
@@ -150,13 +151,7 @@ impl KnownLayers {
         reporter: &dyn Reporter,
     ) -> KnownLayers {
         let reads = plan_reads(destinations, tags, cache_from, reporter);
-        // Every read at once: against a remote registry each is a few round
-        // trips, and a publish names several tags.
-        let results = futures::future::join_all(reads.iter().map(|read| {
-            let (repository, reference) = (&read.image.repository, read.image.manifest_reference());
-            async move { read_reference(read.client, &repository.path, &reference).await }
-        }))
-        .await;
+        let results = read_images(&reads).await;
         let mut candidates: HashMap<Digest, (Descriptor, &Repository)> = HashMap::new();
         // In the order given: the first pair for a diff_id wins.
         for (read, pairs) in reads.iter().zip(results) {
@@ -252,7 +247,7 @@ impl KnownLayers {
 
 /// One image to read for the map.
 struct Read<'a> {
-    client: &'a crate::registry::RegistryClient,
+    client: &'a RegistryClient,
     image: Reference,
     /// Named by `--cache-from`: worth a notice when it cannot be read (a
     /// tag being published often does not exist yet).
@@ -462,52 +457,156 @@ impl LayerCache {
     }
 }
 
-/// (diff_id, layer descriptor) pairs of every image `reference` names.
-async fn read_reference(
-    client: &crate::registry::RegistryClient,
-    repo: &str,
-    reference: &str,
-) -> anyhow::Result<Vec<(Digest, Descriptor)>> {
-    let Some(raw) = client.get_manifest(repo, reference).await? else {
-        return Ok(Vec::new());
-    };
-    // The children of an index, and then their configs, are read at once:
-    // two round trips deep whatever the number of platforms.
-    let manifests = if oci::is_index_media_type(&raw.media_type) {
-        let index: ImageIndex = serde_json::from_slice(&raw.bytes)?;
-        let children: Vec<String> = index
-            .manifests
-            .iter()
-            .take(MAX_CHILDREN)
-            .filter(|child| !oci::is_index_media_type(&child.media_type))
-            .map(|child| child.digest.to_string())
-            .collect();
-        futures::future::try_join_all(children.iter().map(|d| client.get_manifest(repo, d)))
-            .await?
-            .into_iter()
-            .flatten()
-            .collect()
-    } else {
-        vec![raw]
-    };
-    let per_manifest = futures::future::try_join_all(manifests.into_iter().map(|raw| async move {
-        let manifest: ImageManifest = serde_json::from_slice(&raw.bytes)?;
-        if manifest.config.size > MAX_CONFIG_BYTES {
-            return anyhow::Ok(Vec::new());
+/// A manifest or config of one repository, by digest.
+type BlobKey = (Repository, Digest);
+
+/// The (diff_id, layer descriptor) pairs of every image each read names, in
+/// the order of `reads`: index → manifests → configs, every read at once,
+/// so three round trips deep whatever the number of tags and platforms.
+/// The tags of a publish mostly point at one index: each child manifest and
+/// config is fetched once per repository, however many tags lead to it
+/// (Docker Hub counts manifest GETs as pulls). A read fails as a whole when
+/// any of its documents cannot be fetched or parsed.
+async fn read_images(reads: &[Read<'_>]) -> Vec<anyhow::Result<Vec<(Digest, Descriptor)>>> {
+    use futures::future::join_all;
+    // The clients of each repository (the first read's serves them all).
+    let mut clients: HashMap<&Repository, &RegistryClient> = HashMap::new();
+    for read in reads {
+        clients.entry(&read.image.repository).or_insert(read.client);
+    }
+
+    let tops = join_all(reads.iter().map(|read| {
+        let reference = read.image.manifest_reference();
+        async move {
+            read.client
+                .get_manifest(&read.image.repository.path, &reference)
+                .await
+                .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
         }
-        let config = client
-            .get_blob(repo, &manifest.config.digest, MAX_CONFIG_BYTES)
-            .await?;
-        let summary: ConfigSummary = serde_json::from_slice(&config)?;
-        let diff_ids = summary.rootfs.map(|r| r.diff_ids).unwrap_or_default();
-        Ok(if diff_ids.len() == manifest.layers.len() {
-            diff_ids.into_iter().zip(manifest.layers).collect()
-        } else {
-            Vec::new()
-        })
     }))
-    .await?;
-    Ok(per_manifest.into_iter().flatten().collect())
+    .await;
+
+    // What each read names: its manifests (an index's children, or itself).
+    let mut named: Vec<Result<Vec<BlobKey>, String>> = Vec::new();
+    let mut manifests: HashMap<BlobKey, Result<Option<RawManifest>, String>> = HashMap::new();
+    for (read, top) in reads.iter().zip(tops) {
+        let repository = &read.image.repository;
+        named.push(top.and_then(|raw| {
+            let Some(raw) = raw else {
+                return Ok(Vec::new());
+            };
+            if !oci::is_index_media_type(&raw.media_type) {
+                let key = (repository.clone(), raw.digest.clone());
+                manifests.insert(key.clone(), Ok(Some(raw)));
+                return Ok(vec![key]);
+            }
+            let index: ImageIndex =
+                serde_json::from_slice(&raw.bytes).map_err(|e| format!("{}: {e}", raw.digest))?;
+            Ok(index
+                .manifests
+                .iter()
+                .take(MAX_CHILDREN)
+                .filter(|child| !oci::is_index_media_type(&child.media_type))
+                .map(|child| (repository.clone(), child.digest.clone()))
+                .collect())
+        }));
+    }
+    let clients = &clients;
+    let missing: Vec<BlobKey> = named
+        .iter()
+        .flatten()
+        .flatten()
+        .filter(|key| !manifests.contains_key(*key))
+        .cloned()
+        .collect::<std::collections::HashSet<_>>()
+        .into_iter()
+        .collect();
+    let fetched = join_all(missing.iter().map(|(repository, digest)| async move {
+        clients[repository]
+            .get_manifest(&repository.path, &digest.to_string())
+            .await
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+    }))
+    .await;
+    manifests.extend(missing.into_iter().zip(fetched));
+
+    // Their configs, once each.
+    let mut parsed: HashMap<BlobKey, Result<Option<ImageManifest>, String>> = HashMap::new();
+    for (key, raw) in &manifests {
+        let manifest = match raw {
+            Ok(Some(raw)) => serde_json::from_slice::<ImageManifest>(&raw.bytes)
+                .map(Some)
+                .map_err(|e| format!("{}: {e}", raw.digest)),
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.clone()),
+        };
+        parsed.insert(key.clone(), manifest);
+    }
+    let config_keys: Vec<BlobKey> = parsed
+        .iter()
+        .filter_map(|((repository, _), m)| match m {
+            Ok(Some(m)) if m.config.size <= MAX_CONFIG_BYTES => {
+                Some((repository.clone(), m.config.digest.clone()))
+            }
+            _ => None,
+        })
+        .collect::<std::collections::HashSet<_>>()
+        .into_iter()
+        .collect();
+    let config_bytes = join_all(config_keys.iter().map(|(repository, digest)| async move {
+        clients[repository]
+            .get_blob(&repository.path, digest, MAX_CONFIG_BYTES)
+            .await
+            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+            .and_then(|bytes| {
+                serde_json::from_slice::<ConfigSummary>(&bytes)
+                    .map_err(|e| format!("{digest}: {e}"))
+            })
+    }))
+    .await;
+    let configs: HashMap<BlobKey, Result<ConfigSummary, String>> =
+        config_keys.into_iter().zip(config_bytes).collect();
+
+    let pairs = named
+        .into_iter()
+        .map(|keys| {
+            let mut pairs = Vec::new();
+            for key in keys.map_err(anyhow::Error::msg)? {
+                let Some(Ok(manifest)) = parsed.get(&key) else {
+                    anyhow::bail!("{}", fetch_error(parsed.get(&key), &key));
+                };
+                let Some(manifest) = manifest.clone() else {
+                    continue; // a child the registry does not have
+                };
+                if manifest.config.size > MAX_CONFIG_BYTES {
+                    continue;
+                }
+                let config_key = (key.0, manifest.config.digest.clone());
+                let config = match configs.get(&config_key) {
+                    Some(Ok(config)) => config,
+                    other => anyhow::bail!("{}", fetch_error(other, &config_key)),
+                };
+                let diff_ids = config
+                    .rootfs
+                    .as_ref()
+                    .map(|r| r.diff_ids.clone())
+                    .unwrap_or_default();
+                if diff_ids.len() == manifest.layers.len() {
+                    pairs.extend(diff_ids.into_iter().zip(manifest.layers));
+                }
+            }
+            Ok(pairs)
+        })
+        .collect();
+    pairs
+}
+
+/// Why a document of [`read_images`] is not there to use.
+fn fetch_error<T>(result: Option<&Result<T, String>>, (repository, digest): &BlobKey) -> String {
+    match result {
+        Some(Err(e)) => e.clone(),
+        _ => format!("`{digest}` of `{repository}` was not fetched"),
+    }
 }
 
 #[cfg(test)]

@@ -330,12 +330,43 @@ fn a_layer_two_inputs_share_is_uploaded_once() {
 fn a_re_run_uploads_no_layer_and_gives_the_same_digest() {
     let registry = TestRegistry::start(Auth::None);
     let repo = registry.repo("acme/rerun");
-    let first = publish_streams(&repo, "1.0.0").success();
+    let (amd64, arm64) = (testdata("stream-amd64"), testdata("stream-arm64"));
+    let publish = || {
+        Run::new(&[
+            "publish",
+            "--repo",
+            &repo,
+            "--tag",
+            "1.0.0",
+            "--tag",
+            "stable",
+            amd64.to_str().unwrap(),
+            arm64.to_str().unwrap(),
+        ])
+        .success()
+    };
+    let first = publish();
     let uploads_after_first = registry.blob_upload_requests();
     assert!(uploads_after_first > 0);
     // A fresh runner: new HOME, so no local cache; the registry remembers.
-    let second = publish_streams(&repo, "1.0.0").success();
+    let log_before = registry.request_log().len();
+    let second = publish();
     assert_eq!(first, second, "same inputs, same index digest");
+    // Its tags all point at one index: each of the two platforms' manifest
+    // and config was read once, not once per tag.
+    let log = registry.request_log();
+    let tag_reads = log[log_before..]
+        .iter()
+        .filter(|l| l.starts_with("GET /v2/acme/rerun/manifests/") && !l.contains("sha256:"))
+        .count();
+    assert_eq!(tag_reads, 2, "{:#?}", &log[log_before..]);
+    for what in ["manifests/sha256:", "blobs/sha256:"] {
+        let reads = log[log_before..]
+            .iter()
+            .filter(|l| l.starts_with(&format!("GET /v2/acme/rerun/{what}")))
+            .count();
+        assert_eq!(reads, 2, "GET {what}: {:#?}", &log[log_before..]);
+    }
     assert_eq!(
         registry.blob_upload_requests(),
         uploads_after_first,
