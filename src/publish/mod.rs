@@ -106,9 +106,14 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     )?;
 
     // The guard reads each repository's tags before uploading, so that a
-    // registry that won't list them fails the run before any upload.
-    if request.tags.guard.is_some() {
-        for destination in destinations.iter() {
+    // registry that won't list them fails the run before any upload. Its
+    // reads and the known-layer map's go out together: against a remote
+    // registry that is one round trip fewer before the inputs are read.
+    let guard_check = async {
+        if request.tags.guard.is_none() {
+            return Ok(());
+        }
+        futures::future::try_join_all(destinations.iter().map(|destination| async move {
             destination.list_tags().await.map_err(|e| {
                 // Not signed in at all: the registry error's own hint (check
                 // the credentials) is the one that helps.
@@ -125,19 +130,23 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
                 e.context(format!(
                     "the tag guard needs the tag list of `{destination}`{hint}"
                 ))
-            })?;
-        }
-    }
-
+            })
+        }))
+        .await
+        .map(drop)
+    };
     let mut image_options = request.image.clone();
-    let known = known::KnownLayers::fetch(
-        &destinations,
-        &request.tags.tags,
-        &request.cache_from,
-        image_options.compression,
-        &*reporter,
-    )
-    .await;
+    let (guard_checked, known) = futures::join!(
+        guard_check,
+        known::KnownLayers::fetch(
+            &destinations,
+            &request.tags.tags,
+            &request.cache_from,
+            image_options.compression,
+            &*reporter,
+        )
+    );
+    guard_checked?;
     let known = match &request.cache {
         Some(cache) => known.with_cache(cache),
         None => known,
