@@ -633,6 +633,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
                 known: Arc::new(|_| None),
                 mounted: Default::default(),
                 stream_timeout: args.stream_timeout.map(std::time::Duration::from_secs),
+                gate: publish::gate::Gate::opened(),
             },
             index_annotations,
             complete_annotations: Some(Arc::new(

@@ -29,6 +29,7 @@ use crate::oci::{ConfigSummary, Descriptor, Platform, RawManifest};
 use crate::progress::Reporter;
 
 use super::destination::Destination;
+use super::gate::Gate;
 use super::in_flight::{Claim, Claimed, InFlight};
 use super::mounted::Mounted;
 
@@ -47,6 +48,8 @@ pub struct ImageOptions {
     pub mounted: Arc<Mounted>,
     /// Kill a stream script running longer than this (`--stream-timeout`).
     pub stream_timeout: Option<std::time::Duration>,
+    /// What uploads wait for (see `super::gate`).
+    pub gate: Gate,
 }
 
 /// A per-architecture image in place at every destination.
@@ -71,6 +74,8 @@ pub async fn publish_image(
     reporter: Arc<dyn Reporter>,
 ) -> Result<PublishedImage> {
     if super::nix2container::is_nix2container(&spec) {
+        // Nothing to start ahead of the gate: an image.json is read at once.
+        options.gate.wait().await?;
         return super::nix2container::publish_image(
             spec,
             destinations,
@@ -121,10 +126,7 @@ pub async fn publish_image(
                 Some(ReadEvent::LayerStarted { member, size, spool }) => {
                     let id = reporter.on_layer_started(&name, &member, size);
                     started.insert(member, id);
-                    let (destinations, reporter) = (destinations.clone(), reporter.clone());
-                    uploads.spawn(async move {
-                        Destination::push_spool_everywhere(&destinations, spool, &*reporter).await
-                    });
+                    uploads.spawn(upload(&options.gate, &destinations, spool, &reporter));
                 }
                 Some(ReadEvent::LayerProgress { member, bytes }) => {
                     // `bytes` counts from the member's start; the reporter wants increments.
@@ -178,11 +180,12 @@ pub async fn publish_image(
         if let LayerBlob::Spooled { spool, .. } = &layer.blob {
             if !started.contains_key(&layer.member) {
                 started.insert(layer.member.clone(), usize::MAX);
-                let (destinations, spool, reporter) =
-                    (destinations.clone(), spool.clone(), reporter.clone());
-                uploads.spawn(async move {
-                    Destination::push_spool_everywhere(&destinations, spool, &*reporter).await
-                });
+                uploads.spawn(upload(
+                    &options.gate,
+                    &destinations,
+                    spool.clone(),
+                    &reporter,
+                ));
             }
         }
     }
@@ -210,6 +213,7 @@ pub async fn publish_image(
 
     let platform = platform_of(&spec, &image.summary, &*reporter)?;
     let config = manifest::config_descriptor(&image.config);
+    options.gate.wait().await?;
     futures::future::try_join_all(
         destinations
             .iter()
@@ -248,6 +252,20 @@ pub async fn publish_image(
         config: image.summary,
         layers,
     })
+}
+
+/// Uploads a layer from its spool to every destination, once the gate opens.
+fn upload(
+    gate: &Gate,
+    destinations: &Arc<Vec<Destination>>,
+    spool: crate::layer::Spool,
+    reporter: &Arc<dyn Reporter>,
+) -> impl std::future::Future<Output = Result<Digest>> + Send + 'static {
+    let (gate, destinations, reporter) = (gate.clone(), destinations.clone(), reporter.clone());
+    async move {
+        gate.wait().await?;
+        Destination::push_spool_everywhere(&destinations, spool, &*reporter).await
+    }
 }
 
 /// The layers this input has claimed (see `in_flight`); clones share one

@@ -6,6 +6,7 @@
 
 pub mod batch;
 pub mod destination;
+pub mod gate;
 pub mod image;
 pub mod in_flight;
 pub mod known;
@@ -16,7 +17,7 @@ pub mod outputs;
 pub mod remote;
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{bail, Context, Result};
 
@@ -105,10 +106,12 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
             .filter_map(|i| i.platform.as_ref().map(|p| (p.clone(), i.text.clone()))),
     )?;
 
-    // The guard reads each repository's tags before uploading, so that a
-    // registry that won't list them fails the run before any upload. Its
-    // reads and the known-layer map's go out together: against a remote
-    // registry that is one round trip fewer before the inputs are read.
+    // First the reads that decide what is uploaded: the guard reads each
+    // repository's tags, so that a registry that won't list them fails the
+    // run before any upload, and the known-layer map says which layers the
+    // registries already hold. They go out together (one round trip fewer
+    // against a remote registry), and the inputs start meanwhile behind a
+    // gate: their uploads and layer lookups wait for these reads.
     let guard_check = async {
         if request.tags.guard.is_none() {
             return Ok(());
@@ -136,33 +139,51 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
         .map(drop)
     };
     let mut image_options = request.image.clone();
-    let (guard_checked, known) = futures::join!(
-        guard_check,
-        known::KnownLayers::fetch(
-            &destinations,
-            &request.tags.tags,
-            &request.cache_from,
-            image_options.compression,
-            &*reporter,
-        )
-    );
-    guard_checked?;
-    let known = match &request.cache {
-        Some(cache) => known.with_cache(cache),
-        None => known,
+    let (opener, gate) = gate::Gate::new();
+    let found: Arc<OnceLock<crate::input::KnownLayers>> = Arc::default();
+    let lookups = async {
+        let (guard_checked, known) = futures::join!(
+            guard_check,
+            known::KnownLayers::fetch(
+                &destinations,
+                &request.tags.tags,
+                &request.cache_from,
+                image_options.compression,
+                &*reporter,
+            )
+        );
+        guard_checked?;
+        let known = match &request.cache {
+            Some(cache) => known.with_cache(cache),
+            None => known,
+        };
+        let known = known.recording_mounts_in(image_options.mounted.clone());
+        if !known.is_empty() {
+            let known = Arc::new(known);
+            let _ = found.set(Arc::new(move |diff_id: &Digest| known.get(diff_id)));
+        }
+        opener.open();
+        anyhow::Ok(())
     };
-    let known = known.recording_mounts_in(image_options.mounted.clone());
-    if !known.is_empty() {
-        let known = Arc::new(known);
-        // A map given by the caller (a batch's run-wide one) still answers
-        // what the registry's tags do not.
-        let outer = image_options.known.clone();
-        image_options.known =
-            Arc::new(move |diff_id: &Digest| known.get(diff_id).or_else(|| outer(diff_id)));
-    }
+    // A map given by the caller (a batch's run-wide one) still answers what
+    // the registries' tags do not.
+    let outer = image_options.known.clone();
+    image_options.known = {
+        let (gate, found) = (gate.clone(), found.clone());
+        Arc::new(move |diff_id: &Digest| {
+            if !gate.wait_blocking() {
+                return None;
+            }
+            found
+                .get()
+                .and_then(|known| known(diff_id))
+                .or_else(|| outer(diff_id))
+        })
+    };
+    image_options.gate = gate;
 
     let in_flight = Arc::new(in_flight::InFlight::default());
-    let per_input = futures::future::try_join_all(request.inputs.into_iter().map(|spec| {
+    let inputs = futures::future::try_join_all(request.inputs.into_iter().map(|spec| {
         publish_input(
             spec,
             destinations.clone(),
@@ -171,8 +192,17 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
             request.sources.clone(),
             reporter.clone(),
         )
-    }))
-    .await?;
+    }));
+    // Reader threads wait for the gate by blocking, which needs a
+    // multi-thread runtime (the binary's); on another the reads come first.
+    let per_input = if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        futures::try_join!(lookups, inputs)?.1
+    } else {
+        lookups.await?;
+        inputs.await?
+    };
     let images: Vec<PublishedImage> = per_input.into_iter().flatten().collect();
     check_distinct_platforms(images.iter().map(|i| (i.platform.clone(), i.input.clone())))?;
 
@@ -271,10 +301,13 @@ async fn publish_input(
         spec.kind = crate::input::detect(&spec.path).ok().map(InputKind::from);
     }
     match spec.kind {
+        // Copies: nothing runs ahead of the gate (see `publish`).
         Some(InputKind::Remote) => {
+            options.gate.wait().await?;
             remote::publish_remote(spec, destinations, options.format, sources, reporter).await
         }
         Some(InputKind::OciLayout | InputKind::OciArchive) => {
+            options.gate.wait().await?;
             oci_input::publish_layout(spec, destinations, &options, reporter).await
         }
         _ => Ok(vec![

@@ -885,6 +885,8 @@ pub struct FaultCounts {
     pub dropped: usize,
     pub cut_bodies: usize,
     pub slowed: usize,
+    /// Held requests ([`FaultProxy::holding`]) whose file never came.
+    pub held_in_vain: usize,
 }
 
 impl FaultCounts {
@@ -914,8 +916,38 @@ enum Fault {
     Slow,
 }
 
+/// Holds requests whose request line contains a needle until a file
+/// exists (at most [`HOLD_LIMIT`]), then forwards them.
+type Hold = Option<Arc<(String, PathBuf)>>;
+
+/// How long a held request waits for its file.
+const HOLD_LIMIT: Duration = Duration::from_secs(10);
+/// How long it is held once the file is there.
+const HOLD_AFTER: Duration = Duration::from_millis(300);
+
 impl FaultProxy {
     pub fn start(upstream: u16, seed: u64, rates: FaultRates) -> FaultProxy {
+        Self::start_with(upstream, seed, rates, None)
+    }
+
+    /// A proxy with no faults that holds each request whose request line
+    /// contains `needle` until `file` exists, and [`HOLD_AFTER`] more: what
+    /// a process does before it, the file shows, and what it does before
+    /// the answer, the registry's log; [`FaultCounts::held_in_vain`] counts
+    /// requests held to the limit.
+    pub fn holding(upstream: u16, needle: &str, file: &Path) -> FaultProxy {
+        let none = FaultRates {
+            unavailable: 0.0,
+            too_many: 0.0,
+            drop: 0.0,
+            cut_body: 0.0,
+            slow: 0.0,
+        };
+        let hold = Some(Arc::new((needle.to_owned(), file.to_owned())));
+        Self::start_with(upstream, 0, none, hold)
+    }
+
+    fn start_with(upstream: u16, seed: u64, rates: FaultRates, hold: Hold) -> FaultProxy {
         use rand::{Rng as _, SeedableRng as _};
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
         let port = listener.local_addr().expect("addr").port();
@@ -949,9 +981,9 @@ impl FaultProxy {
                     } else {
                         Fault::None
                     };
-                    let counts = counts.clone();
+                    let (counts, hold) = (counts.clone(), hold.clone());
                     std::thread::spawn(move || {
-                        let _ = proxy_one(conn, upstream, fault, &counts);
+                        let _ = proxy_one(conn, upstream, fault, &counts, hold);
                     });
                 }
             });
@@ -1054,12 +1086,30 @@ fn proxy_one(
     upstream: u16,
     fault: Fault,
     counts: &Mutex<FaultCounts>,
+    hold: Hold,
 ) -> std::io::Result<()> {
     down.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(down.try_clone()?);
     let mut down_w = down;
     let head = read_head(&mut reader)?;
     counts.lock().unwrap().requests += 1;
+    if let Some((needle, file)) = hold.as_deref() {
+        if head
+            .first()
+            .is_some_and(|line| line.contains(needle.as_str()))
+        {
+            let start = std::time::Instant::now();
+            while !file.exists() {
+                if start.elapsed() > HOLD_LIMIT {
+                    counts.lock().unwrap().held_in_vain += 1;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            // A while longer: what does not wait for the answer goes first.
+            std::thread::sleep(HOLD_AFTER);
+        }
+    }
     let answer = |w: &mut TcpStream, status: &str, extra: &str| {
         let body = r#"{"errors":[{"code":"UNAVAILABLE","message":"injected fault"}]}"#;
         write!(

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use manifold::digest::Digest;
 use manifold::oci::{ImageIndex, ImageManifest};
 
-use crate::harness::{random_archive, skopeo, skopeo_copy_all, Auth, TestRegistry};
+use crate::harness::{random_archive, skopeo, skopeo_copy_all, Auth, FaultProxy, TestRegistry};
 
 /// The repository's testdata directory.
 pub fn testdata(name: &str) -> PathBuf {
@@ -373,6 +373,55 @@ fn a_re_run_uploads_no_layer_and_gives_the_same_digest() {
         "the re-run started no upload:\n{:#?}",
         registry.request_log()
     );
+}
+
+/// Stream scripts start while the registry is read for what it already has
+/// (their start-up overlaps those round trips), but nothing is uploaded
+/// before those reads are done: a proxy holds the known-layer lookup of the
+/// tag until the stream has started, which would wait in vain (and fail the
+/// check) if the streams only started after the lookup.
+#[test]
+fn streams_start_while_the_registry_is_read_and_upload_after() {
+    let registry = TestRegistry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let proxy = FaultProxy::holding(
+        registry.port(),
+        "GET /v2/acme/early/manifests/1.0.0 ",
+        &started,
+    );
+    let script = dir.path().join("stream-amd64");
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\ntouch '{}'\nexec '{}'\n",
+            started.display(),
+            testdata("stream-amd64").display()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let repo = format!("{}/acme/early", proxy.host());
+    let out = Run::new(&["publish", "--repo", &repo, "--tag", "1.0.0"])
+        .arg(&format!("stream:{}", script.display()))
+        .success();
+    assert_eq!(
+        proxy.counts().held_in_vain,
+        0,
+        "the stream waited for the lookup"
+    );
+    // The lookup came before any upload.
+    let log = registry.request_log();
+    let lookup = log
+        .iter()
+        .position(|l| l.starts_with("GET /v2/acme/early/manifests/1.0.0 "))
+        .expect("the tag was looked up");
+    let first_upload = log
+        .iter()
+        .position(|l| l.starts_with("POST /v2/acme/early/blobs/uploads/"))
+        .expect("layers were uploaded");
+    assert!(lookup < first_upload, "{log:#?}");
+    assert!(out.contains("acme/early@sha256:"), "{out}");
 }
 
 /// skopeo and podman write docker-archives with layers named
