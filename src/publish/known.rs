@@ -1,7 +1,8 @@
 //! The known-layer map: which uncompressed layers (by diff_id) every
 //! destination already holds as a blob, and under which descriptor.
 //!
-//! Before reading any input, the images that the tags about to be published
+//! Before any layer is looked up here (see `super::gate`: the inputs start
+//! meanwhile), the images that the tags about to be published
 //! (and `--cache-from`) point at now are read: index → manifests → configs,
 //! pairing each `rootfs.diff_ids[i]` with `layers[i]`. A layer found there, in
 //! the chosen compression, and present (HEAD) at every destination is reused

@@ -1,5 +1,7 @@
 //! Publishing: every input to every destination, then the index, then tags.
 //!
+//! First the reads that decide what is uploaded (the tag guard's tag lists,
+//! the known-layer map), with the inputs starting behind a gate (`gate`).
 //! Phase 1, per destination: blobs, per-architecture manifests by digest,
 //! then the index by digest. Phase 2, only if phase 1 succeeded everywhere:
 //! the tags. A failure in phase 1 moves no tag anywhere.
