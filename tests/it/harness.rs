@@ -709,6 +709,12 @@ pub fn client_at(host: &str, creds: Credentials, opts: &ClientOptions) -> Regist
     RegistryClient::new(&Registry::parse(host).expect("host"), creds, opts).expect("client")
 }
 
+/// Writes an executable script (a stand-in stream script) to `path`.
+pub fn write_script(path: &Path, body: &str) {
+    std::fs::write(path, body).unwrap();
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+}
+
 /// Writes to `path` a docker-archive with one layer of `size` random bytes
 /// (incompressible, so the pushed blob is about as large; a different layer
 /// per `seed`), built with the `tar` crate. Returns `path`.

@@ -5,7 +5,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::harness::{Auth, TestRegistry};
+use crate::harness::{write_script, Auth, TestRegistry};
 use crate::publish::{publish_streams, testdata};
 
 fn interrupt_a_hanging_publish(signal: libc::c_int, expected_code: i32) {
@@ -15,16 +15,14 @@ fn interrupt_a_hanging_publish(signal: libc::c_int, expected_code: i32) {
     let pid_file = dir.path().join("stream.pid");
     let script = dir.path().join("stream-hangs");
     // Writes part of an archive, records its pid, then hangs like a stuck build.
-    std::fs::write(
+    write_script(
         &script,
-        format!(
+        &format!(
             "#!/bin/sh\necho $$ > '{}'\nhead -c 1500000 '{}'\nexec sleep 600\n",
             pid_file.display(),
             testdata("fd-amd64.tar").display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
 
     let mut child = Command::new(env!("CARGO_BIN_EXE_manifold"))
         .args(["publish", "--repo", &repo, "--tag", "1.0.0"])

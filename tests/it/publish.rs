@@ -9,7 +9,9 @@ use std::process::{Command, Output, Stdio};
 use manifold::digest::Digest;
 use manifold::oci::{ImageIndex, ImageManifest};
 
-use crate::harness::{random_archive, skopeo, skopeo_copy_all, Auth, FaultProxy, TestRegistry};
+use crate::harness::{
+    random_archive, skopeo, skopeo_copy_all, write_script, Auth, FaultProxy, TestRegistry,
+};
 
 /// The repository's testdata directory.
 pub fn testdata(name: &str) -> PathBuf {
@@ -391,16 +393,14 @@ fn streams_start_while_the_registry_is_read_and_upload_after() {
         &started,
     );
     let script = dir.path().join("stream-amd64");
-    std::fs::write(
+    write_script(
         &script,
-        format!(
+        &format!(
             "#!/bin/sh\ntouch '{}'\nexec '{}'\n",
             started.display(),
             testdata("stream-amd64").display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let repo = format!("{}/acme/early", proxy.host());
     let out = Run::new(&["publish", "--repo", &repo, "--tag", "1.0.0"])
         .arg(&format!("stream:{}", script.display()))
@@ -580,15 +580,13 @@ fn a_failing_stream_moves_no_tag() {
     let repo = registry.repo("acme/broken");
     let dir = tempfile::tempdir().unwrap();
     let script = dir.path().join("stream-broken");
-    std::fs::write(
+    write_script(
         &script,
-        format!(
+        &format!(
             "#!/bin/sh\nhead -c 20000 '{}'\necho 'build exploded' >&2\nexit 3\n",
             testdata("fd-amd64.tar").display()
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    );
     let arm64 = testdata("stream-arm64");
     let out = Run::new(&[
         "publish",
@@ -681,9 +679,9 @@ fn streams_are_read_at_the_same_time() {
     let stream = |me: &str, other: &str, seed: u64| {
         let archive = random_archive(&dir.path().join(format!("{me}.tar")), 3 << 20, seed);
         let path = dir.path().join(format!("stream-{me}"));
-        std::fs::write(
+        write_script(
             &path,
-            format!(
+            &format!(
                 "#!/usr/bin/env python3\n\
                  import os, sys, time\n\
                  data = open({archive:?}, 'rb').read()\n\
@@ -697,10 +695,7 @@ fn streams_are_read_at_the_same_time() {
                 archive = archive.to_str().unwrap(),
                 dir = dir.path().to_str().unwrap(),
             ),
-        )
-        .unwrap();
-        std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        );
         path
     };
     let (amd64, arm64) = (stream("amd64", "arm64", 21), stream("arm64", "amd64", 22));
