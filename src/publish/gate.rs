@@ -37,10 +37,10 @@ impl Gate {
         }
     }
 
-    /// [`Gate::wait`] for the synchronous reader threads: whether it opened.
-    /// Called on a runtime worker it leaves the worker first; only a publish
-    /// on a multi-thread runtime starts its inputs before the gate opens, so
-    /// a current-thread runtime never gets here with the gate shut.
+    /// [`Gate::wait`] for the synchronous reader threads (`spawn_blocking`):
+    /// whether it opened. On a multi-thread runtime's worker it leaves the
+    /// worker first; never call it on a current-thread runtime's own thread
+    /// with the gate shut (that thread may be the one to open it).
     pub fn wait_blocking(&self) -> bool {
         if let Some(open) = *self.0.borrow() {
             return open;

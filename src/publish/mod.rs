@@ -108,64 +108,33 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
             .filter_map(|i| i.platform.as_ref().map(|p| (p.clone(), i.text.clone()))),
     )?;
 
-    // First the reads that decide what is uploaded: the guard reads each
-    // repository's tags, so that a registry that won't list them fails the
-    // run before any upload, and the known-layer map says which layers the
-    // registries already hold. They go out together (one round trip fewer
-    // against a remote registry), and the inputs start meanwhile behind a
-    // gate: their uploads and layer lookups wait for these reads.
-    let guard_check = async {
-        if request.tags.guard.is_none() {
-            return Ok(());
-        }
-        futures::future::try_join_all(destinations.iter().map(|destination| async move {
-            destination.list_tags().await.map_err(|e| {
-                // Not signed in at all: the registry error's own hint (check
-                // the credentials) is the one that helps.
-                let unauthenticated = e.chain().any(|c| {
-                    c.downcast_ref::<crate::registry::RegistryError>()
-                        .and_then(|r| r.status())
-                        == Some(reqwest::StatusCode::UNAUTHORIZED)
-                });
-                let hint = if unauthenticated {
-                    ""
-                } else {
-                    "\nhint: allow listing tags (ECR: `ecr:ListImages`), or pass `--tag-guard off`"
-                };
-                e.context(format!(
-                    "the tag guard needs the tag list of `{destination}`{hint}"
-                ))
-            })
-        }))
-        .await
-        .map(drop)
-    };
+    // First the reads that decide what is uploaded (see `read_registries`),
+    // in a task of their own; the inputs start meanwhile behind a gate:
+    // their uploads and layer lookups wait for these reads.
     let mut image_options = request.image.clone();
+    let cache = request.cache.map(Arc::new);
+    let mut reads = AbortOnDrop(tokio::spawn(read_registries(
+        destinations.clone(),
+        request.tags.clone(),
+        request.cache_from.clone(),
+        cache.clone(),
+        image_options.clone(),
+        reporter.clone(),
+    )));
     let (opener, gate) = gate::Gate::new();
     let found: Arc<OnceLock<crate::input::KnownLayers>> = Arc::default();
-    let lookups = async {
-        let (guard_checked, known) = futures::join!(
-            guard_check,
-            known::KnownLayers::fetch(
-                &destinations,
-                &request.tags.tags,
-                &request.cache_from,
-                image_options.compression,
-                &*reporter,
-            )
-        );
-        guard_checked?;
-        let known = match &request.cache {
-            Some(cache) => known.with_cache(cache),
-            None => known,
-        };
-        let known = known.recording_mounts_in(image_options.mounted.clone());
-        if !known.is_empty() {
-            let known = Arc::new(known);
-            let _ = found.set(Arc::new(move |diff_id: &Digest| known.get(diff_id)));
+    let lookups = {
+        let found = found.clone();
+        async move {
+            let known = (&mut reads.0)
+                .await
+                .context("the registry reads panicked")??;
+            if let Some(known) = known {
+                let _ = found.set(known);
+            }
+            opener.open();
+            anyhow::Ok(())
         }
-        opener.open();
-        anyhow::Ok(())
     };
     // A map given by the caller (a batch's run-wide one) still answers what
     // the registries' tags do not.
@@ -195,16 +164,7 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
             reporter.clone(),
         )
     }));
-    // Reader threads wait for the gate by blocking, which needs a
-    // multi-thread runtime (the binary's); on another the reads come first.
-    let per_input = if tokio::runtime::Handle::current().runtime_flavor()
-        == tokio::runtime::RuntimeFlavor::MultiThread
-    {
-        futures::try_join!(lookups, inputs)?.1
-    } else {
-        lookups.await?;
-        inputs.await?
-    };
+    let ((), per_input) = futures::try_join!(lookups, inputs)?;
     let images: Vec<PublishedImage> = per_input.into_iter().flatten().collect();
     check_distinct_platforms(images.iter().map(|i| (i.platform.clone(), i.input.clone())))?;
 
@@ -269,7 +229,7 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
             withheld,
         });
     }
-    if let Some(cache) = &request.cache {
+    if let Some(cache) = &cache {
         let pairs: Vec<_> = images
             .iter()
             .flat_map(|i| i.layers.iter().cloned())
@@ -285,6 +245,76 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
         index,
         destinations: reports,
     })
+}
+
+/// The reads a publish makes before it uploads anything, together: the
+/// guard's tag lists (a registry that won't list its tags fails the run
+/// before any upload) and the known-layer map (which layers the registries
+/// already hold; `None` when none). Against a remote registry, reading them
+/// together saves a round trip.
+async fn read_registries(
+    destinations: Arc<Vec<Destination>>,
+    tags: TagSet,
+    cache_from: Vec<known::CacheFrom>,
+    cache: Option<Arc<known::LayerCache>>,
+    options: ImageOptions,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Option<crate::input::KnownLayers>> {
+    let guard_check = async {
+        if tags.guard.is_none() {
+            return Ok(());
+        }
+        futures::future::try_join_all(destinations.iter().map(|destination| async move {
+            destination.list_tags().await.map_err(|e| {
+                // Not signed in at all: the registry error's own hint (check
+                // the credentials) is the one that helps.
+                let unauthenticated = e.chain().any(|c| {
+                    c.downcast_ref::<crate::registry::RegistryError>()
+                        .and_then(|r| r.status())
+                        == Some(reqwest::StatusCode::UNAUTHORIZED)
+                });
+                let hint = if unauthenticated {
+                    ""
+                } else {
+                    "\nhint: allow listing tags (ECR: `ecr:ListImages`), or pass `--tag-guard off`"
+                };
+                e.context(format!(
+                    "the tag guard needs the tag list of `{destination}`{hint}"
+                ))
+            })
+        }))
+        .await
+        .map(drop)
+    };
+    let (guard_checked, known) = futures::join!(
+        guard_check,
+        known::KnownLayers::fetch(
+            &destinations,
+            &tags.tags,
+            &cache_from,
+            options.compression,
+            &*reporter,
+        )
+    );
+    guard_checked?;
+    let known = match &cache {
+        Some(cache) => known.with_cache(cache),
+        None => known,
+    };
+    let known = known.recording_mounts_in(options.mounted.clone());
+    Ok((!known.is_empty()).then(|| {
+        let known = Arc::new(known);
+        Arc::new(move |diff_id: &Digest| known.get(diff_id)) as crate::input::KnownLayers
+    }))
+}
+
+/// Aborts a spawned task when dropped (a publish that fails early).
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }
 
 /// One input → its images: one, or for an index (`docker://`, `oci:`,
