@@ -482,7 +482,7 @@ async fn read_images(reads: &[Read<'_>]) -> Vec<anyhow::Result<Vec<(Digest, Desc
             read.client
                 .get_manifest(&read.image.repository.path, &reference)
                 .await
-                .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+                .map_err(message)
         }
     }))
     .await;
@@ -526,7 +526,7 @@ async fn read_images(reads: &[Read<'_>]) -> Vec<anyhow::Result<Vec<(Digest, Desc
         clients[repository]
             .get_manifest(&repository.path, &digest.to_string())
             .await
-            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+            .map_err(message)
     }))
     .await;
     manifests.extend(missing.into_iter().zip(fetched));
@@ -558,7 +558,7 @@ async fn read_images(reads: &[Read<'_>]) -> Vec<anyhow::Result<Vec<(Digest, Desc
         clients[repository]
             .get_blob(&repository.path, digest, MAX_CONFIG_BYTES)
             .await
-            .map_err(|e| format!("{:#}", anyhow::Error::from(e)))
+            .map_err(message)
             .and_then(|bytes| {
                 serde_json::from_slice::<ConfigSummary>(&bytes)
                     .map_err(|e| format!("{digest}: {e}"))
@@ -600,6 +600,12 @@ async fn read_images(reads: &[Read<'_>]) -> Vec<anyhow::Result<Vec<(Digest, Desc
         })
         .collect();
     pairs
+}
+
+/// A registry error as text, causes included: one fetch's error may fail
+/// several reads.
+fn message(e: crate::registry::RegistryError) -> String {
+    format!("{:#}", anyhow::Error::from(e))
 }
 
 /// Why a document of [`read_images`] is not there to use.

@@ -118,7 +118,8 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
         request.tags.clone(),
         request.cache_from.clone(),
         cache.clone(),
-        image_options.clone(),
+        image_options.compression,
+        image_options.mounted.clone(),
         reporter.clone(),
     )));
     let (opener, gate) = gate::Gate::new();
@@ -257,7 +258,8 @@ async fn read_registries(
     tags: TagSet,
     cache_from: Vec<known::CacheFrom>,
     cache: Option<Arc<known::LayerCache>>,
-    options: ImageOptions,
+    compression: crate::layer::Compression,
+    mounted: Arc<mounted::Mounted>,
     reporter: Arc<dyn Reporter>,
 ) -> Result<Option<crate::input::KnownLayers>> {
     let guard_check = async {
@@ -292,7 +294,7 @@ async fn read_registries(
             &destinations,
             &tags.tags,
             &cache_from,
-            options.compression,
+            compression,
             &*reporter,
         )
     );
@@ -301,7 +303,7 @@ async fn read_registries(
         Some(cache) => known.with_cache(cache),
         None => known,
     };
-    let known = known.recording_mounts_in(options.mounted.clone());
+    let known = known.recording_mounts_in(mounted);
     Ok((!known.is_empty()).then(|| {
         let known = Arc::new(known);
         Arc::new(move |diff_id: &Digest| known.get(diff_id)) as crate::input::KnownLayers
