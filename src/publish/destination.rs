@@ -170,20 +170,17 @@ impl Destination {
     /// a repository that has it. Only a registry destination on the same
     /// registry can mount; a refusal or an error means "upload instead".
     pub async fn mount_from(&self, from: &Repository, digest: &Digest) -> bool {
-        let (client, repository) = match self {
-            Destination::Registry { client, repository } => (client, repository),
-            // A plan counts on the registry taking the mount; nothing is sent.
-            Destination::DryRun(inner) => {
-                return inner.registry().is_some_and(|(_, repository)| {
-                    repository.registry == from.registry && repository != from
-                })
-            }
-            Destination::Layout(_) => return false,
+        let Some((client, repository)) = self.registry() else {
+            return false;
         };
         // A repository cannot mount from itself, and no registry mounts
         // from another.
         if repository.registry != from.registry || repository == from {
             return false;
+        }
+        // A plan counts on the registry taking the mount; nothing is sent.
+        if let Destination::DryRun(_) = self {
+            return true;
         }
         client
             .mount_blob(&repository.path, digest, &from.path)

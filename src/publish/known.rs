@@ -487,9 +487,14 @@ async fn read_images(reads: &[Read<'_>]) -> Vec<anyhow::Result<Vec<(Digest, Desc
     }))
     .await;
 
-    // What each read names: its manifests (an index's children, or itself).
+    // What each read names: its manifests (an index's children, or itself),
+    // parsed as they arrive.
+    let parse = |raw: RawManifest| {
+        serde_json::from_slice::<ImageManifest>(&raw.bytes)
+            .map_err(|e| format!("{}: {e}", raw.digest))
+    };
     let mut named: Vec<Result<Vec<BlobKey>, String>> = Vec::new();
-    let mut manifests: HashMap<BlobKey, Result<Option<RawManifest>, String>> = HashMap::new();
+    let mut manifests: HashMap<BlobKey, Result<Option<ImageManifest>, String>> = HashMap::new();
     for (read, top) in reads.iter().zip(tops) {
         let repository = &read.image.repository;
         named.push(top.and_then(|raw| {
@@ -498,7 +503,7 @@ async fn read_images(reads: &[Read<'_>]) -> Vec<anyhow::Result<Vec<(Digest, Desc
             };
             if !oci::is_index_media_type(&raw.media_type) {
                 let key = (repository.clone(), raw.digest.clone());
-                manifests.insert(key.clone(), Ok(Some(raw)));
+                manifests.insert(key.clone(), parse(raw).map(Some));
                 return Ok(vec![key]);
             }
             let index: ImageIndex =
@@ -513,15 +518,14 @@ async fn read_images(reads: &[Read<'_>]) -> Vec<anyhow::Result<Vec<(Digest, Desc
         }));
     }
     let clients = &clients;
-    let missing: Vec<BlobKey> = named
-        .iter()
-        .flatten()
-        .flatten()
-        .filter(|key| !manifests.contains_key(*key))
-        .cloned()
-        .collect::<std::collections::HashSet<_>>()
-        .into_iter()
-        .collect();
+    let missing = unique(
+        named
+            .iter()
+            .flatten()
+            .flatten()
+            .filter(|key| !manifests.contains_key(*key))
+            .cloned(),
+    );
     let fetched = join_all(missing.iter().map(|(repository, digest)| async move {
         clients[repository]
             .get_manifest(&repository.path, &digest.to_string())
@@ -529,31 +533,19 @@ async fn read_images(reads: &[Read<'_>]) -> Vec<anyhow::Result<Vec<(Digest, Desc
             .map_err(message)
     }))
     .await;
-    manifests.extend(missing.into_iter().zip(fetched));
+    manifests.extend(
+        missing
+            .into_iter()
+            .zip(fetched.into_iter().map(|raw| raw?.map(parse).transpose())),
+    );
 
     // Their configs, once each.
-    let mut parsed: HashMap<BlobKey, Result<Option<ImageManifest>, String>> = HashMap::new();
-    for (key, raw) in &manifests {
-        let manifest = match raw {
-            Ok(Some(raw)) => serde_json::from_slice::<ImageManifest>(&raw.bytes)
-                .map(Some)
-                .map_err(|e| format!("{}: {e}", raw.digest)),
-            Ok(None) => Ok(None),
-            Err(e) => Err(e.clone()),
-        };
-        parsed.insert(key.clone(), manifest);
-    }
-    let config_keys: Vec<BlobKey> = parsed
-        .iter()
-        .filter_map(|((repository, _), m)| match m {
-            Ok(Some(m)) if m.config.size <= MAX_CONFIG_BYTES => {
-                Some((repository.clone(), m.config.digest.clone()))
-            }
-            _ => None,
-        })
-        .collect::<std::collections::HashSet<_>>()
-        .into_iter()
-        .collect();
+    let config_keys = unique(manifests.iter().filter_map(|((repository, _), m)| match m {
+        Ok(Some(m)) if m.config.size <= MAX_CONFIG_BYTES => {
+            Some((repository.clone(), m.config.digest.clone()))
+        }
+        _ => None,
+    }));
     let config_bytes = join_all(config_keys.iter().map(|(repository, digest)| async move {
         clients[repository]
             .get_blob(&repository.path, digest, MAX_CONFIG_BYTES)
@@ -573,8 +565,8 @@ async fn read_images(reads: &[Read<'_>]) -> Vec<anyhow::Result<Vec<(Digest, Desc
         .map(|keys| {
             let mut pairs = Vec::new();
             for key in keys.map_err(anyhow::Error::msg)? {
-                let Some(Ok(manifest)) = parsed.get(&key) else {
-                    anyhow::bail!("{}", fetch_error(parsed.get(&key), &key));
+                let Some(Ok(manifest)) = manifests.get(&key) else {
+                    anyhow::bail!("{}", fetch_error(manifests.get(&key), &key));
                 };
                 let Some(manifest) = manifest.clone() else {
                     continue; // a child the registry does not have
@@ -600,6 +592,13 @@ async fn read_images(reads: &[Read<'_>]) -> Vec<anyhow::Result<Vec<(Digest, Desc
         })
         .collect();
     pairs
+}
+
+/// The keys once each.
+fn unique(keys: impl Iterator<Item = BlobKey>) -> Vec<BlobKey> {
+    keys.collect::<std::collections::HashSet<_>>()
+        .into_iter()
+        .collect()
 }
 
 /// A registry error as text, causes included: one fetch's error may fail
