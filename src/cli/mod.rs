@@ -359,10 +359,10 @@ async fn destinations(
                     Destination::Layout(Arc::new(Layout::unopened(&dir)))
                 }
                 Target::Layout(dir) => Destination::Layout(Arc::new(Layout::open_or_create(&dir)?)),
-                Target::Registry(repository) => Destination::Registry {
-                    client: clients[&repository.registry.to_string()].clone(),
+                Target::Registry(repository) => Destination::registry_repository(
+                    clients[&repository.registry.to_string()].clone(),
                     repository,
-                },
+                ),
             };
             Ok(if dry_run {
                 Destination::DryRun(Box::new(destination))

@@ -15,12 +15,16 @@ use crate::progress::{BlobOutcome, Reporter};
 use crate::reference::Repository;
 use crate::registry::{BlobBody, RegistryClient, UploadOutcome};
 
+use super::seen::Seen;
+
 /// Where an index is published.
 #[derive(Clone)]
 pub enum Destination {
     Registry {
         client: RegistryClient,
         repository: Repository,
+        /// What the repository was seen to hold during this publish.
+        seen: Arc<Seen>,
     },
     Layout(Arc<Layout>),
     /// `--dry-run`: reads (HEAD, tag lists) go to the destination inside,
@@ -39,13 +43,37 @@ impl std::fmt::Display for Destination {
 }
 
 impl Destination {
+    /// A registry repository, with nothing seen of it yet.
+    pub fn registry_repository(client: RegistryClient, repository: Repository) -> Destination {
+        Destination::Registry {
+            client,
+            repository,
+            seen: Arc::default(),
+        }
+    }
+
     /// Whether the destination has the blob.
     pub async fn has_blob(&self, digest: &Digest) -> Result<bool> {
         match self {
-            Destination::Registry { client, repository } => client
-                .blob_exists(&repository.path, digest)
-                .await
-                .with_context(|| format!("cannot check for blob `{digest}` in `{repository}`")),
+            Destination::Registry {
+                client,
+                repository,
+                seen,
+            } => {
+                if seen.holds(digest) {
+                    return Ok(true);
+                }
+                let present = client
+                    .blob_exists(&repository.path, digest)
+                    .await
+                    .with_context(|| {
+                        format!("cannot check for blob `{digest}` in `{repository}`")
+                    })?;
+                if present {
+                    seen.record_document(digest);
+                }
+                Ok(present)
+            }
             Destination::Layout(layout) => Ok(layout.has_blob(digest)),
             Destination::DryRun(inner) => Box::pin(inner.has_blob(digest)).await,
         }
@@ -54,9 +82,21 @@ impl Destination {
     /// The registry client and repository, seen through a dry run.
     pub fn registry(&self) -> Option<(&RegistryClient, &Repository)> {
         match self {
-            Destination::Registry { client, repository } => Some((client, repository)),
+            Destination::Registry {
+                client, repository, ..
+            } => Some((client, repository)),
             Destination::Layout(_) => None,
             Destination::DryRun(inner) => inner.registry(),
+        }
+    }
+
+    /// What a registry repository was seen to hold (through a dry run too),
+    /// for the reads made before the push to record.
+    pub fn seen(&self) -> Option<&Seen> {
+        match self {
+            Destination::Registry { seen, .. } => Some(seen),
+            Destination::Layout(_) => None,
+            Destination::DryRun(inner) => inner.seen(),
         }
     }
 
@@ -78,13 +118,25 @@ impl Destination {
     pub async fn push_bytes(&self, bytes: Bytes, reporter: &dyn Reporter) -> Result<Digest> {
         let name = self.to_string();
         let (digest, size, outcome) = match self {
-            Destination::Registry { client, repository } => {
-                let progress = |n: i64| reporter.on_upload_progress(&name, n);
-                let outcome = client
-                    .upload_blob(&repository.path, BlobBody::Bytes(bytes), &progress)
-                    .await
-                    .with_context(|| format!("cannot upload a config blob to `{repository}`"))?;
-                from_upload(outcome)
+            Destination::Registry {
+                client,
+                repository,
+                seen,
+            } => {
+                let digest = Digest::of(&bytes);
+                if seen.holds(&digest) {
+                    (digest, bytes.len() as u64, BlobOutcome::AlreadyPresent)
+                } else {
+                    let progress = |n: i64| reporter.on_upload_progress(&name, n);
+                    let outcome = client
+                        .upload_blob(&repository.path, BlobBody::Bytes(bytes), &progress)
+                        .await
+                        .with_context(|| {
+                            format!("cannot upload a config blob to `{repository}`")
+                        })?;
+                    seen.record_document(&digest);
+                    from_upload(outcome)
+                }
             }
             Destination::Layout(layout) => {
                 let size = bytes.len() as u64;
@@ -103,7 +155,9 @@ impl Destination {
     pub async fn push_spool(&self, spool: Spool, reporter: &dyn Reporter) -> Result<Digest> {
         let name = self.to_string();
         let (digest, size, outcome) = match self {
-            Destination::Registry { client, repository } => {
+            Destination::Registry {
+                client, repository, ..
+            } => {
                 let progress = |n: i64| reporter.on_upload_progress(&name, n);
                 let outcome = client
                     .upload_blob(&repository.path, BlobBody::Spool(spool), &progress)
@@ -140,7 +194,9 @@ impl Destination {
             }
         };
         let (digest, size, outcome) = match self {
-            Destination::Registry { client, repository } => {
+            Destination::Registry {
+                client, repository, ..
+            } => {
                 let progress = |n: i64| reporter.on_upload_progress(&name, n);
                 let outcome = client
                     .upload_blob(&repository.path, body, &progress)
@@ -264,7 +320,8 @@ impl Destination {
             .context("a layer needs at least one destination")
     }
 
-    /// Puts a manifest or index under its digest, unless it is there already.
+    /// Puts a manifest or index under its digest, unless it is there already
+    /// (seen by the reads before the push, or asked with a HEAD).
     pub async fn push_manifest(
         &self,
         manifest: &RawManifest,
@@ -273,18 +330,23 @@ impl Destination {
     ) -> Result<()> {
         let mut already = false;
         match self {
-            Destination::Registry { client, repository } => {
+            Destination::Registry {
+                client,
+                repository,
+                seen,
+            } => {
                 let reference = manifest.digest.to_string();
-                already = client
-                    .head_manifest(&repository.path, &reference)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "cannot check for {what} `{}` in `{repository}`",
-                            manifest.digest
-                        )
-                    })?
-                    .is_some();
+                already = seen.holds(&manifest.digest)
+                    || client
+                        .head_manifest(&repository.path, &reference)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "cannot check for {what} `{}` in `{repository}`",
+                                manifest.digest
+                            )
+                        })?
+                        .is_some();
                 if !already {
                     client
                         .put_manifest(&repository.path, &reference, manifest)
@@ -293,6 +355,7 @@ impl Destination {
                             format!("cannot push {what} `{}` to `{repository}`", manifest.digest)
                         })?;
                 }
+                seen.record_document(&manifest.digest);
             }
             Destination::Layout(layout) => {
                 layout.put_manifest(manifest).await?;
@@ -308,7 +371,9 @@ impl Destination {
     /// registries only).
     pub async fn list_tags(&self) -> Result<Vec<String>> {
         match self {
-            Destination::Registry { client, repository } => client
+            Destination::Registry {
+                client, repository, ..
+            } => client
                 .list_tags(&repository.path)
                 .await
                 .with_context(|| format!("cannot list the tags of `{repository}`")),
@@ -319,7 +384,9 @@ impl Destination {
 
     /// Points every tag at `index` (phase 2). A registry tag that already
     /// points there is left alone (ECR's immutable tags refuse even an identical
-    /// PUT). Returns the tags that moved or were confirmed.
+    /// PUT): where it points is taken from the reads before the push, or asked
+    /// with a HEAD for a tag they did not read. Returns the tags that moved or
+    /// were confirmed.
     pub async fn set_tags(
         &self,
         index: &RawManifest,
@@ -328,17 +395,26 @@ impl Destination {
     ) -> Result<Vec<String>> {
         let name = &self.to_string();
         match self {
-            Destination::Registry { client, repository } => {
+            Destination::Registry {
+                client,
+                repository,
+                seen,
+            } => {
                 let puts = tags.iter().map(|tag| async move {
-                    let current = client
-                        .head_manifest(&repository.path, tag)
-                        .await
-                        .with_context(|| format!("cannot read tag `{tag}` of `{repository}`"))?;
-                    if current.map(|d| d.digest) != Some(index.digest.clone()) {
+                    let current = match seen.tag(tag) {
+                        Some(current) => current,
+                        None => client
+                            .head_manifest(&repository.path, tag)
+                            .await
+                            .with_context(|| format!("cannot read tag `{tag}` of `{repository}`"))?
+                            .map(|d| d.digest),
+                    };
+                    if current.as_ref() != Some(&index.digest) {
                         client
                             .put_manifest(&repository.path, tag, index)
                             .await
                             .with_context(|| format!("cannot tag `{repository}:{tag}`"))?;
+                        seen.record_tag(tag, Some(&index.digest));
                     }
                     reporter.on_tag(name, tag);
                     anyhow::Ok(tag.clone())

@@ -5,7 +5,8 @@
 //! spool, and as soon as a layer starts, one upload per destination starts
 //! following its spool, so the network overlaps with compression and the
 //! archive's manifest, which a stream writes last, is needed only at the end.
-//! Then the config and the image manifest (by digest) follow.
+//! The config goes out while the last layers upload, then the image manifest
+//! (by digest).
 //!
 //! A layer that another input of the same publish is already publishing
 //! (see `in_flight`) is waited for and then only hashed, like a known layer.
@@ -189,13 +190,28 @@ pub async fn publish_image(
             }
         }
     }
-    while let Some(done) = uploads.join_next().await {
-        let digest =
-            flatten(done).with_context(|| format!("cannot publish the layers of `{name}`"))?;
-        if let Some(encoded) = encoded_layers.remove(&digest) {
-            claims.resolve(&encoded);
+    // The config goes out while the last layers finish uploading.
+    let platform = platform_of(&spec, &image.summary, &*reporter)?;
+    let push_config = async {
+        options.gate.wait().await?;
+        futures::future::try_join_all(
+            destinations
+                .iter()
+                .map(|d| d.push_bytes(image.config.clone(), &*reporter)),
+        )
+        .await
+    };
+    let finish_layers = async {
+        while let Some(done) = uploads.join_next().await {
+            let digest =
+                flatten(done).with_context(|| format!("cannot publish the layers of `{name}`"))?;
+            if let Some(encoded) = encoded_layers.remove(&digest) {
+                claims.resolve(&encoded);
+            }
         }
-    }
+        anyhow::Ok(())
+    };
+    futures::try_join!(finish_layers, push_config)?;
 
     // Layers reused through the known-layer map are in place everywhere.
     for layer in &image.layers {
@@ -211,15 +227,7 @@ pub async fn publish_image(
         }
     }
 
-    let platform = platform_of(&spec, &image.summary, &*reporter)?;
     let config = manifest::config_descriptor(&image.config);
-    options.gate.wait().await?;
-    futures::future::try_join_all(
-        destinations
-            .iter()
-            .map(|d| d.push_bytes(image.config.clone(), &*reporter)),
-    )
-    .await?;
     let layers: Vec<(Digest, Descriptor)> = image
         .layers
         .iter()

@@ -43,6 +43,7 @@ use crate::registry::RegistryClient;
 
 use super::destination::Destination;
 use super::mounted::{mount_where_missing, Mounted};
+use super::seen::Seen;
 
 /// Configs larger than this are not read for the map.
 const MAX_CONFIG_BYTES: u64 = 4 << 20;
@@ -152,7 +153,12 @@ impl KnownLayers {
         reporter: &dyn Reporter,
     ) -> KnownLayers {
         let reads = plan_reads(destinations, tags, cache_from, reporter);
-        let results = read_images(&reads).await;
+        // What the reads find in a destination, its push steps need not ask again.
+        let seen: HashMap<&Repository, &Seen> = destinations
+            .iter()
+            .filter_map(|d| Some((d.registry()?.1, d.seen()?)))
+            .collect();
+        let results = read_images(&reads, &seen).await;
         let mut candidates: HashMap<Digest, (Descriptor, &Repository)> = HashMap::new();
         // In the order given: the first pair for a diff_id wins.
         for (read, pairs) in reads.iter().zip(results) {
@@ -467,8 +473,12 @@ type BlobKey = (Repository, Digest);
 /// The tags of a publish mostly point at one index: each child manifest and
 /// config is fetched once per repository, however many tags lead to it
 /// (Docker Hub counts manifest GETs as pulls). A read fails as a whole when
-/// any of its documents cannot be fetched or parsed.
-async fn read_images(reads: &[Read<'_>]) -> Vec<anyhow::Result<Vec<(Digest, Descriptor)>>> {
+/// any of its documents cannot be fetched or parsed. What is found in a
+/// repository of `seen` (tags, manifests, configs) is recorded there.
+async fn read_images(
+    reads: &[Read<'_>],
+    seen: &HashMap<&Repository, &Seen>,
+) -> Vec<anyhow::Result<Vec<(Digest, Descriptor)>>> {
     use futures::future::join_all;
     // The clients of each repository (the first read's serves them all).
     let mut clients: HashMap<&Repository, &RegistryClient> = HashMap::new();
@@ -497,6 +507,14 @@ async fn read_images(reads: &[Read<'_>]) -> Vec<anyhow::Result<Vec<(Digest, Desc
     let mut manifests: HashMap<BlobKey, Result<Option<ImageManifest>, String>> = HashMap::new();
     for (read, top) in reads.iter().zip(tops) {
         let repository = &read.image.repository;
+        if let (Ok(raw), Some(seen)) = (&top, seen.get(repository)) {
+            let found = raw.as_ref().map(|raw| &raw.digest);
+            match (&read.image.digest, found) {
+                (None, _) => seen.record_tag(&read.image.manifest_reference(), found),
+                (Some(_), Some(digest)) => seen.record_document(digest),
+                (Some(_), None) => {}
+            }
+        }
         named.push(top.and_then(|raw| {
             let Some(raw) = raw else {
                 return Ok(Vec::new());
@@ -533,6 +551,11 @@ async fn read_images(reads: &[Read<'_>]) -> Vec<anyhow::Result<Vec<(Digest, Desc
             .map_err(message)
     }))
     .await;
+    for ((repository, digest), raw) in missing.iter().zip(&fetched) {
+        if let (Ok(Some(_)), Some(seen)) = (raw, seen.get(repository)) {
+            seen.record_document(digest);
+        }
+    }
     manifests.extend(
         missing
             .into_iter()
@@ -557,6 +580,11 @@ async fn read_images(reads: &[Read<'_>]) -> Vec<anyhow::Result<Vec<(Digest, Desc
             })
     }))
     .await;
+    for ((repository, digest), config) in config_keys.iter().zip(&config_bytes) {
+        if let (Ok(_), Some(seen)) = (config, seen.get(repository)) {
+            seen.record_document(digest);
+        }
+    }
     let configs: HashMap<BlobKey, Result<ConfigSummary, String>> =
         config_keys.into_iter().zip(config_bytes).collect();
 

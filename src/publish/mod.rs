@@ -17,6 +17,7 @@ pub mod nix2container;
 pub mod oci_input;
 pub mod outputs;
 pub mod remote;
+pub mod seen;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
@@ -178,58 +179,71 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
         .map(|i| (i.manifest.clone(), i.platform.clone()))
         .collect();
     let index = manifest::image_index(image_options.format, &entries, annotations);
-    futures::future::try_join_all(
+    let push_index = futures::future::try_join_all(
         destinations
             .iter()
             .map(|d| d.push_manifest(&index, "the index", &*reporter)),
-    )
-    .await?;
-    if let Some(before_tags) = &request.before_tags {
-        before_tags(&images).await?;
-    }
+    );
+    // The guard decides on the tags as they are now: its lists are read
+    // while the index goes out, or, in a batch that holds the tags until its
+    // other images are in place, after that wait.
+    let existing = match &request.before_tags {
+        None => {
+            let (pushed, existing) =
+                futures::join!(push_index, tag_lists(&destinations, &request.tags));
+            pushed?;
+            existing?
+        }
+        Some(before_tags) => {
+            push_index.await?;
+            before_tags(&images).await?;
+            tag_lists(&destinations, &request.tags).await?
+        }
+    };
 
-    // Phase 2: tags, only now that everything they point at is in place.
-    let mut reports = Vec::new();
-    for destination in destinations.iter() {
-        let (tags, withheld) = match &request.tags.guard {
-            Some(guard) => {
-                let existing = destination.list_tags().await?;
-                guard(&existing)
-            }
-            None => (request.tags.tags.clone(), Vec::new()),
+    // Phase 2: tags, only now that everything they point at is in place;
+    // every destination at once.
+    let reports = destinations.iter().zip(existing).map(|(destination, existing)| {
+        let (tags, withheld) = match (&request.tags.guard, existing) {
+            (Some(guard), Some(existing)) => guard(&existing),
+            _ => (request.tags.tags.clone(), Vec::new()),
         };
-        for (tag, why) in &withheld {
-            reporter.on_notice(&format!("{destination}: not moving `{tag}`: {why}"));
-        }
-        if request.arch_tags {
-            for image in &images {
-                let arch_tags = arch_tags(&tags, &image.platform);
-                destination
-                    .set_tags(&image.manifest, &arch_tags, &*reporter)
-                    .await
-                    .with_context(|| {
-                        format!(
-                            "tagging the {} manifest in `{destination}` failed after the index `{}` was pushed",
-                            image.platform, index.digest
-                        )
-                    })?;
+        let (images, index, reporter) = (&images, &index, &reporter);
+        async move {
+            for (tag, why) in &withheld {
+                reporter.on_notice(&format!("{destination}: not moving `{tag}`: {why}"));
             }
+            if request.arch_tags {
+                for image in images {
+                    let arch_tags = arch_tags(&tags, &image.platform);
+                    destination
+                        .set_tags(&image.manifest, &arch_tags, &**reporter)
+                        .await
+                        .with_context(|| {
+                            format!(
+                                "tagging the {} manifest in `{destination}` failed after the index `{}` was pushed",
+                                image.platform, index.digest
+                            )
+                        })?;
+                }
+            }
+            let tags = destination
+                .set_tags(index, &tags, &**reporter)
+                .await
+                .with_context(|| {
+                    format!(
+                        "tagging `{destination}` failed after its index `{}` was pushed",
+                        index.digest
+                    )
+                })?;
+            anyhow::Ok(DestinationReport {
+                destination: destination.to_string(),
+                tags,
+                withheld,
+            })
         }
-        let tags = destination
-            .set_tags(&index, &tags, &*reporter)
-            .await
-            .with_context(|| {
-                format!(
-                    "tagging `{destination}` failed after its index `{}` was pushed",
-                    index.digest
-                )
-            })?;
-        reports.push(DestinationReport {
-            destination: destination.to_string(),
-            tags,
-            withheld,
-        });
-    }
+    });
+    let reports = futures::future::try_join_all(reports).await?;
     if let Some(cache) = &cache {
         let pairs: Vec<_> = images
             .iter()
@@ -308,6 +322,20 @@ async fn read_registries(
         let known = Arc::new(known);
         Arc::new(move |diff_id: &Digest| known.get(diff_id)) as crate::input::KnownLayers
     }))
+}
+
+/// Each destination's tags, for the guard (`None` each without one).
+async fn tag_lists(
+    destinations: &[Destination],
+    tags: &TagSet,
+) -> Result<Vec<Option<Vec<String>>>> {
+    futures::future::try_join_all(destinations.iter().map(|destination| async move {
+        match &tags.guard {
+            Some(_) => destination.list_tags().await.map(Some),
+            None => Ok(None),
+        }
+    }))
+    .await
 }
 
 /// Aborts a spawned task when dropped (a publish that fails early).

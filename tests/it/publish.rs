@@ -350,6 +350,13 @@ fn a_re_run_uploads_no_layer_and_gives_the_same_digest() {
     let first = publish();
     let uploads_after_first = registry.blob_upload_requests();
     assert!(uploads_after_first > 0);
+    // The lookup found no tags: they are PUT without a HEAD first.
+    let log = registry.request_log();
+    let tag_heads: Vec<_> = log
+        .iter()
+        .filter(|l| l.starts_with("HEAD /v2/acme/rerun/manifests/") && !l.contains("sha256:"))
+        .collect();
+    assert!(tag_heads.is_empty(), "{tag_heads:#?}");
     // A fresh runner: new HOME, so no local cache; the registry remembers.
     let log_before = registry.request_log().len();
     let second = publish();
@@ -369,6 +376,26 @@ fn a_re_run_uploads_no_layer_and_gives_the_same_digest() {
             .count();
         assert_eq!(reads, 2, "GET {what}: {:#?}", &log[log_before..]);
     }
+    // What the lookup read is not asked again: no HEAD of a config it
+    // fetched, of a manifest, of the index or of a tag already in place,
+    // and nothing to PUT.
+    let rerun = &log[log_before..];
+    let configs: Vec<&str> = rerun
+        .iter()
+        .filter_map(|l| l.strip_prefix("GET /v2/acme/rerun/blobs/"))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    let asked_again: Vec<&String> = rerun
+        .iter()
+        .filter(|l| {
+            l.starts_with("HEAD /v2/acme/rerun/manifests/")
+                || l.starts_with("PUT /v2/acme/rerun/manifests/")
+                || configs
+                    .iter()
+                    .any(|c| l.starts_with(&format!("HEAD /v2/acme/rerun/blobs/{c} ")))
+        })
+        .collect();
+    assert!(asked_again.is_empty(), "{asked_again:#?}");
     assert_eq!(
         registry.blob_upload_requests(),
         uploads_after_first,
