@@ -42,6 +42,13 @@ pub fn is_index_media_type(media_type: &str) -> bool {
     media_type == MEDIA_TYPE_INDEX || media_type == MEDIA_TYPE_DOCKER_LIST
 }
 
+/// Whether a layer media type is foreign (Docker) or non-distributable
+/// (OCI): its blob is fetched from its `urls`, not held by the registry.
+pub fn is_foreign_layer(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
+        || media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+}
+
 /// A content descriptor: what a manifest or index cites.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -278,6 +285,18 @@ fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn foreign_and_non_distributable_layers_are_told_apart() {
+        assert!(is_foreign_layer(
+            "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip"
+        ));
+        assert!(is_foreign_layer(
+            "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip"
+        ));
+        assert!(!is_foreign_layer(MEDIA_TYPE_LAYER_GZIP));
+        assert!(!is_foreign_layer(MEDIA_TYPE_DOCKER_LAYER_GZIP));
+    }
 
     #[test]
     fn canonical_json_sorts_keys_and_has_no_whitespace() {

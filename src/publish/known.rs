@@ -5,9 +5,10 @@
 //! meanwhile), the images that the tags about to be published
 //! (and `--cache-from`) point at now are read: index → manifests → configs,
 //! pairing each `rootfs.diff_ids[i]` with `layers[i]`. A layer found there, in
-//! the chosen compression, and present (HEAD) at every destination is reused
-//! without being compressed or uploaded; the reader still hashes it to check
-//! its diff_id. This is what makes a re-run from a fresh CI runner cheap:
+//! the chosen compression, and present at every destination (named by a
+//! manifest read there, or else asked with a HEAD) is reused without being
+//! compressed or uploaded; the reader still hashes it to check its diff_id.
+//! This is what makes a re-run from a fresh CI runner cheap:
 //! compressed digests cannot be predicted from uncompressed bytes without
 //! compressing them, but the registry remembers what was pushed for them.
 //!
@@ -561,6 +562,19 @@ async fn read_images(
             .into_iter()
             .zip(fetched.into_iter().map(|raw| raw?.map(parse).transpose())),
     );
+
+    // A registry takes a manifest only once it holds every blob the manifest
+    // names, so the layers of one read in a destination need no HEAD. Not
+    // foreign or non-distributable layers, which live elsewhere.
+    for ((repository, _), manifest) in &manifests {
+        if let (Ok(Some(manifest)), Some(seen)) = (manifest, seen.get(repository)) {
+            manifest
+                .layers
+                .iter()
+                .filter(|layer| !oci::is_foreign_layer(&layer.media_type))
+                .for_each(|layer| seen.record_document(&layer.digest));
+        }
+    }
 
     // Their configs, once each.
     let config_keys = unique(manifests.iter().filter_map(|((repository, _), m)| match m {
