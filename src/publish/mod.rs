@@ -214,7 +214,7 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
                 reporter.on_notice(&format!("{destination}: not moving `{tag}`: {why}"));
             }
             if request.arch_tags {
-                for image in images {
+                futures::future::try_join_all(images.iter().map(|image| async {
                     let arch_tags = arch_tags(&tags, &image.platform);
                     destination
                         .set_tags(&image.manifest, &arch_tags, &**reporter)
@@ -224,8 +224,9 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
                                 "tagging the {} manifest in `{destination}` failed after the index `{}` was pushed",
                                 image.platform, index.digest
                             )
-                        })?;
-                }
+                        })
+                }))
+                .await?;
             }
             let tags = destination
                 .set_tags(index, &tags, &**reporter)
