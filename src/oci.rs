@@ -231,6 +231,29 @@ impl RawManifest {
         }
     }
 
+    /// The digests the document names: an image manifest's config and
+    /// layers, an index's manifests (none if it cannot be parsed).
+    pub fn references(&self) -> Vec<Digest> {
+        #[derive(Deserialize)]
+        struct References {
+            config: Option<Descriptor>,
+            #[serde(default)]
+            layers: Vec<Descriptor>,
+            #[serde(default)]
+            manifests: Vec<Descriptor>,
+        }
+        serde_json::from_slice::<References>(&self.bytes)
+            .map(|r| {
+                r.config
+                    .into_iter()
+                    .chain(r.layers)
+                    .chain(r.manifests)
+                    .map(|d| d.digest)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// A descriptor citing this document.
     pub fn descriptor(&self) -> Descriptor {
         Descriptor::new(
@@ -285,6 +308,30 @@ fn write_canonical(value: &serde_json::Value, out: &mut Vec<u8>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_document_names_its_config_and_layers_or_its_manifests() {
+        let (config, layer) = (Digest::of(b"c"), Digest::of(b"l"));
+        let manifest = ImageManifest {
+            schema_version: 2,
+            media_type: MEDIA_TYPE_MANIFEST.to_owned(),
+            config: Descriptor::new(MEDIA_TYPE_CONFIG, config.clone(), 1),
+            layers: vec![Descriptor::new(MEDIA_TYPE_LAYER_GZIP, layer.clone(), 1)],
+            annotations: BTreeMap::new(),
+        };
+        let manifest = RawManifest::canonical(&manifest, MEDIA_TYPE_MANIFEST);
+        assert_eq!(manifest.references(), [config, layer]);
+        let index = ImageIndex {
+            schema_version: 2,
+            media_type: MEDIA_TYPE_INDEX.to_owned(),
+            manifests: vec![manifest.descriptor()],
+            annotations: BTreeMap::new(),
+        };
+        let index = RawManifest::canonical(&index, MEDIA_TYPE_INDEX);
+        assert_eq!(index.references(), [manifest.digest]);
+        let garbage = RawManifest::canonical(&"not a manifest", MEDIA_TYPE_INDEX);
+        assert!(garbage.references().is_empty());
+    }
 
     #[test]
     fn foreign_and_non_distributable_layers_are_told_apart() {

@@ -134,8 +134,7 @@ impl Destination {
                         .with_context(|| {
                             format!("cannot upload a config blob to `{repository}`")
                         })?;
-                    seen.record_document(&digest);
-                    from_upload(outcome)
+                    from_upload(outcome, seen)
                 }
             }
             Destination::Layout(layout) => {
@@ -156,14 +155,16 @@ impl Destination {
         let name = self.to_string();
         let (digest, size, outcome) = match self {
             Destination::Registry {
-                client, repository, ..
+                client,
+                repository,
+                seen,
             } => {
                 let progress = |n: i64| reporter.on_upload_progress(&name, n);
                 let outcome = client
                     .upload_blob(&repository.path, BlobBody::Spool(spool), &progress)
                     .await
                     .with_context(|| format!("cannot upload a layer to `{repository}`"))?;
-                from_upload(outcome)
+                from_upload(outcome, seen)
             }
             Destination::Layout(layout) => {
                 let (digest, size, written) = layout.write_blob_spool(&spool).await?;
@@ -195,14 +196,16 @@ impl Destination {
         };
         let (digest, size, outcome) = match self {
             Destination::Registry {
-                client, repository, ..
+                client,
+                repository,
+                seen,
             } => {
                 let progress = |n: i64| reporter.on_upload_progress(&name, n);
                 let outcome = client
                     .upload_blob(&repository.path, body, &progress)
                     .await
                     .with_context(|| format!("cannot copy layer `{digest}` to `{repository}`"))?;
-                from_upload(outcome)
+                from_upload(outcome, seen)
             }
             Destination::Layout(layout) => {
                 if layout.has_blob(&digest) {
@@ -238,7 +241,7 @@ impl Destination {
         if let Destination::DryRun(_) = self {
             return true;
         }
-        client
+        let mounted = client
             .mount_blob(&repository.path, digest, &from.path)
             .await
             .unwrap_or_else(|e| {
@@ -246,7 +249,11 @@ impl Destination {
                     "mounting `{digest}` from `{from}` into `{repository}` failed: {e}"
                 );
                 false
-            })
+            });
+        if let (true, Some(seen)) = (mounted, self.seen()) {
+            seen.record_created(digest);
+        }
+        mounted
     }
 
     /// [`Destination::mount_from`] the first of `holders` that works.
@@ -320,8 +327,9 @@ impl Destination {
             .context("a layer needs at least one destination")
     }
 
-    /// Puts a manifest or index under its digest, unless it is there already
-    /// (seen by the reads before the push, or asked with a HEAD).
+    /// Puts a manifest or index under its digest, unless it is there already:
+    /// seen by the reads before the push, or else asked with a HEAD, unless
+    /// it names something this publish just put there (then it cannot be).
     pub async fn push_manifest(
         &self,
         manifest: &RawManifest,
@@ -336,17 +344,19 @@ impl Destination {
                 seen,
             } => {
                 let reference = manifest.digest.to_string();
+                let new = seen.names_created(&manifest.references());
                 already = seen.holds(&manifest.digest)
-                    || client
-                        .head_manifest(&repository.path, &reference)
-                        .await
-                        .with_context(|| {
-                            format!(
-                                "cannot check for {what} `{}` in `{repository}`",
-                                manifest.digest
-                            )
-                        })?
-                        .is_some();
+                    || (!new
+                        && client
+                            .head_manifest(&repository.path, &reference)
+                            .await
+                            .with_context(|| {
+                                format!(
+                                    "cannot check for {what} `{}` in `{repository}`",
+                                    manifest.digest
+                                )
+                            })?
+                            .is_some());
                 if !already {
                     client
                         .put_manifest(&repository.path, &reference, manifest)
@@ -354,6 +364,7 @@ impl Destination {
                         .with_context(|| {
                             format!("cannot push {what} `{}` to `{repository}`", manifest.digest)
                         })?;
+                    seen.record_created(&manifest.digest);
                 }
                 seen.record_document(&manifest.digest);
             }
@@ -433,10 +444,15 @@ impl Destination {
     }
 }
 
-fn from_upload(outcome: UploadOutcome) -> (Digest, u64, BlobOutcome) {
+/// An upload's outcome for the report, recorded in the ledger.
+fn from_upload(outcome: UploadOutcome, seen: &Seen) -> (Digest, u64, BlobOutcome) {
     match outcome {
-        UploadOutcome::Uploaded { digest, size } => (digest, size, BlobOutcome::Uploaded),
+        UploadOutcome::Uploaded { digest, size } => {
+            seen.record_created(&digest);
+            (digest, size, BlobOutcome::Uploaded)
+        }
         UploadOutcome::AlreadyPresent { digest, size } => {
+            seen.record_document(&digest);
             (digest, size, BlobOutcome::AlreadyPresent)
         }
     }

@@ -5,9 +5,15 @@
 //! HEADs of configs, manifests, the index and the tags: round trips one
 //! after another at the end of the run.
 //!
+//! It also records what this publish put there that was not there before
+//! (a blob uploaded or mounted, a manifest PUT): a manifest that names such
+//! a blob cannot be there yet either, so a cold push PUTs its manifests and
+//! index without a HEAD first.
+//!
 //! Only ever added to: what was read stays true for the few seconds of a
 //! publish (a registry does not drop a manifest a tag points at), and a tag
-//! this publish moves is recorded as moved.
+//! this publish moves is recorded as moved. Were it wrong, a step would
+//! only repeat a PUT the registry takes again unchanged.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
@@ -20,6 +26,8 @@ pub struct Seen {
     documents: Mutex<HashSet<Digest>>,
     /// Tags read: where each pointed (`None`: it did not exist).
     tags: Mutex<HashMap<String, Option<Digest>>>,
+    /// What this publish put there that was missing.
+    created: Mutex<HashSet<Digest>>,
 }
 
 impl Seen {
@@ -38,6 +46,22 @@ impl Seen {
         if let Some(target) = target {
             self.record_document(target);
         }
+    }
+
+    /// This publish put `digest` there, and it was not there before.
+    pub fn record_created(&self, digest: &Digest) {
+        if let Ok(mut created) = self.created.lock() {
+            created.insert(digest.clone());
+        }
+        self.record_document(digest);
+    }
+
+    /// Whether a document naming `references` cannot be there already:
+    /// one of them was missing until this publish put it there.
+    pub fn names_created(&self, references: &[Digest]) -> bool {
+        self.created
+            .lock()
+            .is_ok_and(|created| references.iter().any(|r| created.contains(r)))
     }
 
     /// Whether the repository was seen to hold `digest`.
@@ -74,5 +98,17 @@ mod tests {
         assert!(seen.holds(&index));
         assert!(seen.holds(&config));
         assert!(!seen.holds(&Digest::of(b"other")));
+    }
+
+    #[test]
+    fn a_document_naming_something_created_is_new() {
+        let seen = Seen::default();
+        let (old, new) = (Digest::of(b"old layer"), Digest::of(b"new layer"));
+        seen.record_document(&old);
+        assert!(!seen.names_created(std::slice::from_ref(&old)));
+        seen.record_created(&new);
+        assert!(seen.holds(&new));
+        assert!(seen.names_created(&[old, new]));
+        assert!(!seen.names_created(&[]));
     }
 }
