@@ -7,14 +7,16 @@ after another; against ghcr.io or Docker Hub each costs tens of
 milliseconds. This script publishes the inputs once, straight to a fresh
 local registry (127.0.0.1 only), then times re-runs from a fresh runner
 (empty XDG_CACHE_HOME) through a local proxy that holds every chunk it
-forwards for half the round-trip time in each direction, for each
---rtt-ms. Nothing changed, so a re-run reads what the tags point at,
+forwards for half the round-trip time in each direction (pipelined: the
+bandwidth is not capped), for each --rtt-ms. Nothing changed, so a re-run reads what the tags point at,
 checks the layers and puts the manifests and the index again: its time is
-mostly round trips. With --compare PATH a second manifold build runs
-alternately with the first, for before/after figures.
+mostly round trips. With --cold every timed publish goes to a repository
+of its own instead, so everything is uploaded: the round trips a cold push
+waits for, besides the bytes. With --compare PATH a second manifold build
+runs alternately with the first, for before/after figures.
 
     python3 bench/latency.py [--manifold PATH] [--compare PATH] [--rtt-ms 0,20,50]
-                             [--runs 3] [INPUT ...]
+                             [--runs 3] [--cold] [INPUT ...]
 
 INPUTs are manifold's (`linux/amd64=PATH`); the default is the nix2container
 fixture (bench/.cache/n2c, built by `bench/run.sh --n2c-only`), whose
@@ -55,17 +57,33 @@ class DelayProxy:
         asyncio.set_event_loop(self.loop)
 
         async def pipe(reader, writer):
+            # Each chunk leaves `delay` after it arrived, while later ones are
+            # read on: latency without capping the bandwidth.
+            queue = asyncio.Queue()
+
+            async def read():
+                try:
+                    while True:
+                        data = await reader.read(1 << 18)
+                        await queue.put((time.monotonic() + self.delay, data))
+                        if not data:
+                            break
+                except (ConnectionError, OSError):
+                    await queue.put((0, b""))
+
+            reading = asyncio.ensure_future(read())
             try:
                 while True:
-                    data = await reader.read(1 << 16)
+                    due, data = await queue.get()
                     if not data:
                         break
-                    await asyncio.sleep(self.delay)
+                    await asyncio.sleep(max(0.0, due - time.monotonic()))
                     writer.write(data)
                     await writer.drain()
             except (ConnectionError, OSError):
                 pass
             finally:
+                reading.cancel()
                 writer.close()
 
         async def handle(client_r, client_w):
@@ -74,7 +92,10 @@ class DelayProxy:
             except OSError:
                 client_w.close()
                 return
-            await asyncio.gather(pipe(client_r, up_w), pipe(up_r, client_w))
+            try:
+                await asyncio.gather(pipe(client_r, up_w), pipe(up_r, client_w))
+            except asyncio.CancelledError:
+                pass  # the proxy stops
 
         async def serve():
             server = await asyncio.start_server(handle, "127.0.0.1", self.port)
@@ -97,13 +118,13 @@ class DelayProxy:
         self.thread.join(5)
 
 
-def publish(manifold, host, inputs, work, timed):
+def publish(manifold, host, inputs, work, timed, repo="latency/app"):
     """One publish with a fresh client cache; returns wall seconds."""
     cache = os.path.join(work, "xdg")
     shutil.rmtree(cache, ignore_errors=True)
     env = dict(os.environ, XDG_CACHE_HOME=cache, TMPDIR=work)
     env = {k: v for k, v in env.items() if not k.startswith("GITHUB_") and k != "CI"}
-    cmd = [manifold, "publish", "-q", "--no-auto-tags", "--repo", host + "/latency/app",
+    cmd = [manifold, "publish", "-q", "--no-auto-tags", "--repo", host + "/" + repo,
            "--tag", "v1", "--tag", "latest"] + inputs
     start = time.monotonic()
     proc = subprocess.run(cmd, env=env, cwd=work, stdout=subprocess.DEVNULL,
@@ -122,6 +143,8 @@ def main():
     p.add_argument("--compare", metavar="PATH", help="a second manifold build, run alternately")
     p.add_argument("--rtt-ms", default="0,20,50")
     p.add_argument("--runs", type=int, default=3)
+    p.add_argument("--cold", action="store_true",
+                   help="time cold pushes, each to a new repository, not re-runs")
     p.add_argument("inputs", nargs="*")
     a = p.parse_args()
     binaries = [os.path.abspath(a.manifold)] + ([os.path.abspath(a.compare)] if a.compare else [])
@@ -149,9 +172,14 @@ def main():
     registry = Registry(registry_bin, os.path.join(work, "storage"), work)
     try:
         registry.start("latency")
-        publish(binaries[0], registry.host, inputs, work, timed=False)
-        print("re-run from a fresh runner, tags v1 and latest, %d runs each (median, min-max)"
-              % a.runs)
+        if a.cold:
+            print("cold push to a new repository, tags v1 and latest, %d runs each "
+                  "(median, min-max)" % a.runs)
+        else:
+            publish(binaries[0], registry.host, inputs, work, timed=False)
+            print("re-run from a fresh runner, tags v1 and latest, %d runs each "
+                  "(median, min-max)" % a.runs)
+        repos = ("latency/cold%d" % n for n in range(1_000_000))
         print("%-8s %s" % ("RTT", "  ".join("%-28s" % os.path.basename(b) for b in binaries)))
         for rtt in rtts:
             proxy = DelayProxy(registry.port, rtt / 2000.0) if rtt > 0 else None
@@ -160,7 +188,8 @@ def main():
                 walls = {b: [] for b in binaries}
                 for _ in range(a.runs):
                     for b in binaries:
-                        walls[b].append(publish(b, host, inputs, work, timed=True))
+                        repo = next(repos) if a.cold else "latency/app"
+                        walls[b].append(publish(b, host, inputs, work, timed=True, repo=repo))
             finally:
                 if proxy:
                     proxy.stop()
