@@ -114,8 +114,17 @@ impl Destination {
         Ok((digest, size, outcome))
     }
 
-    /// Puts a blob from bytes in memory (configs).
-    pub async fn push_bytes(&self, bytes: Bytes, reporter: &dyn Reporter) -> Result<Digest> {
+    /// Puts a blob from bytes in memory (configs), unless the registry was
+    /// seen to hold it. `new_image`: the caller compressed layers of this
+    /// image in this run, so its config is all but certainly missing too; it
+    /// is sent without a HEAD first (a config is a few kilobytes, and the
+    /// registry keeps one copy per digest).
+    pub async fn push_bytes(
+        &self,
+        bytes: Bytes,
+        new_image: bool,
+        reporter: &dyn Reporter,
+    ) -> Result<Digest> {
         let name = self.to_string();
         let (digest, size, outcome) = match self {
             Destination::Registry {
@@ -128,12 +137,17 @@ impl Destination {
                     (digest, bytes.len() as u64, BlobOutcome::AlreadyPresent)
                 } else {
                     let progress = |n: i64| reporter.on_upload_progress(&name, n);
-                    let outcome = client
-                        .upload_blob(&repository.path, BlobBody::Bytes(bytes), &progress)
-                        .await
-                        .with_context(|| {
-                            format!("cannot upload a config blob to `{repository}`")
-                        })?;
+                    let body = BlobBody::Bytes(bytes);
+                    let outcome = if new_image {
+                        client
+                            .upload_new_blob(&repository.path, body, &progress)
+                            .await
+                    } else {
+                        client.upload_blob(&repository.path, body, &progress).await
+                    };
+                    let outcome = outcome.with_context(|| {
+                        format!("cannot upload a config blob to `{repository}`")
+                    })?;
                     from_upload(outcome, seen)
                 }
             }

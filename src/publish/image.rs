@@ -192,12 +192,16 @@ pub async fn publish_image(
     }
     // The config goes out while the last layers finish uploading.
     let platform = platform_of(&spec, &image.summary, &*reporter)?;
+    let new_image = image
+        .layers
+        .iter()
+        .any(|layer| matches!(layer.blob, LayerBlob::Spooled { .. }));
     let push_config = async {
         options.gate.wait().await?;
         futures::future::try_join_all(
             destinations
                 .iter()
-                .map(|d| d.push_bytes(image.config.clone(), &*reporter)),
+                .map(|d| d.push_bytes(image.config.clone(), new_image, &*reporter)),
         )
         .await
     };

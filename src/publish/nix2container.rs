@@ -119,6 +119,10 @@ pub async fn publish_image(
     )
     .await;
 
+    let new_image = plans
+        .iter()
+        .any(|plan| matches!(plan, Ok(Plan::Build { .. })));
+
     // Stops the tar writers and encoders if this future is dropped or fails.
     let cancel = Arc::new(AtomicBool::new(false));
     let _stop_builds_on_drop = CancelOnDrop(cancel.clone());
@@ -193,7 +197,7 @@ pub async fn publish_image(
     futures::future::try_join_all(
         destinations
             .iter()
-            .map(|d| d.push_bytes(config_bytes.clone(), &*reporter)),
+            .map(|d| d.push_bytes(config_bytes.clone(), new_image, &*reporter)),
     )
     .await?;
     let config = manifest::config_descriptor(&config_bytes);

@@ -608,7 +608,8 @@ async fn copy_blob(
             // from the source into each destination that lacks it. The push
             // reports its own outcome.
             let pushed = match &bytes {
-                Some(b) => destination.push_bytes(b.clone(), reporter).await?,
+                // Just found missing: no second HEAD.
+                Some(b) => destination.push_bytes(b.clone(), true, reporter).await?,
                 None => {
                     destination
                         .push_stream(source.body(&descriptor)?, reporter)

@@ -397,6 +397,19 @@ impl RegistryClient {
                 });
             }
         }
+        self.upload_new_blob(repo, body, on_progress).await
+    }
+
+    /// [`RegistryClient::upload_blob`] without asking first whether the
+    /// registry has the blob: for a small blob the caller believes missing,
+    /// where the HEAD would cost a round trip and sending it again costs
+    /// nothing (the registry keeps one copy per digest).
+    pub async fn upload_new_blob(
+        &self,
+        repo: &str,
+        body: BlobBody,
+        on_progress: &(dyn Fn(i64) + Send + Sync),
+    ) -> Result<UploadOutcome, RegistryError> {
         let mut retry = RetryState::new(self.inner.policy);
         let mut chunk = self.inner.chunk_size;
         let mut fell_back = false;

@@ -389,6 +389,23 @@ fn a_re_run_uploads_no_layer_and_gives_the_same_digest() {
         })
         .collect();
     assert!(asked_again.is_empty(), "{asked_again:#?}");
+    // The first run compressed layers, so its configs were sent without a
+    // HEAD first (the configs are the blobs the re-run read).
+    let configs: Vec<&str> = log[log_before..]
+        .iter()
+        .filter_map(|l| l.strip_prefix("GET /v2/acme/rerun/blobs/"))
+        .filter_map(|rest| rest.split(' ').next())
+        .collect();
+    assert_eq!(configs.len(), 2, "{:#?}", &log[log_before..]);
+    let config_heads: Vec<&String> = log[..log_before]
+        .iter()
+        .filter(|l| {
+            configs
+                .iter()
+                .any(|c| l.starts_with(&format!("HEAD /v2/acme/rerun/blobs/{c} ")))
+        })
+        .collect();
+    assert!(config_heads.is_empty(), "{config_heads:#?}");
     assert_eq!(
         registry.blob_upload_requests(),
         uploads_after_first,
