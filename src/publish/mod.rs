@@ -35,7 +35,10 @@ pub use image::{ImageOptions, PublishedImage};
 
 /// Decides which floating tags may move, given the tags a repository has:
 /// returns the tags to push and the withheld ones with a reason.
-pub type TagGuard = Arc<dyn Fn(&[String]) -> (Vec<String>, Vec<(String, String)>) + Send + Sync>;
+pub type TagGuard = Arc<dyn Fn(&[String]) -> TagDecision + Send + Sync>;
+
+/// The tags to push, and the withheld ones with the reason.
+pub type TagDecision = (Vec<String>, Vec<(String, String)>);
 
 /// Completes the index annotations once every image config has been read.
 pub type AnnotationFiller =
@@ -187,27 +190,23 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     // The guard decides on the tags as they are now: its lists are read
     // while the index goes out, or, in a batch that holds the tags until its
     // other images are in place, after that wait.
-    let existing = match &request.before_tags {
+    let decisions = match &request.before_tags {
         None => {
-            let (pushed, existing) =
-                futures::join!(push_index, tag_lists(&destinations, &request.tags));
+            let (pushed, decisions) =
+                futures::join!(push_index, decide_tags(&destinations, &request.tags));
             pushed?;
-            existing?
+            decisions?
         }
         Some(before_tags) => {
             push_index.await?;
             before_tags(&images).await?;
-            tag_lists(&destinations, &request.tags).await?
+            decide_tags(&destinations, &request.tags).await?
         }
     };
 
     // Phase 2: tags, only now that everything they point at is in place;
     // every destination at once.
-    let reports = destinations.iter().zip(existing).map(|(destination, existing)| {
-        let (tags, withheld) = match (&request.tags.guard, existing) {
-            (Some(guard), Some(existing)) => guard(&existing),
-            _ => (request.tags.tags.clone(), Vec::new()),
-        };
+    let reports = destinations.iter().zip(decisions).map(|(destination, (tags, withheld))| {
         let (images, index, reporter) = (&images, &index, &reporter);
         async move {
             for (tag, why) in &withheld {
@@ -325,16 +324,14 @@ async fn read_registries(
     }))
 }
 
-/// Each destination's tags, for the guard (`None` each without one).
-async fn tag_lists(
-    destinations: &[Destination],
-    tags: &TagSet,
-) -> Result<Vec<Option<Vec<String>>>> {
+/// What each destination may tag: every tag, or what the guard allows
+/// given the tags the destination has now.
+async fn decide_tags(destinations: &[Destination], tags: &TagSet) -> Result<Vec<TagDecision>> {
     futures::future::try_join_all(destinations.iter().map(|destination| async move {
-        match &tags.guard {
-            Some(_) => destination.list_tags().await.map(Some),
-            None => Ok(None),
-        }
+        Ok(match &tags.guard {
+            Some(guard) => guard(&destination.list_tags().await?),
+            None => (tags.tags.clone(), Vec::new()),
+        })
     }))
     .await
 }

@@ -1,9 +1,9 @@
 //! What a registry repository was seen to hold during this publish: the
-//! manifests and configs the known-layer lookup fetched by digest, and where
-//! the tags it read pointed (or that they did not exist). The push steps
-//! trust these reads rather than asking again, which saves a re-run its
-//! HEADs of configs, manifests, the index and the tags: round trips one
-//! after another at the end of the run.
+//! manifests and configs the known-layer lookup fetched, the layers those
+//! manifests name, the blobs a HEAD found, and where the tags it read pointed
+//! (or that they did not exist). The push steps trust these reads rather
+//! than asking again, which saves a re-run its HEADs of layers, configs,
+//! manifests, the index and the tags: round trips one after another.
 //!
 //! It also records what this publish put there that was not there before
 //! (a blob uploaded or mounted, a manifest PUT): a manifest that names such
