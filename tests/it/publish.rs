@@ -361,7 +361,7 @@ fn a_re_run_uploads_no_layer_and_gives_the_same_digest() {
         .collect();
     assert!(manifest_heads.is_empty(), "{manifest_heads:#?}");
     // A fresh runner: new HOME, so no local cache; the registry remembers.
-    let log_before = registry.request_log().len();
+    let log_before = log.len();
     let second = publish();
     assert_eq!(first, second, "same inputs, same index digest");
     // Its tags all point at one index: each of the two platforms' manifest
