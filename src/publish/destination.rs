@@ -194,7 +194,8 @@ impl Destination {
     }
 
     /// Puts a blob that already exists elsewhere (another registry's, or a
-    /// file) and whose digest and size are known: streamed from its source
+    /// file) and whose digest and size are known, and that the caller has
+    /// just found missing here (so no HEAD first): streamed from its source
     /// into the registry or the layout's blob file, checked against the
     /// digest on the way, never held whole or spooled. A dry run only
     /// reports it.
@@ -216,7 +217,7 @@ impl Destination {
             } => {
                 let progress = |n: i64| reporter.on_upload_progress(&name, n);
                 let outcome = client
-                    .upload_blob(&repository.path, body, &progress)
+                    .upload_new_blob(&repository.path, body, &progress)
                     .await
                     .with_context(|| format!("cannot copy layer `{digest}` to `{repository}`"))?;
                 from_upload(outcome, seen)

@@ -475,7 +475,8 @@ type BlobKey = (Repository, Digest);
 /// config is fetched once per repository, however many tags lead to it
 /// (Docker Hub counts manifest GETs as pulls). A read fails as a whole when
 /// any of its documents cannot be fetched or parsed. What is found in a
-/// repository of `seen` (tags, manifests, configs) is recorded there.
+/// repository of `seen` (tags, manifests and the layers they name, configs)
+/// is recorded there.
 async fn read_images(
     reads: &[Read<'_>],
     seen: &HashMap<&Repository, &Seen>,
@@ -552,22 +553,19 @@ async fn read_images(
             .map_err(message)
     }))
     .await;
-    for ((repository, digest), raw) in missing.iter().zip(&fetched) {
-        if let (Ok(Some(_)), Some(seen)) = (raw, seen.get(repository)) {
-            seen.record_document(digest);
-        }
-    }
     manifests.extend(
         missing
             .into_iter()
             .zip(fetched.into_iter().map(|raw| raw?.map(parse).transpose())),
     );
 
-    // A registry takes a manifest only once it holds every blob the manifest
-    // names, so the layers of one read in a destination need no HEAD. Not
-    // foreign or non-distributable layers, which live elsewhere.
-    for ((repository, _), manifest) in &manifests {
+    // A manifest read in a destination is there, and so is every blob it
+    // names (a registry takes a manifest only once it holds them): its
+    // layers need no HEAD. Not foreign or non-distributable layers, which
+    // live elsewhere.
+    for ((repository, digest), manifest) in &manifests {
         if let (Ok(Some(manifest)), Some(seen)) = (manifest, seen.get(repository)) {
+            seen.record_document(digest);
             manifest
                 .layers
                 .iter()

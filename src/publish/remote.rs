@@ -599,7 +599,7 @@ async fn copy_blob(
         let repository = destination.registry().map(|(_, r)| r.clone());
         let outcome = if destination.has_blob(digest).await? {
             Some(BlobOutcome::AlreadyPresent)
-        } else if repository.is_some() && destination.mount_from_any(&holders, digest).await {
+        } else if destination.mount_from_any(&holders, digest).await {
             Some(BlobOutcome::Mounted)
         } else if let Destination::DryRun(_) = destination {
             Some(BlobOutcome::Planned)
