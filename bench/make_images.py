@@ -4,9 +4,10 @@ own files, for `bench/run.sh --image` (images the fixture's generator did
 not make, so manifold was not tuned on them).
 
 Per platform (linux/amd64, linux/arm64/v8), layers in this order:
-- one layer per `--layer DIR[:MB]`, of regular files under DIR up to MB
-  (amd64 takes every other file, arm64 the others: the same kind of data,
-  different bytes);
+- one layer per `--layer DIR[:MB]`, of the files under DIR up to MB, walked
+  and written as the fixture's layers are (make_fixture.py; amd64 takes
+  every other file, arm64 the others: the same kind of data, different
+  bytes);
 - one layer per `--shared DIR[:MB]`, the same bytes in both platforms;
 - a small top layer that differs between the base and the `-v2` image.
 
@@ -27,11 +28,17 @@ import io
 import json
 import os
 import shutil
+import stat
 import sys
 import tarfile
 
+sys.dont_write_bytecode = True
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+# The fixture's own pieces: its file walk, its layer writer (hashing while it
+# writes) and its tar headers.
+from make_fixture import CREATED, files_layer, tar_info, walk_files, write_layer  # noqa: E402
+
 PLATFORMS = (("amd64", None), ("arm64", "v8"))
-MAX_FILE = 64 << 20
 
 
 def spec(text):
@@ -46,53 +53,37 @@ def spec(text):
 
 
 def files(root, budget, parity=None):
-    """Regular files under root in a stable order, up to `budget` bytes;
-    with `parity` 0 or 1, every other one."""
-    picked, total, n = [], 0, 0
-    for dirpath, dirs, names in os.walk(root):
-        dirs.sort()
-        for name in sorted(names):
-            path = os.path.join(dirpath, name)
-            if os.path.islink(path) or not os.path.isfile(path):
-                continue
-            size = os.path.getsize(path)
-            if not 0 < size <= MAX_FILE or not os.access(path, os.R_OK):
-                continue
-            n += 1
-            if parity is not None and n % 2 != parity:
-                continue
-            picked.append(path)
-            total += size
-            if total >= budget:
-                return picked
+    """Files and symlinks under root as the fixture walks them, up to
+    `budget` bytes; with `parity` 0 or 1, every other one."""
+    picked, total = [], 0
+    for n, (path, st) in enumerate(walk_files([root], set())):
+        if parity is not None and n % 2 != parity:
+            continue
+        picked.append(path)
+        if stat.S_ISREG(st.st_mode):
+            total += st.st_size
+        if total >= budget:
+            break
     return picked
 
 
-def write_layer(path, name, paths=(), data=None):
-    """A layer tar under a Nix-store-like prefix, with fixed owners and times."""
-    prefix = "nix/store/%s-%s" % (hashlib.sha256(name.encode()).hexdigest()[:32], name)
-    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
-        for p in paths:
-            info = tar.gettarinfo(p, arcname=prefix + p)
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 1, 0, 0, "root", "root"
-            with open(p, "rb") as f:
-                tar.addfile(info, f)
-        if data is not None:
-            info = tarfile.TarInfo(prefix + "/bin/app")
-            info.size, info.mtime, info.mode = len(data), 1, 0o755
-            tar.addfile(info, io.BytesIO(data))
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
+def app_layer(layers_dir, name):
+    """A 2 MiB top layer whose bytes depend on `name`."""
+    data = hashlib.sha512(name.encode()).digest() * (1 << 15)
+
+    def build(tar):
+        for d in ("app", "app/bin"):
+            tar.addfile(tar_info(d, tarfile.DIRTYPE, mode=0o555))
+        tar.addfile(tar_info("app/bin/" + name, size=len(data), mode=0o555), io.BytesIO(data))
+
+    return write_layer(layers_dir, build)
 
 
 def write_archive(path, arch, variant, layers):
     """A docker-archive of `layers` [(tar path, sha256 hex)]: layers, config,
     manifest.json last."""
-    config = {"architecture": arch, "os": "linux", "created": "1970-01-01T00:00:01Z",
-              "config": {"Entrypoint": ["/bin/app"]},
+    config = {"architecture": arch, "os": "linux", "created": CREATED,
+              "config": {"Entrypoint": ["/app/bin/app-" + arch]},
               "rootfs": {"type": "layers", "diff_ids": ["sha256:" + d for _, d in layers]}}
     if variant:
         config["variant"] = variant
@@ -102,11 +93,10 @@ def write_archive(path, arch, variant, layers):
                             "Layers": [d + "/layer.tar" for _, d in layers]}]).encode()
     with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
         for layer, digest in layers:
-            tar.add(layer, arcname=digest + "/layer.tar")
+            with open(layer, "rb") as f:
+                tar.addfile(tar_info(digest + "/layer.tar", size=os.fstat(f.fileno()).st_size), f)
         for name, data in ((config_name, config_bytes), ("manifest.json", manifest)):
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime = len(data), 1
-            tar.addfile(info, io.BytesIO(data))
+            tar.addfile(tar_info(name, size=len(data)), io.BytesIO(data))
     with open(path, "rb") as src, gzip.GzipFile(path + ".gz", "wb", compresslevel=1, mtime=0) as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
     stream = path[:-len(".tar")] + ".stream"
@@ -131,20 +121,22 @@ def main():
     layers = a.layer if a.layer is not None else [spec("/usr/lib:200"), spec("/usr/share/doc:40")]
     shared = a.shared if a.shared is not None else [spec("/usr/share/locale:30")]
     out = os.path.abspath(a.out)
-    os.makedirs(os.path.join(out, "layers"), exist_ok=True)
+    layers_dir = os.path.join(out, "layers")
+    os.makedirs(layers_dir, exist_ok=True)
 
-    def layer(name, paths=(), data=None):
-        path = os.path.join(out, "layers", name + ".tar")
-        return path, write_layer(path, name, paths, data)
+    def layer(written):
+        """(path, sha256 hex) of a layer the fixture's writer wrote."""
+        sha, _, relative = written
+        return os.path.join(out, relative), sha
 
-    common = [layer("shared%d" % i, files(d, budget)) for i, (d, budget) in enumerate(shared)]
+    common = [layer(files_layer(layers_dir, "shared%d" % i, files(d, budget)))
+              for i, (d, budget) in enumerate(shared)]
     base, changed = [], []
     for parity, (arch, variant) in enumerate(PLATFORMS):
-        own = [layer("%s%d" % (arch, i), files(d, budget, parity))
+        own = [layer(files_layer(layers_dir, "%s%d" % (arch, i), files(d, budget, parity)))
                for i, (d, budget) in enumerate(layers)]
         for version, into in (("", base), ("-v2", changed)):
-            app = layer("app-%s%s" % (arch, version),
-                        data=hashlib.sha512((arch + version).encode()).digest() * (1 << 15))
+            app = layer(app_layer(layers_dir, "app-%s%s" % (arch, version)))
             archive = os.path.join(out, "%s%s.tar" % (arch, version))
             into.append(write_archive(archive, arch, variant, own + common + [app]))
             sizes = [os.path.getsize(path) >> 20 for path, _ in own + common + [app]]
