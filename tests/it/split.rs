@@ -199,6 +199,23 @@ fn assembling_in_another_repository_mounts_and_across_registries_copies() {
     .success();
     assert!(target.blob_upload_requests() > 0);
     let (_, far_index) = index_at(&target, &format!("{far}:1"));
+    // Each image asks once for each blob it names: one found missing is
+    // sent without a second HEAD.
+    let named: usize = far_index
+        .manifests
+        .iter()
+        .map(|child| {
+            let raw = target.skopeo_inspect_raw(&format!("{far}@{}", child.digest));
+            let manifest: ImageManifest = serde_json::from_slice(&raw).unwrap();
+            1 + manifest.layers.len()
+        })
+        .sum();
+    let heads: Vec<String> = target
+        .request_log()
+        .into_iter()
+        .filter(|l| l.starts_with("HEAD /v2/acme/far/blobs/"))
+        .collect();
+    assert_eq!(heads.len(), named, "{heads:#?}");
     assert_eq!(
         far_index.manifests, index.manifests,
         "same children, same digests"
