@@ -8,15 +8,18 @@ milliseconds. This script publishes the inputs once, straight to a fresh
 local registry (127.0.0.1 only), then times re-runs from a fresh runner
 (empty XDG_CACHE_HOME) through a local proxy that holds every chunk it
 forwards for half the round-trip time in each direction (pipelined: the
-bandwidth is not capped), for each --rtt-ms. Nothing changed, so a re-run reads what the tags point at,
-checks the layers and puts the manifests and the index again: its time is
-mostly round trips. With --cold every timed publish goes to a repository
+bandwidth is not capped), for each --rtt-ms. No layer changed, so a re-run reads what the tags point at,
+checks the layers and puts what is new: its time is mostly round trips.
+Each timed run is a new commit by default (its own `--created`, so a new
+index over the same manifests, as CI builds a commit that leaves the image
+unchanged); with --commit same every run has the first run's `created`, so
+nothing is new and only the reads remain. With --cold every timed publish goes to a repository
 of its own instead, so everything is uploaded: the round trips a cold push
 waits for, besides the bytes. With --compare PATH a second manifold build
 runs alternately with the first, for before/after figures.
 
     python3 bench/latency.py [--manifold PATH] [--compare PATH] [--rtt-ms 0,20,50]
-                             [--runs 3] [--cold] [INPUT ...]
+                             [--runs 3] [--cold] [--commit new|same] [INPUT ...]
 
 INPUTs are manifold's (`linux/amd64=PATH`); the default is the nix2container
 fixture (bench/.cache/n2c, built by `bench/run.sh --n2c-only`), whose
@@ -118,14 +121,19 @@ class DelayProxy:
         self.thread.join(5)
 
 
-def publish(manifold, host, inputs, work, timed, repo="latency/app"):
-    """One publish with a fresh client cache; returns wall seconds."""
+# The commit time of every run with --commit same, and of the first one.
+FIRST_CREATED = 1_700_000_000
+
+
+def publish(manifold, host, inputs, work, timed, repo="latency/app", created=FIRST_CREATED):
+    """One publish with a fresh client cache, `created` as its commit time
+    (seconds since 1970); returns wall seconds."""
     cache = os.path.join(work, "xdg")
     shutil.rmtree(cache, ignore_errors=True)
     env = dict(os.environ, XDG_CACHE_HOME=cache, TMPDIR=work)
     env = {k: v for k, v in env.items() if not k.startswith("GITHUB_") and k != "CI"}
     cmd = [manifold, "publish", "-q", "--no-auto-tags", "--repo", host + "/" + repo,
-           "--tag", "v1", "--tag", "latest"] + inputs
+           "--tag", "v1", "--tag", "latest", "--created", str(created)] + inputs
     start = time.monotonic()
     proc = subprocess.run(cmd, env=env, cwd=work, stdout=subprocess.DEVNULL,
                           stderr=subprocess.PIPE, text=True)
@@ -145,6 +153,9 @@ def main():
     p.add_argument("--runs", type=int, default=3)
     p.add_argument("--cold", action="store_true",
                    help="time cold pushes, each to a new repository, not re-runs")
+    p.add_argument("--commit", choices=("new", "same"), default="new",
+                   help="each re-run a new commit over unchanged layers (a new index), "
+                        "or the same commit again (default: new)")
     p.add_argument("inputs", nargs="*")
     a = p.parse_args()
     binaries = [os.path.abspath(a.manifold)] + ([os.path.abspath(a.compare)] if a.compare else [])
@@ -177,9 +188,11 @@ def main():
                   "(median, min-max)" % a.runs)
         else:
             publish(binaries[0], registry.host, inputs, work, timed=False)
-            print("re-run from a fresh runner, tags v1 and latest, %d runs each "
-                  "(median, min-max)" % a.runs)
+            print("re-run from a fresh runner, %s, tags v1 and latest, %d runs each "
+                  "(median, min-max)" % ("a new commit over unchanged layers" if a.commit == "new"
+                                         else "the same commit", a.runs))
         repos = ("latency/cold%d" % n for n in range(1_000_000))
+        commits = iter(range(FIRST_CREATED + 1, FIRST_CREATED + 1_000_000))
         print("%-8s %s" % ("RTT", "  ".join("%-28s" % os.path.basename(b) for b in binaries)))
         for rtt in rtts:
             proxy = DelayProxy(registry.port, rtt / 2000.0) if rtt > 0 else None
@@ -189,7 +202,9 @@ def main():
                 for _ in range(a.runs):
                     for b in binaries:
                         repo = next(repos) if a.cold else "latency/app"
-                        walls[b].append(publish(b, host, inputs, work, timed=True, repo=repo))
+                        created = next(commits) if a.commit == "new" else FIRST_CREATED
+                        walls[b].append(publish(b, host, inputs, work, timed=True, repo=repo,
+                                                created=created))
             finally:
                 if proxy:
                     proxy.stop()

@@ -23,6 +23,12 @@ pub enum Format {
 }
 
 impl Format {
+    /// Whether a document of this format built with `annotations` carries
+    /// any (Docker's drop them).
+    pub fn carries(self, annotations: &BTreeMap<String, String>) -> bool {
+        self == Format::Oci && !annotations.is_empty()
+    }
+
     fn manifest_type(self) -> &'static str {
         match self {
             Format::Oci => MEDIA_TYPE_MANIFEST,

@@ -17,6 +17,31 @@ use crate::registry::{BlobBody, RegistryClient, UploadOutcome};
 
 use super::seen::Seen;
 
+/// What [`Destination::push_manifest`] does with a document that this
+/// publish has not seen in the repository (no tag it read led there).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IfUnseen {
+    /// Asks first (HEAD) and PUTs it only if it is missing: the registry may
+    /// hold it under another tag, as it holds a promoted image's manifests.
+    Ask,
+    /// PUTs it: it carries this run's annotations (its `created` time, its
+    /// revision), so it is new unless a tag this run read led to it, and a
+    /// HEAD would cost a round trip to learn nothing. A registry that has it
+    /// after all takes the same bytes again under the same digest.
+    Put,
+}
+
+impl IfUnseen {
+    /// [`IfUnseen::Put`] for a document that carries annotations.
+    pub fn carrying_annotations(carries: bool) -> IfUnseen {
+        if carries {
+            IfUnseen::Put
+        } else {
+            IfUnseen::Ask
+        }
+    }
+}
+
 /// Where an index is published.
 #[derive(Clone)]
 pub enum Destination {
@@ -344,11 +369,13 @@ impl Destination {
 
     /// Puts a manifest or index under its digest, unless it is there already:
     /// seen by the reads before the push, or else asked with a HEAD, unless
-    /// it names something this publish just put there (then it cannot be).
+    /// it names something this publish just put there (then it cannot be)
+    /// or `if_unseen` says not to ask.
     pub async fn push_manifest(
         &self,
         manifest: &RawManifest,
         what: &str,
+        if_unseen: IfUnseen,
         reporter: &dyn Reporter,
     ) -> Result<()> {
         let mut already = false;
@@ -359,7 +386,7 @@ impl Destination {
                 seen,
             } => {
                 let reference = manifest.digest.to_string();
-                let new = seen.names_created(&manifest.references());
+                let new = if_unseen == IfUnseen::Put || seen.names_created(&manifest.references());
                 already = seen.holds(&manifest.digest)
                     || (!new
                         && client

@@ -29,7 +29,7 @@ use crate::manifest;
 use crate::oci::{ConfigSummary, Descriptor, Platform, RawManifest};
 use crate::progress::Reporter;
 
-use super::destination::Destination;
+use super::destination::{Destination, IfUnseen};
 use super::gate::Gate;
 use super::in_flight::{Claim, Claimed, InFlight};
 use super::mounted::Mounted;
@@ -252,9 +252,11 @@ pub async fn publish_image(
         options.manifest_annotations.clone(),
     )?;
     let what = format!("the {platform} manifest");
+    let if_unseen =
+        IfUnseen::carrying_annotations(options.format.carries(&options.manifest_annotations));
     let pushes = destinations
         .iter()
-        .map(|d| d.push_manifest(&image_manifest, &what, &*reporter));
+        .map(|d| d.push_manifest(&image_manifest, &what, if_unseen, &*reporter));
     futures::future::try_join_all(pushes).await?;
 
     Ok(PublishedImage {

@@ -31,6 +31,7 @@ use crate::oci::{Platform, RawManifest};
 use crate::progress::Reporter;
 
 pub use destination::Destination;
+use destination::IfUnseen;
 pub use image::{ImageOptions, PublishedImage};
 
 /// Decides which floating tags may move, given the tags a repository has:
@@ -181,11 +182,14 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
         .iter()
         .map(|i| (i.manifest.clone(), i.platform.clone()))
         .collect();
+    // An index with this run's `created` time is new unless a tag read led
+    // to it: PUT without asking first (a new commit, unchanged layers).
+    let if_unseen = IfUnseen::carrying_annotations(image_options.format.carries(&annotations));
     let index = manifest::image_index(image_options.format, &entries, annotations);
     let push_index = futures::future::try_join_all(
         destinations
             .iter()
-            .map(|d| d.push_manifest(&index, "the index", &*reporter)),
+            .map(|d| d.push_manifest(&index, "the index", if_unseen, &*reporter)),
     );
     // The guard decides on the tags as they are now: its lists are read
     // while the index goes out, or, in a batch that holds the tags until its

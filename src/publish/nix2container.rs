@@ -47,7 +47,7 @@ use crate::manifest;
 use crate::oci::{self, ConfigSummary, Descriptor, Platform};
 use crate::progress::Reporter;
 
-use super::destination::Destination;
+use super::destination::{Destination, IfUnseen};
 use super::image::{CancelOnDrop, ImageOptions, PublishedImage};
 use super::in_flight::{Claimed, InFlight};
 use super::mounted::Mounted;
@@ -208,10 +208,12 @@ pub async fn publish_image(
         options.manifest_annotations.clone(),
     )?;
     let what = format!("the {platform} manifest");
+    let if_unseen =
+        IfUnseen::carrying_annotations(options.format.carries(&options.manifest_annotations));
     futures::future::try_join_all(
         destinations
             .iter()
-            .map(|d| d.push_manifest(&image_manifest, &what, &*reporter)),
+            .map(|d| d.push_manifest(&image_manifest, &what, if_unseen, &*reporter)),
     )
     .await?;
 

@@ -40,7 +40,7 @@ use crate::progress::{BlobOutcome, Reporter};
 use crate::reference::{Reference, Repository};
 use crate::registry::{BlobBody, RegistryClient};
 
-use super::destination::Destination;
+use super::destination::{Destination, IfUnseen};
 use super::image::{platform_of, PublishedImage};
 
 /// Clients for the registries `docker://` inputs read from, by registry
@@ -555,7 +555,9 @@ async fn copy_image(
     futures::future::try_join_all(
         destinations
             .iter()
-            .map(|d| d.push_manifest(&raw, &what, reporter)),
+            // Reused byte for byte, with the source's annotations: it may
+            // well be there already.
+            .map(|d| d.push_manifest(&raw, &what, IfUnseen::Ask, reporter)),
     )
     .await?;
 

@@ -414,6 +414,54 @@ fn a_re_run_uploads_no_layer_and_gives_the_same_digest() {
     );
 }
 
+/// A new commit with unchanged layers (here: a new `created` time) gives a
+/// new index over the same manifests: the manifests are left alone (the
+/// lookup read them), and the index, which carries the run's annotations, is
+/// PUT without a HEAD first, a round trip that could only answer "missing".
+#[test]
+fn a_new_commit_over_unchanged_layers_puts_only_its_index_and_tags() {
+    let registry = TestRegistry::start(Auth::None);
+    let repo = registry.repo("acme/commit");
+    let (amd64, arm64) = (testdata("stream-amd64"), testdata("stream-arm64"));
+    let publish = |created: &str| {
+        Run::new(&[
+            "publish",
+            "--repo",
+            &repo,
+            "--tag",
+            "main",
+            "--created",
+            created,
+        ])
+        .arg(amd64.to_str().unwrap())
+        .arg(arm64.to_str().unwrap())
+        .success()
+    };
+    let first = publish("2026-11-01T00:00:00Z");
+    let log_before = registry.request_log().len();
+    let second = publish("2026-11-02T00:00:00Z");
+    assert_ne!(first, second, "a new created time, a new index");
+    let log = registry.request_log();
+    let writes: Vec<&String> = log[log_before..]
+        .iter()
+        .filter(|l| {
+            l.starts_with("HEAD /v2/acme/commit/manifests/")
+                || l.starts_with("PUT /v2/acme/commit/manifests/")
+                || l.starts_with("POST /v2/acme/commit/blobs/")
+        })
+        .collect();
+    let index = second.trim().rsplit('@').next().unwrap();
+    assert_eq!(writes.len(), 2, "{writes:#?}");
+    assert!(
+        writes[0].starts_with(&format!("PUT /v2/acme/commit/manifests/{index} ")),
+        "{writes:#?}"
+    );
+    assert!(
+        writes[1].starts_with("PUT /v2/acme/commit/manifests/main "),
+        "{writes:#?}"
+    );
+}
+
 /// Stream scripts start while the registry is read for what it already has
 /// (their start-up overlaps those round trips), but nothing is uploaded
 /// before those reads are done: a proxy holds the known-layer lookup of the
