@@ -132,14 +132,14 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     let lookups = {
         let found = found.clone();
         async move {
-            let known = (&mut reads.0)
+            let reads = (&mut reads.0)
                 .await
                 .context("the registry reads panicked")??;
-            if let Some(known) = known {
+            if let Some(known) = reads.known {
                 let _ = found.set(known);
             }
             opener.open();
-            anyhow::Ok(())
+            anyhow::Ok(reads.tag_lists)
         }
     };
     // A map given by the caller (a batch's run-wide one) still answers what
@@ -170,7 +170,7 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
             reporter.clone(),
         )
     }));
-    let ((), per_input) = futures::try_join!(lookups, inputs)?;
+    let (first_tag_lists, per_input) = futures::try_join!(lookups, inputs)?;
     let images: Vec<PublishedImage> = per_input.into_iter().flatten().collect();
     check_distinct_platforms(images.iter().map(|i| (i.platform.clone(), i.input.clone())))?;
 
@@ -194,17 +194,24 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     // The guard decides on the tags as they are now: its lists are read
     // while the index goes out, or, in a batch that holds the tags until its
     // other images are in place, after that wait.
+    let decide = decide_tags(
+        &destinations,
+        &request.tags,
+        &index.digest,
+        (!request.arch_tags)
+            .then_some(first_tag_lists.as_deref())
+            .flatten(),
+    );
     let decisions = match &request.before_tags {
         None => {
-            let (pushed, decisions) =
-                futures::join!(push_index, decide_tags(&destinations, &request.tags));
+            let (pushed, decisions) = futures::join!(push_index, decide);
             pushed?;
             decisions?
         }
         Some(before_tags) => {
             push_index.await?;
             before_tags(&images).await?;
-            decide_tags(&destinations, &request.tags).await?
+            decide.await?
         }
     };
 
@@ -266,11 +273,18 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     })
 }
 
+/// What [`read_registries`] found.
+struct RegistryReads {
+    /// Which layers the registries already hold; `None` when none.
+    known: Option<crate::input::KnownLayers>,
+    /// Each destination's tags, when the guard needs them.
+    tag_lists: Option<Vec<Vec<String>>>,
+}
+
 /// The reads a publish makes before it uploads anything, together: the
 /// guard's tag lists (a registry that won't list its tags fails the run
-/// before any upload) and the known-layer map (which layers the registries
-/// already hold; `None` when none). Against a remote registry, reading them
-/// together saves a round trip.
+/// before any upload) and the known-layer map. Against a remote registry,
+/// reading them together saves a round trip.
 async fn read_registries(
     destinations: Arc<Vec<Destination>>,
     tags: TagSet,
@@ -279,10 +293,10 @@ async fn read_registries(
     compression: crate::layer::Compression,
     mounted: Arc<mounted::Mounted>,
     reporter: Arc<dyn Reporter>,
-) -> Result<Option<crate::input::KnownLayers>> {
+) -> Result<RegistryReads> {
     let guard_check = async {
         if tags.guard.is_none() {
-            return Ok(());
+            return Ok(None);
         }
         futures::future::try_join_all(destinations.iter().map(|destination| async move {
             destination.list_tags().await.map_err(|e| {
@@ -304,7 +318,7 @@ async fn read_registries(
             })
         }))
         .await
-        .map(drop)
+        .map(Some)
     };
     let (guard_checked, known) = futures::join!(
         guard_check,
@@ -316,27 +330,50 @@ async fn read_registries(
             &*reporter,
         )
     );
-    guard_checked?;
+    let tag_lists = guard_checked?;
     let known = match &cache {
         Some(cache) => known.with_cache(cache),
         None => known,
     };
     let known = known.recording_mounts_in(mounted);
-    Ok((!known.is_empty()).then(|| {
-        let known = Arc::new(known);
-        Arc::new(move |diff_id: &Digest| known.get(diff_id)) as crate::input::KnownLayers
-    }))
+    Ok(RegistryReads {
+        known: (!known.is_empty()).then(|| {
+            let known = Arc::new(known);
+            Arc::new(move |diff_id: &Digest| known.get(diff_id)) as crate::input::KnownLayers
+        }),
+        tag_lists,
+    })
 }
 
 /// What each destination may tag: every tag, or what the guard allows
 /// given the tags the destination has now.
-async fn decide_tags(destinations: &[Destination], tags: &TagSet) -> Result<Vec<TagDecision>> {
-    futures::future::try_join_all(destinations.iter().map(|destination| async move {
-        Ok(match &tags.guard {
-            Some(guard) => guard(&destination.list_tags().await?),
-            None => (tags.tags.clone(), Vec::new()),
-        })
-    }))
+///
+/// The lists are read again, as they are now, so that a tag another
+/// publisher moved meanwhile is not moved back; except in a destination
+/// whose tags all pointed at `index` already (a re-run of one commit), where
+/// no tag will be PUT, so nothing can move back: there the first lists
+/// (`first_lists`, by destination) decide what is reported, and a round trip
+/// is saved.
+async fn decide_tags(
+    destinations: &[Destination],
+    tags: &TagSet,
+    index: &Digest,
+    first_lists: Option<&[Vec<String>]>,
+) -> Result<Vec<TagDecision>> {
+    futures::future::try_join_all(destinations.iter().enumerate().map(
+        |(i, destination)| async move {
+            let Some(guard) = &tags.guard else {
+                return Ok((tags.tags.clone(), Vec::new()));
+            };
+            let in_place = destination
+                .seen()
+                .is_some_and(|seen| seen.tags_point_at(&tags.tags, index));
+            match first_lists.and_then(|lists| lists.get(i)) {
+                Some(first) if in_place => Ok(guard(first)),
+                _ => Ok(guard(&destination.list_tags().await?)),
+            }
+        },
+    ))
     .await
 }
 

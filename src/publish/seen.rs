@@ -71,6 +71,12 @@ impl Seen {
             .is_ok_and(|documents| documents.contains(digest))
     }
 
+    /// Whether every one of `tags` was seen to point at `digest`.
+    pub fn tags_point_at(&self, tags: &[String], digest: &Digest) -> bool {
+        tags.iter()
+            .all(|tag| self.tag(tag).flatten().as_ref() == Some(digest))
+    }
+
     /// Where `tag` was seen to point: `Some(None)` if it did not exist,
     /// `None` if it was not read.
     pub fn tag(&self, tag: &str) -> Option<Option<Digest>> {
@@ -98,6 +104,12 @@ mod tests {
         assert!(seen.holds(&index));
         assert!(seen.holds(&config));
         assert!(!seen.holds(&Digest::of(b"other")));
+        // Tags all in place only when each was read pointing there.
+        let tags = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        assert!(seen.tags_point_at(&tags(&["1.0"]), &index));
+        assert!(!seen.tags_point_at(&tags(&["1.0", "latest"]), &index));
+        assert!(!seen.tags_point_at(&tags(&["1.0", "main"]), &index));
+        assert!(!seen.tags_point_at(&tags(&["1.0"]), &config));
     }
 
     #[test]

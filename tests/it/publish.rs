@@ -414,52 +414,71 @@ fn a_re_run_uploads_no_layer_and_gives_the_same_digest() {
     );
 }
 
-/// A new commit with unchanged layers (here: a new `created` time) gives a
-/// new index over the same manifests: the manifests are left alone (the
-/// lookup read them), and the index, which carries the run's annotations, is
-/// PUT without a HEAD first, a round trip that could only answer "missing".
+/// Re-runs over unchanged layers. The same commit again: everything is in
+/// place, so nothing is PUT, and the tag guard does not read the tag lists a
+/// second time (no tag will move, so none can move back). A new commit (here:
+/// a new `created` time) gives a new index over the same manifests: the
+/// manifests are left alone (the lookup read them), and the index, which
+/// carries the run's annotations, is PUT without a HEAD first, a round trip
+/// that could only answer "missing"; the lists are read again before the
+/// tags move.
 #[test]
-fn a_new_commit_over_unchanged_layers_puts_only_its_index_and_tags() {
+fn re_runs_over_unchanged_layers_ask_only_what_they_must() {
     let registry = TestRegistry::start(Auth::None);
     let repo = registry.repo("acme/commit");
     let (amd64, arm64) = (testdata("stream-amd64"), testdata("stream-arm64"));
     let publish = |created: &str| {
-        Run::new(&[
-            "publish",
-            "--repo",
-            &repo,
-            "--tag",
-            "main",
-            "--created",
-            created,
-        ])
-        .arg(amd64.to_str().unwrap())
-        .arg(arm64.to_str().unwrap())
-        .success()
+        let log_before = registry.request_log().len();
+        let out = Run::new(&["publish", "--repo", &repo, "--no-auto-tags"])
+            .arg("--tag")
+            .arg("v1")
+            .arg("--tag")
+            .arg("latest")
+            .arg("--created")
+            .arg(created)
+            .arg(amd64.to_str().unwrap())
+            .arg(arm64.to_str().unwrap())
+            .success();
+        let log = registry.request_log()[log_before..].to_vec();
+        (out, log)
     };
-    let first = publish("2026-11-01T00:00:00Z");
-    let log_before = registry.request_log().len();
-    let second = publish("2026-11-02T00:00:00Z");
-    assert_ne!(first, second, "a new created time, a new index");
-    let log = registry.request_log();
-    let writes: Vec<&String> = log[log_before..]
+    let asks = |log: &[String], prefixes: &[&str]| -> Vec<String> {
+        log.iter()
+            .filter(|l| prefixes.iter().any(|p| l.starts_with(p)))
+            .cloned()
+            .collect()
+    };
+    let writes = [
+        "HEAD /v2/acme/commit/manifests/",
+        "PUT /v2/acme/commit/manifests/",
+        "POST /v2/acme/commit/blobs/",
+    ];
+    let lists = ["GET /v2/acme/commit/tags/list"];
+
+    let (first, _) = publish("2026-11-01T00:00:00Z");
+
+    let (again, log) = publish("2026-11-01T00:00:00Z");
+    assert_eq!(first, again, "the same commit, the same index");
+    assert_eq!(asks(&log, &writes), Vec::<String>::new(), "{log:#?}");
+    assert_eq!(asks(&log, &lists).len(), 1, "{log:#?}");
+
+    let (next, log) = publish("2026-11-02T00:00:00Z");
+    assert_ne!(first, next, "a new created time, a new index");
+    let index = next.trim().rsplit('@').next().unwrap();
+    let written = asks(&log, &writes);
+    assert_eq!(written.len(), 3, "{written:#?}");
+    assert!(
+        written[0].starts_with(&format!("PUT /v2/acme/commit/manifests/{index} ")),
+        "{written:#?}"
+    );
+    let mut tags: Vec<&str> = written[1..]
         .iter()
-        .filter(|l| {
-            l.starts_with("HEAD /v2/acme/commit/manifests/")
-                || l.starts_with("PUT /v2/acme/commit/manifests/")
-                || l.starts_with("POST /v2/acme/commit/blobs/")
-        })
+        .filter_map(|l| l.strip_prefix("PUT /v2/acme/commit/manifests/"))
+        .filter_map(|rest| rest.split(' ').next())
         .collect();
-    let index = second.trim().rsplit('@').next().unwrap();
-    assert_eq!(writes.len(), 2, "{writes:#?}");
-    assert!(
-        writes[0].starts_with(&format!("PUT /v2/acme/commit/manifests/{index} ")),
-        "{writes:#?}"
-    );
-    assert!(
-        writes[1].starts_with("PUT /v2/acme/commit/manifests/main "),
-        "{writes:#?}"
-    );
+    tags.sort();
+    assert_eq!(tags, ["latest", "v1"], "{written:#?}");
+    assert_eq!(asks(&log, &lists).len(), 2, "{log:#?}");
 }
 
 /// Stream scripts start while the registry is read for what it already has
