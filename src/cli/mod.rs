@@ -311,7 +311,13 @@ async fn registry_clients(
                 .with_context(|| format!("cannot find credentials for `{registry}`"))?;
         let client = RegistryClient::new(registry, credentials, &options)
             .with_context(|| format!("cannot set up a client for `{registry}`"))?;
-        if let Err(e) = client.ping().await {
+        clients.insert(key, client);
+    }
+    // Pinged together: each costs a connection, a TLS handshake and a round
+    // trip, which several registries need not wait on one after another.
+    futures::future::try_join_all(clients.values().map(|client| async move {
+        client.ping().await.map_err(|e| {
+            let registry = client.registry();
             let hint = if registry::retry::is_unknown_host(&e) {
                 format!(
                     "\nhint: no host is named `{}`: check the registry in the reference",
@@ -320,11 +326,10 @@ async fn registry_clients(
             } else {
                 String::new()
             };
-            return Err(anyhow::Error::new(e)
-                .context(format!("cannot reach the registry `{registry}`{hint}")));
-        }
-        clients.insert(key, client);
-    }
+            anyhow::Error::new(e).context(format!("cannot reach the registry `{registry}`{hint}"))
+        })
+    }))
+    .await?;
     Ok(clients)
 }
 

@@ -870,6 +870,17 @@ pub struct FaultRates {
 }
 
 impl FaultRates {
+    /// No faults: for a proxy that only holds or marks requests.
+    pub fn none() -> FaultRates {
+        FaultRates {
+            unavailable: 0.0,
+            too_many: 0.0,
+            drop: 0.0,
+            cut_body: 0.0,
+            slow: 0.0,
+        }
+    }
+
     /// `total` spread over the failing faults, plus as many slow answers.
     pub fn failing(total: f64) -> FaultRates {
         FaultRates {
@@ -923,8 +934,15 @@ enum Fault {
 }
 
 /// Holds requests whose request line contains a needle until a file
-/// exists (at most [`HOLD_LIMIT`]), then forwards them.
-type Hold = Option<Arc<(String, PathBuf)>>;
+/// exists (at most [`HOLD_LIMIT`]), then forwards them; or, marking, creates
+/// the file when such a request arrives.
+type Hold = Option<Arc<(String, PathBuf, Watch)>>;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Watch {
+    Hold,
+    Mark,
+}
 
 /// How long a held request waits for its file.
 const HOLD_LIMIT: Duration = Duration::from_secs(10);
@@ -942,15 +960,16 @@ impl FaultProxy {
     /// the answer, the registry's log; [`FaultCounts::held_in_vain`] counts
     /// requests held to the limit.
     pub fn holding(upstream: u16, needle: &str, file: &Path) -> FaultProxy {
-        let none = FaultRates {
-            unavailable: 0.0,
-            too_many: 0.0,
-            drop: 0.0,
-            cut_body: 0.0,
-            slow: 0.0,
-        };
-        let hold = Some(Arc::new((needle.to_owned(), file.to_owned())));
-        Self::start_with(upstream, 0, none, hold)
+        let hold = Some(Arc::new((needle.to_owned(), file.to_owned(), Watch::Hold)));
+        Self::start_with(upstream, 0, FaultRates::none(), hold)
+    }
+
+    /// A proxy with no faults that creates `file` when a request whose
+    /// request line contains `needle` arrives (before forwarding it): the
+    /// signal a [`FaultProxy::holding`] proxy elsewhere waits for.
+    pub fn marking(upstream: u16, needle: &str, file: &Path) -> FaultProxy {
+        let mark = Some(Arc::new((needle.to_owned(), file.to_owned(), Watch::Mark)));
+        Self::start_with(upstream, 0, FaultRates::none(), mark)
     }
 
     fn start_with(upstream: u16, seed: u64, rates: FaultRates, hold: Hold) -> FaultProxy {
@@ -1099,11 +1118,13 @@ fn proxy_one(
     let mut down_w = down;
     let head = read_head(&mut reader)?;
     counts.lock().unwrap().requests += 1;
-    if let Some((needle, file)) = hold.as_deref() {
-        if head
+    if let Some((needle, file, watch)) = hold.as_deref() {
+        let matches = head
             .first()
-            .is_some_and(|line| line.contains(needle.as_str()))
-        {
+            .is_some_and(|line| line.contains(needle.as_str()));
+        if matches && *watch == Watch::Mark {
+            std::fs::write(file, b"")?;
+        } else if matches {
             let start = std::time::Instant::now();
             while !file.exists() {
                 if start.elapsed() > HOLD_LIMIT {

@@ -528,6 +528,37 @@ fn streams_start_while_the_registry_is_read_and_upload_after() {
     assert!(out.contains("acme/early@sha256:"), "{out}");
 }
 
+/// Two registries are reached at once, not one after the other: each
+/// first request (`GET /v2/`) costs a connection, a TLS handshake and a
+/// round trip. The first registry's is held until the second's has arrived,
+/// which would wait in vain (and fail the check) if they went in turn.
+#[test]
+fn several_registries_are_reached_at_once() {
+    let (first, second) = (
+        TestRegistry::start(Auth::None),
+        TestRegistry::start(Auth::None),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let reached = dir.path().join("second-reached");
+    let held = FaultProxy::holding(first.port(), "GET /v2/ ", &reached);
+    let marking = FaultProxy::marking(second.port(), "GET /v2/ ", &reached);
+    let out = Run::new(&["publish", "--tag", "1.0.0"])
+        .arg("--repo")
+        .arg(&format!("{}/acme/one", held.host()))
+        .arg("--repo")
+        .arg(&format!("{}/acme/two", marking.host()))
+        .arg(testdata("stream-amd64").to_str().unwrap())
+        .success();
+    assert_eq!(
+        held.counts().held_in_vain,
+        0,
+        "the registries were reached in turn"
+    );
+    assert_eq!(out.lines().count(), 2, "{out}");
+    skopeo_copy_all(&format!("docker://{}/acme/one:1.0.0", first.host()), None);
+    skopeo_copy_all(&format!("docker://{}/acme/two:1.0.0", second.host()), None);
+}
+
 /// skopeo and podman write docker-archives with layers named
 /// `<diff_id hex>.tar`: a re-run finds them in the known-layer map and
 /// neither compresses nor uploads them.
