@@ -2,6 +2,7 @@
 //! one set of steps (blob, manifest by digest, tags) so both are published by
 //! the same code path.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -10,6 +11,7 @@ use bytes::Bytes;
 use crate::digest::Digest;
 use crate::layer::Spool;
 use crate::layout::Layout;
+use crate::manifest::Format;
 use crate::oci::RawManifest;
 use crate::progress::{BlobOutcome, Reporter};
 use crate::reference::Repository;
@@ -32,9 +34,10 @@ pub enum IfUnseen {
 }
 
 impl IfUnseen {
-    /// [`IfUnseen::Put`] for a document that carries annotations.
-    pub fn carrying_annotations(carries: bool) -> IfUnseen {
-        if carries {
+    /// [`IfUnseen::Put`] for a document of `format` built with this run's
+    /// `annotations`, when it carries any.
+    pub fn for_annotations(format: Format, annotations: &BTreeMap<String, String>) -> IfUnseen {
+        if format.carries(annotations) {
             IfUnseen::Put
         } else {
             IfUnseen::Ask

@@ -252,8 +252,7 @@ pub async fn publish_image(
         options.manifest_annotations.clone(),
     )?;
     let what = format!("the {platform} manifest");
-    let if_unseen =
-        IfUnseen::carrying_annotations(options.format.carries(&options.manifest_annotations));
+    let if_unseen = IfUnseen::for_annotations(options.format, &options.manifest_annotations);
     let pushes = destinations
         .iter()
         .map(|d| d.push_manifest(&image_manifest, &what, if_unseen, &*reporter));

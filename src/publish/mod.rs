@@ -184,7 +184,7 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
         .collect();
     // An index with this run's `created` time is new unless a tag read led
     // to it: PUT without asking first (a new commit, unchanged layers).
-    let if_unseen = IfUnseen::carrying_annotations(image_options.format.carries(&annotations));
+    let if_unseen = IfUnseen::for_annotations(image_options.format, &annotations);
     let index = manifest::image_index(image_options.format, &entries, annotations);
     let push_index = futures::future::try_join_all(
         destinations
@@ -194,14 +194,14 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     // The guard decides on the tags as they are now: its lists are read
     // while the index goes out, or, in a batch that holds the tags until its
     // other images are in place, after that wait.
-    let decide = decide_tags(
-        &destinations,
-        &request.tags,
-        &index.digest,
-        (!request.arch_tags)
-            .then_some(first_tag_lists.as_deref())
-            .flatten(),
-    );
+    // Per-arch tags (`--arch-tags`) were not read before, so they may move:
+    // with them the lists are always read again.
+    let first_lists = if request.arch_tags {
+        None
+    } else {
+        first_tag_lists.as_deref()
+    };
+    let decide = decide_tags(&destinations, &request.tags, &index.digest, first_lists);
     let decisions = match &request.before_tags {
         None => {
             let (pushed, decisions) = futures::join!(push_index, decide);

@@ -208,8 +208,7 @@ pub async fn publish_image(
         options.manifest_annotations.clone(),
     )?;
     let what = format!("the {platform} manifest");
-    let if_unseen =
-        IfUnseen::carrying_annotations(options.format.carries(&options.manifest_annotations));
+    let if_unseen = IfUnseen::for_annotations(options.format, &options.manifest_annotations);
     futures::future::try_join_all(
         destinations
             .iter()

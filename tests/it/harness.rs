@@ -936,7 +936,7 @@ enum Fault {
 /// Holds requests whose request line contains a needle until a file
 /// exists (at most [`HOLD_LIMIT`]), then forwards them; or, marking, creates
 /// the file when such a request arrives.
-type Hold = Option<Arc<(String, PathBuf, Watch)>>;
+type Watched = Option<Arc<(String, PathBuf, Watch)>>;
 
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Watch {
@@ -960,19 +960,19 @@ impl FaultProxy {
     /// the answer, the registry's log; [`FaultCounts::held_in_vain`] counts
     /// requests held to the limit.
     pub fn holding(upstream: u16, needle: &str, file: &Path) -> FaultProxy {
-        let hold = Some(Arc::new((needle.to_owned(), file.to_owned(), Watch::Hold)));
-        Self::start_with(upstream, 0, FaultRates::none(), hold)
+        let watched = Some(Arc::new((needle.to_owned(), file.to_owned(), Watch::Hold)));
+        Self::start_with(upstream, 0, FaultRates::none(), watched)
     }
 
     /// A proxy with no faults that creates `file` when a request whose
     /// request line contains `needle` arrives (before forwarding it): the
     /// signal a [`FaultProxy::holding`] proxy elsewhere waits for.
     pub fn marking(upstream: u16, needle: &str, file: &Path) -> FaultProxy {
-        let mark = Some(Arc::new((needle.to_owned(), file.to_owned(), Watch::Mark)));
-        Self::start_with(upstream, 0, FaultRates::none(), mark)
+        let watched = Some(Arc::new((needle.to_owned(), file.to_owned(), Watch::Mark)));
+        Self::start_with(upstream, 0, FaultRates::none(), watched)
     }
 
-    fn start_with(upstream: u16, seed: u64, rates: FaultRates, hold: Hold) -> FaultProxy {
+    fn start_with(upstream: u16, seed: u64, rates: FaultRates, watched: Watched) -> FaultProxy {
         use rand::{Rng as _, SeedableRng as _};
         let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
         let port = listener.local_addr().expect("addr").port();
@@ -1006,9 +1006,9 @@ impl FaultProxy {
                     } else {
                         Fault::None
                     };
-                    let (counts, hold) = (counts.clone(), hold.clone());
+                    let (counts, watched) = (counts.clone(), watched.clone());
                     std::thread::spawn(move || {
-                        let _ = proxy_one(conn, upstream, fault, &counts, hold);
+                        let _ = proxy_one(conn, upstream, fault, &counts, watched);
                     });
                 }
             });
@@ -1111,14 +1111,14 @@ fn proxy_one(
     upstream: u16,
     fault: Fault,
     counts: &Mutex<FaultCounts>,
-    hold: Hold,
+    watched: Watched,
 ) -> std::io::Result<()> {
     down.set_read_timeout(Some(Duration::from_secs(30)))?;
     let mut reader = BufReader::new(down.try_clone()?);
     let mut down_w = down;
     let head = read_head(&mut reader)?;
     counts.lock().unwrap().requests += 1;
-    if let Some((needle, file, watch)) = hold.as_deref() {
+    if let Some((needle, file, watch)) = watched.as_deref() {
         let matches = head
             .first()
             .is_some_and(|line| line.contains(needle.as_str()));
