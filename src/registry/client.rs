@@ -49,6 +49,13 @@ const BLOB_UNKNOWN_RETRIES: u32 = 3;
 /// Pure Nix shells point `SSL_CERT_FILE` here; it never exists.
 const NIX_NO_CERT_FILE: &str = "/no-cert-file.crt";
 
+/// Requests without a blob body allowed in flight per upload job: a small
+/// layer costs two or three of them (session POST, commit PUT) for each
+/// body, so with one each an image of many small layers waits on round
+/// trips (at 50 ms, 42 layers per arch: 3.5 s with `--jobs 4`, 3.2 s with
+/// `--jobs 8`).
+pub const REQUESTS_PER_JOB: usize = 2;
+
 /// How the client is set up.
 #[derive(Clone, Debug)]
 pub struct ClientOptions {
@@ -59,7 +66,8 @@ pub struct ClientOptions {
     /// Retries of one request (or one whole upload) after the first try.
     pub max_retries: u32,
     pub user_agent: String,
-    /// Requests in flight at once to this registry.
+    /// Blob uploads in flight at once to this registry; requests without a
+    /// blob body get [`REQUESTS_PER_JOB`] times as many.
     pub jobs: usize,
     /// `SSL_CERT_FILE`, taken from the environment by the caller.
     pub ssl_cert_file: Option<PathBuf>,
@@ -119,7 +127,12 @@ pub(super) struct Inner {
     pub(super) http: reqwest::Client,
     pub(super) creds: Credentials,
     pub(super) auth: Mutex<AuthState>,
+    /// Blob bodies being sent (`jobs`).
     pub(super) permits: Semaphore,
+    /// Requests without a blob body in flight (pings, HEADs, session
+    /// POSTs and commits, manifests): their own cap, so that their round
+    /// trips do not queue behind uploads that take seconds.
+    pub(super) requests: Semaphore,
     pub(super) policy: RetryPolicy,
     pub(super) timeout: Duration,
     pub(super) chunk_size: Option<u64>,
@@ -250,6 +263,7 @@ impl RegistryClient {
                 creds,
                 auth: Mutex::new(AuthState::default()),
                 permits: Semaphore::new(opts.jobs.max(1)),
+                requests: Semaphore::new(opts.jobs.max(1) * REQUESTS_PER_JOB),
                 policy: RetryPolicy {
                     max_elapsed: opts.retry_timeout,
                     base_delay: opts.retry_base,
@@ -513,7 +527,7 @@ impl RegistryClient {
         req: &Req,
         authorization: Option<HeaderValue>,
     ) -> Result<Response, reqwest::Error> {
-        let _permit = self.inner.permits.acquire().await;
+        let _permit = self.inner.requests.acquire().await;
         let mut rb = self
             .inner
             .http

@@ -460,8 +460,8 @@ impl RegistryClient {
         // The digest may have become known since the HEAD (or a failed try).
         let known = body.known();
         // Opened before this registry's jobs permit is taken (in
-        // `send_body`), never while holding one: the source may be this
-        // same client, whose GET needs a permit too.
+        // `send_body`): the source may be this same client, whose GET then
+        // needs a request permit while the job waits.
         let source = body.open().await?;
         let failure = match &source {
             BodySource::Stream(s) => Some(s.failure.clone()),

@@ -14,6 +14,7 @@ use manifold::oci::{
     Descriptor, ImageIndex, ImageManifest, Platform, RawManifest, MEDIA_TYPE_CONFIG,
     MEDIA_TYPE_INDEX, MEDIA_TYPE_LAYER_GZIP, MEDIA_TYPE_MANIFEST,
 };
+use manifold::registry::client::REQUESTS_PER_JOB;
 use manifold::registry::upload::STREAM_AFTER;
 use manifold::registry::{BlobBody, Credentials, RegistryClient, Secret, UploadOutcome};
 
@@ -951,7 +952,7 @@ async fn a_short_lived_token_is_renewed_before_a_streamed_upload() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn requests_in_flight_are_capped_by_jobs() {
+async fn requests_without_a_blob_are_capped_by_jobs_times_requests_per_job() {
     let in_flight = Arc::new(AtomicI64::new(0));
     let peak = Arc::new(AtomicI64::new(0));
     let (f, pk) = (in_flight.clone(), peak.clone());
@@ -969,15 +970,79 @@ async fn requests_in_flight_are_capped_by_jobs() {
         ..Default::default()
     };
     let client = server.client_with_options(Credentials::anonymous(), &opts);
-    let checks = (0..6u8).map(|i| {
+    let checks = (0..12u8).map(|i| {
         let client = client.clone();
         async move { client.blob_exists("q", &Digest::of(&[i])).await.unwrap() }
     });
     let found = futures::future::join_all(checks).await;
-    assert_eq!(found, [false; 6]);
+    assert_eq!(found, [false; 12]);
     assert_eq!(
         peak.load(Ordering::SeqCst),
-        2,
-        "at most `jobs` at once, and that many"
+        (2 * REQUESTS_PER_JOB) as i64,
+        "at most `jobs` × REQUESTS_PER_JOB at once, and that many"
     );
+}
+
+/// An upload holds one of `jobs` while its body goes out, which may take
+/// minutes; a HEAD (or a session POST, a commit) meanwhile does not wait
+/// for it. With `jobs` 1, the HEAD is asked while a streamed upload is
+/// still waiting for the rest of its spool, which comes only after the HEAD
+/// has returned (or after 10 s, which fails the check).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_head_does_not_wait_for_an_upload_in_flight() {
+    let reg = TestRegistry::start(Auth::None);
+    let opts = manifold::registry::ClientOptions {
+        jobs: 1,
+        ..Default::default()
+    };
+    let client =
+        manifold::registry::RegistryClient::new(&reg.registry(), reg.credentials(), &opts).unwrap();
+    client.ping().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (mut writer, spool) = spool::create(dir.path()).unwrap();
+    let data = payload(3 * STREAM_AFTER as usize, 7);
+    let half = data.len() / 2;
+    writer.write_all(&data[..half]).unwrap();
+    let sent = Arc::new(AtomicI64::new(0));
+    let upload = {
+        let (client, spool, sent) = (client.clone(), spool.clone(), sent.clone());
+        tokio::spawn(async move {
+            let on_progress = move |n: i64| {
+                sent.fetch_add(n, Ordering::SeqCst);
+            };
+            client
+                .upload_new_blob("inflight/app", BlobBody::Spool(spool), &on_progress)
+                .await
+        })
+    };
+    // The body is going out: the upload holds the only job.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while sent.load(Ordering::SeqCst) < half as i64 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(
+        sent.load(Ordering::SeqCst),
+        half as i64,
+        "the upload started"
+    );
+    let head = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.blob_exists("inflight/app", &Digest::of(b"something else")),
+    )
+    .await;
+    writer.write_all(&data[half..]).unwrap();
+    let (digest, _) = writer.finish();
+    assert!(
+        matches!(head, Ok(Ok(false))),
+        "the HEAD waited for the upload: {head:?}"
+    );
+    let outcome = upload.await.unwrap().unwrap();
+    assert_eq!(
+        outcome,
+        UploadOutcome::Uploaded {
+            digest: digest.clone(),
+            size: data.len() as u64
+        }
+    );
+    assert_eq!(digest, Digest::of(&data));
 }
