@@ -1,7 +1,8 @@
 //! `RegistryClient`: one registry host, three layers as in uv and ggcr: a
 //! configured `reqwest::Client` (TLS roots, plain HTTP only where allowed, no
-//! automatic redirects), then `RegistryClient::send` adding auth, a jobs cap
-//! and retries, then the distribution API operations.
+//! automatic redirects), then `RegistryClient::send` adding auth, a cap on
+//! requests in flight and retries, then the distribution API operations
+//! (whose blob bodies take one of the `jobs`).
 //!
 //! http or https: hosts where plain HTTP is allowed (loopback, and those
 //! named with `--insecure-registry`) are pinged over http first, as before;
@@ -128,7 +129,7 @@ pub(super) struct Inner {
     pub(super) creds: Credentials,
     pub(super) auth: Mutex<AuthState>,
     /// Blob bodies being sent (`jobs`).
-    pub(super) permits: Semaphore,
+    pub(super) jobs: Semaphore,
     /// Requests without a blob body in flight (pings, HEADs, session
     /// POSTs and commits, manifests): their own cap, so that their round
     /// trips do not queue behind uploads that take seconds.
@@ -139,7 +140,7 @@ pub(super) struct Inner {
 }
 
 /// A client for one registry host; clones share connections, tokens and the
-/// jobs cap.
+/// caps.
 #[derive(Clone)]
 pub struct RegistryClient {
     pub(super) inner: Arc<Inner>,
@@ -262,7 +263,7 @@ impl RegistryClient {
                 http,
                 creds,
                 auth: Mutex::new(AuthState::default()),
-                permits: Semaphore::new(opts.jobs.max(1)),
+                jobs: Semaphore::new(opts.jobs.max(1)),
                 requests: Semaphore::new(opts.jobs.max(1) * REQUESTS_PER_JOB),
                 policy: RetryPolicy {
                     max_elapsed: opts.retry_timeout,

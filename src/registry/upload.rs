@@ -459,9 +459,8 @@ impl RegistryClient {
         }
         // The digest may have become known since the HEAD (or a failed try).
         let known = body.known();
-        // Opened before this registry's jobs permit is taken (in
-        // `send_body`): the source may be this same client, whose GET then
-        // needs a request permit while the job waits.
+        // Opened before this registry's job is taken (in `send_body`), so
+        // that a slow source does not hold one.
         let source = body.open().await?;
         let failure = match &source {
             BodySource::Stream(s) => Some(s.failure.clone()),
@@ -842,7 +841,7 @@ impl RegistryClient {
                 reqwest::Body::wrap_stream(stream)
             }
         };
-        let _permit = self.inner.permits.acquire().await;
+        let _permit = self.inner.jobs.acquire().await;
         let mut rb = self
             .inner
             .http
