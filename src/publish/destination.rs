@@ -143,14 +143,15 @@ impl Destination {
     }
 
     /// Puts a blob from bytes in memory (configs), unless the registry was
-    /// seen to hold it. `new_image`: the caller compressed layers of this
-    /// image in this run, so its config is all but certainly missing too; it
-    /// is sent without a HEAD first (a config is a few kilobytes, and the
-    /// registry keeps one copy per digest).
+    /// seen to hold it. `missing`: the caller believes the registry lacks it
+    /// (it compressed layers of this image in this run, so the config is all
+    /// but certainly new too, or it has just found it missing); it is sent
+    /// without a HEAD first (a config is a few kilobytes, and the registry
+    /// keeps one copy per digest).
     pub async fn push_bytes(
         &self,
         bytes: Bytes,
-        new_image: bool,
+        missing: bool,
         reporter: &dyn Reporter,
     ) -> Result<Digest> {
         let name = self.to_string();
@@ -166,7 +167,7 @@ impl Destination {
                 } else {
                     let progress = |n: i64| reporter.on_upload_progress(&name, n);
                     let body = BlobBody::Bytes(bytes);
-                    let outcome = if new_image {
+                    let outcome = if missing {
                         client
                             .upload_new_blob(&repository.path, body, &progress)
                             .await
@@ -389,9 +390,14 @@ impl Destination {
                 seen,
             } => {
                 let reference = manifest.digest.to_string();
-                let new = if_unseen == IfUnseen::Put || seen.names_created(&manifest.references());
-                already = seen.holds(&manifest.digest)
-                    || (!new
+                // Asked only when neither the reads nor this publish's own
+                // writes settle it.
+                let held = seen.holds(&manifest.digest);
+                let ask = !held
+                    && if_unseen == IfUnseen::Ask
+                    && !seen.names_created(&manifest.references());
+                already = held
+                    || (ask
                         && client
                             .head_manifest(&repository.path, &reference)
                             .await
@@ -402,7 +408,9 @@ impl Destination {
                                 )
                             })?
                             .is_some());
-                if !already {
+                if already {
+                    seen.record_document(&manifest.digest);
+                } else {
                     client
                         .put_manifest(&repository.path, &reference, manifest)
                         .await
@@ -411,7 +419,6 @@ impl Destination {
                         })?;
                     seen.record_created(&manifest.digest);
                 }
-                seen.record_document(&manifest.digest);
             }
             Destination::Layout(layout) => {
                 layout.put_manifest(manifest).await?;

@@ -192,7 +192,7 @@ pub async fn publish_image(
     }
     // The config goes out while the last layers finish uploading.
     let platform = platform_of(&spec, &image.summary, &*reporter)?;
-    let new_image = image
+    let missing_config = image
         .layers
         .iter()
         .any(|layer| matches!(layer.blob, LayerBlob::Spooled { .. }));
@@ -201,7 +201,7 @@ pub async fn publish_image(
         futures::future::try_join_all(
             destinations
                 .iter()
-                .map(|d| d.push_bytes(image.config.clone(), new_image, &*reporter)),
+                .map(|d| d.push_bytes(image.config.clone(), missing_config, &*reporter)),
         )
         .await
     };

@@ -119,7 +119,7 @@ pub async fn publish_image(
     )
     .await;
 
-    let new_image = plans
+    let missing_config = plans
         .iter()
         .any(|plan| matches!(plan, Ok(Plan::Build { .. })));
 
@@ -197,7 +197,7 @@ pub async fn publish_image(
     futures::future::try_join_all(
         destinations
             .iter()
-            .map(|d| d.push_bytes(config_bytes.clone(), new_image, &*reporter)),
+            .map(|d| d.push_bytes(config_bytes.clone(), missing_config, &*reporter)),
     )
     .await?;
     let config = manifest::config_descriptor(&config_bytes);

@@ -401,9 +401,10 @@ impl RegistryClient {
     }
 
     /// [`RegistryClient::upload_blob`] without asking first whether the
-    /// registry has the blob: for a small blob the caller believes missing,
-    /// where the HEAD would cost a round trip and sending it again costs
-    /// nothing (the registry keeps one copy per digest).
+    /// registry has the blob: for one the caller believes missing (it has
+    /// just compressed it, or just found it missing), where the HEAD would
+    /// cost a round trip to learn nothing; a blob sent again is kept once
+    /// (the registry stores one copy per digest).
     pub async fn upload_new_blob(
         &self,
         repo: &str,
