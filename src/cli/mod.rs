@@ -277,8 +277,21 @@ fn client_options(args: &RegistryArgs) -> ClientOptions {
     }
 }
 
-/// One client per registry host, with its credentials resolved.
+/// One client per registry host, with its credentials resolved, each
+/// registry reached (see [`reach_registries`]).
 async fn registry_clients(
+    repositories: &[&Repository],
+    args: &RegistryArgs,
+    env: &Env,
+) -> Result<HashMap<String, RegistryClient>> {
+    let clients = new_registry_clients(repositories, args, env)?;
+    reach_registries(&clients).await?;
+    Ok(clients)
+}
+
+/// One client per registry host, with its credentials resolved; nothing
+/// is sent yet.
+fn new_registry_clients(
     repositories: &[&Repository],
     args: &RegistryArgs,
     env: &Env,
@@ -313,8 +326,14 @@ async fn registry_clients(
             .with_context(|| format!("cannot set up a client for `{registry}`"))?;
         clients.insert(key, client);
     }
-    // Pinged together: each costs a connection, a TLS handshake and a round
-    // trip, which several registries need not wait on one after another.
+    Ok(clients)
+}
+
+/// `GET /v2/` to every registry, together: each costs a connection, a TLS
+/// handshake and a round trip, which several registries need not wait on
+/// one after another. An unreachable registry fails here, named, with a
+/// hint for a host that does not resolve.
+async fn reach_registries(clients: &HashMap<String, RegistryClient>) -> Result<()> {
     futures::future::try_join_all(clients.values().map(|client| async move {
         client.ping().await.map_err(|e| {
             let registry = client.registry();
@@ -330,12 +349,13 @@ async fn registry_clients(
         })
     }))
     .await?;
-    Ok(clients)
+    Ok(())
 }
 
 /// The destinations for `repos`, and the clients of every registry,
-/// including those of `sources` (registries inputs are read from).
-async fn destinations(
+/// including those of `sources` (registries inputs are read from), not yet
+/// reached ([`reach_registries`]).
+fn destinations(
     repos: &[String],
     sources: &[Repository],
     args: &RegistryArgs,
@@ -355,7 +375,7 @@ async fn destinations(
         })
         .chain(sources.iter())
         .collect();
-    let clients = registry_clients(&repositories, args, env).await?;
+    let clients = new_registry_clients(&repositories, args, env)?;
     let destinations = targets
         .into_iter()
         .map(|t| {
@@ -575,8 +595,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
         env,
         &*screen,
         args.dry_run,
-    )
-    .await?;
+    )?;
     let sources: publish::remote::SourceClients = Arc::new(clients);
 
     let format = document_format(&args, &plan, &jobs, &*screen)?;
@@ -675,15 +694,23 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
             before_tags: None,
         });
     }
-    let reports = if batch {
-        publish::batch::publish_batch(requests, reporter).await?
-    } else {
-        let mut requests = requests;
-        let request = requests
-            .pop()
-            .context("nothing to publish: no image was given")?;
-        vec![publish::publish(request, reporter).await?]
+    let publishing = async {
+        if batch {
+            publish::batch::publish_batch(requests, reporter).await
+        } else {
+            let mut requests = requests;
+            let request = requests
+                .pop()
+                .context("nothing to publish: no image was given")?;
+            Ok(vec![publish::publish(request, reporter).await?])
+        }
     };
+    // The registries are reached while the inputs start. The pings go
+    // first (polled first, each holds its client's auth state): every
+    // request of the publish waits for its registry's ping, and an
+    // unreachable registry fails the run with the ping's error, before any
+    // upload.
+    let ((), reports) = futures::try_join!(reach_registries(&sources), publishing)?;
 
     if !args.dry_run {
         tally.on_notice(&summary_line(started.elapsed(), tally.totals()));
@@ -717,15 +744,15 @@ async fn run_tags(args: TagsArgs, env: &Env) -> Result<()> {
     let (tags, withheld) = match &args.repo {
         Some(repo) if args.tags.tag_guard == Switch::On => {
             let quiet = progress::Quiet;
-            let (destinations, _) = destinations(
+            let (destinations, clients) = destinations(
                 std::slice::from_ref(repo),
                 &[],
                 &args.registry,
                 env,
                 &quiet,
                 true,
-            )
-            .await?;
+            )?;
+            reach_registries(&clients).await?;
             let existing = destinations[0].list_tags().await?;
             let outcome = tags::apply_guard(&plan, &existing);
             (outcome.kept, outcome.withheld)

@@ -23,13 +23,18 @@
 //! `<64 hex>.tar` gives a *hint* of its diff_id. The hint only chooses
 //! whether the destination may already have the layer
 //! ([`ReadOptions::known`]); such a member is then only hashed, and it must
-//! hash to its hint. At the end `manifest.json` and
+//! hash to its hint. While the map cannot answer yet (the registry reads
+//! are still out, [`ReadOptions::known_ready`]), such a member is compressed
+//! on speculation rather than waited for: the stream goes on meanwhile, and
+//! the answer, once in, either starts its upload or stops the compression
+//! (see `Pass::speculate`). At the end `manifest.json` and
 //! the config are parsed and every `Layers[i]` is checked against
 //! `rootfs.diff_ids[i]` with the hashes computed from the bytes.
 //!
 //! This runs on a blocking thread; uploading, manifests and platforms are for
 //! later stages.
 
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::PathBuf;
@@ -72,6 +77,10 @@ pub struct ReadOptions {
     /// Layers the destinations already have, by diff_id (known-layer map): such a member is
     /// only hashed (crate::layer::hash_only), never compressed/spooled.
     pub known: KnownLayers,
+    /// Whether `known` answers at once. It does not while the registry
+    /// reads it waits for are out; a member it may know is then compressed
+    /// on speculation instead of holding the input up.
+    pub known_ready: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl ReadOptions {
@@ -81,6 +90,7 @@ impl ReadOptions {
             compression,
             spool_dir: spool_dir.into(),
             known: Arc::new(|_| None),
+            known_ready: Arc::new(|| true),
         }
     }
 }
@@ -370,6 +380,7 @@ fn read_with_budget(
         opts,
         selection,
         members: HashMap::new(),
+        pending: Vec::new(),
         buffered: 0,
         budget,
     };
@@ -427,6 +438,9 @@ struct Pass<'a> {
     opts: &'a ReadOptions,
     selection: &'a Selection,
     members: HashMap<String, Member>,
+    /// Members compressed on speculation whose end came before `known`
+    /// could answer, with their hints: not yet announced.
+    pending: Vec<(String, Digest)>,
     buffered: u64,
     /// [`BUFFER_BUDGET`], smaller in tests.
     budget: u64,
@@ -533,7 +547,14 @@ impl Pass<'_> {
         hint: Option<Digest>,
         on_event: &mut dyn FnMut(ReadEvent),
     ) -> Result<Member, InputError> {
+        let ready = (self.opts.known_ready)();
+        if ready {
+            decide_pending(self.opts, &mut self.members, &mut self.pending, on_event);
+        }
         if let Some(hint) = hint {
+            if !ready {
+                return self.speculate(name, size, raw, hint, on_event);
+            }
             if let Some(descriptor) = (self.opts.known)(&hint) {
                 let (diff_id, _) =
                     layer::hash_only(raw, &mut |_| {}).map_err(|e| self.member_err(name, e))?;
@@ -589,6 +610,106 @@ impl Pass<'_> {
         Ok(Member::Encoded { spool, encoded })
     }
 
+    /// [`Pass::layer`] for a member with a hint while `known` cannot answer
+    /// yet: rather than hold the input up until the registry reads are in,
+    /// it is compressed and spooled as if new, and `known_ready` is asked
+    /// before each read. Once the answer is in, a layer the destinations
+    /// lack is announced (its upload follows the spool from its start) and
+    /// one they have is only hashed from there on. A member that ends first
+    /// waits in `pending`, so the reading goes on.
+    fn speculate(
+        &mut self,
+        name: &str,
+        size: u64,
+        raw: &mut dyn Read,
+        hint: Digest,
+        on_event: &mut dyn FnMut(ReadEvent),
+    ) -> Result<Member, InputError> {
+        let (writer, spool) =
+            layer::spool::create(&self.opts.spool_dir).map_err(|source| InputError::Spool {
+                dir: self.opts.spool_dir.clone(),
+                source,
+            })?;
+        let slot = layer::slots::Slots::global().take();
+        // Shared by the two callbacks below, which run on this thread.
+        let events = RefCell::new(on_event);
+        let verdict = RefCell::new(Verdict::Open);
+        let read = Cell::new(0u64);
+        let (opts, members, pending) = (self.opts, &mut self.members, &mut self.pending);
+        let mut skip = || {
+            let mut verdict = verdict.borrow_mut();
+            if matches!(*verdict, Verdict::Open) && (opts.known_ready)() {
+                let mut on_event = events.borrow_mut();
+                decide_pending(opts, members, pending, &mut **on_event);
+                *verdict = match (opts.known)(&hint) {
+                    Some(descriptor) => Verdict::Skip(descriptor),
+                    None => {
+                        announce(&mut **on_event, name, size, &spool, read.get());
+                        Verdict::Upload
+                    }
+                };
+            }
+            matches!(*verdict, Verdict::Skip(_))
+        };
+        let mut reported = 0u64;
+        let mut on_read = |n: u64| {
+            read.set(read.get() + n);
+            if matches!(*verdict.borrow(), Verdict::Upload)
+                && read.get() - reported >= PROGRESS_STEP
+            {
+                reported = read.get();
+                (events.borrow_mut())(ReadEvent::LayerProgress {
+                    member: name.to_owned(),
+                    bytes: read.get(),
+                });
+            }
+        };
+        let outcome = layer::encode_layer_unless(
+            raw,
+            self.opts.compression,
+            writer,
+            slot,
+            &mut on_read,
+            &mut skip,
+        )
+        .map_err(|e| self.member_err(name, e))?;
+        let on_event = events.into_inner();
+        match (outcome, verdict.into_inner()) {
+            (layer::Speculation::Skipped { diff_id, .. }, Verdict::Skip(descriptor)) => {
+                if diff_id != hint {
+                    return Err(InputError::HintMismatch {
+                        input: self.input.to_owned(),
+                        member: name.to_owned(),
+                        hint,
+                        actual: diff_id,
+                    });
+                }
+                on_event(ReadEvent::LayerSkipped {
+                    member: name.to_owned(),
+                    diff_id: diff_id.clone(),
+                });
+                Ok(Member::Known {
+                    diff_id,
+                    descriptor,
+                })
+            }
+            (layer::Speculation::Encoded(encoded), Verdict::Open) => {
+                self.pending.push((name.to_owned(), hint));
+                Ok(Member::Encoded { spool, encoded })
+            }
+            (layer::Speculation::Encoded(encoded), _) => {
+                on_event(ReadEvent::LayerFinished {
+                    member: name.to_owned(),
+                    encoded: encoded.clone(),
+                });
+                Ok(Member::Encoded { spool, encoded })
+            }
+            (layer::Speculation::Skipped { .. }, _) => {
+                unreachable!("compression stops only on a Skip verdict")
+            }
+        }
+    }
+
     /// Follows links to the member `name` really is.
     fn target(&self, name: &str) -> Option<String> {
         let mut name = normalize(name);
@@ -612,6 +733,8 @@ impl Pass<'_> {
     /// After the last member: parse the manifest and config, and settle
     /// every layer.
     fn resolve(mut self, on_event: &mut dyn FnMut(ReadEvent)) -> Result<ArchiveImage, InputError> {
+        // Waits for `known` if it still cannot answer.
+        decide_pending(self.opts, &mut self.members, &mut self.pending, on_event);
         let input = self.input.to_owned();
         let manifest = match self
             .target("manifest.json")
@@ -756,6 +879,80 @@ impl Pass<'_> {
         self.buffered = self.buffered.saturating_sub(small.len() as u64);
         self.members.insert(name.to_owned(), member);
         self.settle(name, cited, expected, on_event)
+    }
+}
+
+/// Where a layer compressed on speculation stands.
+enum Verdict {
+    /// `known` could not answer yet.
+    Open,
+    /// The destinations lack it: it is announced and uploaded.
+    Upload,
+    /// The destinations have it: compression stopped.
+    Skip(Descriptor),
+}
+
+/// Announces a layer whose upload may start: `LayerStarted`, then the raw
+/// bytes read so far.
+fn announce(on_event: &mut dyn FnMut(ReadEvent), name: &str, size: u64, spool: &Spool, read: u64) {
+    on_event(ReadEvent::LayerStarted {
+        member: name.to_owned(),
+        size,
+        spool: spool.clone(),
+    });
+    if read > 0 {
+        on_event(ReadEvent::LayerProgress {
+            member: name.to_owned(),
+            bytes: read,
+        });
+    }
+}
+
+/// Settles the members compressed on speculation in `pending`, asking
+/// `known` (which waits for the registry reads if they are still out): one
+/// the destinations have is kept only as known, and its spool dropped; any
+/// other is announced and finished, so its upload starts. A member that did
+/// not hash to its hint is no known layer, whatever the map says of the
+/// hint: its own blob is uploaded.
+fn decide_pending(
+    opts: &ReadOptions,
+    members: &mut HashMap<String, Member>,
+    pending: &mut Vec<(String, Digest)>,
+    on_event: &mut dyn FnMut(ReadEvent),
+) {
+    for (name, hint) in pending.drain(..) {
+        let Some(Member::Encoded { spool, encoded }) = members.get(&name) else {
+            continue;
+        };
+        match (opts.known)(&hint) {
+            Some(descriptor) if encoded.diff_id == hint => {
+                on_event(ReadEvent::LayerSkipped {
+                    member: name.clone(),
+                    diff_id: hint.clone(),
+                });
+                members.insert(
+                    name,
+                    Member::Known {
+                        diff_id: hint,
+                        descriptor,
+                    },
+                );
+            }
+            _ => {
+                let encoded = encoded.clone();
+                announce(
+                    on_event,
+                    &name,
+                    encoded.uncompressed_size,
+                    spool,
+                    encoded.uncompressed_size,
+                );
+                on_event(ReadEvent::LayerFinished {
+                    member: name,
+                    encoded,
+                });
+            }
+        }
     }
 }
 
@@ -1317,6 +1514,126 @@ mod tests {
             }
             e => panic!("{e:?}"),
         }
+    }
+
+    /// A `known_ready` that answers no `n` times, then yes: the registry
+    /// reads come back while the reader is at its `n`th question.
+    fn ready_after(n: usize) -> Arc<dyn Fn() -> bool + Send + Sync> {
+        let asked = std::sync::atomic::AtomicUsize::new(0);
+        Arc::new(move || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= n)
+    }
+
+    #[test]
+    fn a_layer_met_before_the_map_is_in_is_compressed_until_the_map_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        // Three 1 MiB reads: the answer comes in at the second.
+        let big = layer_tar(5, 3_000_000);
+        let config = config_for(&[&big]);
+        let name = format!("{}/layer.tar", Digest::of(&big).hex());
+        let bytes = archive(&[
+            (&name, &big),
+            ("c.json", &config),
+            ("manifest.json", &manifest("c.json", &[&name])),
+        ]);
+
+        // Known: compression stops, the rest is hashed, nothing is announced.
+        let (mut o, present) = opts_knowing(&dir, &big);
+        o.known_ready = ready_after(2);
+        let run = read_with(&bytes, &o);
+        assert_eq!(run.events, vec![format!("skip {name}")]);
+        match &run.result.unwrap().layers[0].blob {
+            LayerBlob::Known { descriptor } => assert_eq!(*descriptor, present),
+            LayerBlob::Spooled { .. } => panic!("a known layer was kept encoded"),
+        }
+
+        // Not known: announced once the answer is in, with the bytes read
+        // so far, and the blob is the one a reader that never waited makes.
+        let mut o = opts(&dir);
+        o.known_ready = ready_after(2);
+        let run = read_with(&bytes, &o);
+        let size = big.len();
+        assert_eq!(
+            run.events,
+            vec![
+                format!("start {name} {size}"),
+                "progress".into(),
+                format!("finish {name}")
+            ]
+        );
+        let blob_digest = |run: Run| {
+            let layer = &run.result.unwrap().layers[0];
+            assert_eq!(check_blob(layer), big);
+            match &layer.blob {
+                LayerBlob::Spooled { encoded, .. } => encoded.digest.clone(),
+                LayerBlob::Known { .. } => panic!("not encoded"),
+            }
+        };
+        assert_eq!(
+            blob_digest(run),
+            blob_digest(read_with(&bytes, &opts(&dir)))
+        );
+
+        // Known by a name that lies: compression stopped, so the lie is an
+        // error, as without speculation.
+        let other = layer_tar(6, 3_000_000);
+        let (mut o, _) = opts_knowing(&dir, &big);
+        o.known_ready = ready_after(2);
+        match err(read_with(&archive(&[(&name, &other)]), &o)) {
+            InputError::HintMismatch { hint, actual, .. } => {
+                assert_eq!(hint, Digest::of(&big));
+                assert_eq!(actual, Digest::of(&other));
+            }
+            e => panic!("{e:?}"),
+        }
+    }
+
+    #[test]
+    fn layers_that_end_before_the_map_is_in_are_settled_in_order_once_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b, other) = (
+            layer_tar(1, 1_200_000),
+            layer_tar(2, 1_200_000),
+            layer_tar(3, 1_200_000),
+        );
+        let a_name = format!("{}/layer.tar", Digest::of(&a).hex());
+        let b_name = format!("{}/layer.tar", Digest::of(&b).hex());
+        // Named as if it were `a`: not `a`, so its own blob is uploaded
+        // (it was compressed whole, nothing is lost).
+        let liar = format!("{}.tar", Digest::of(&a).hex());
+        let config = config_for(&[&a, &b, &other]);
+        let bytes = archive(&[
+            (&a_name, &a),
+            (&b_name, &b),
+            (&liar, &other),
+            ("c.json", &config),
+            (
+                "manifest.json",
+                &manifest("c.json", &[&a_name, &b_name, &liar]),
+            ),
+        ]);
+        let (mut o, present) = opts_knowing(&dir, &a);
+        // The reads are still out when the archive ends.
+        o.known_ready = Arc::new(|| false);
+        let run = read_with(&bytes, &o);
+        assert_eq!(
+            run.events,
+            vec![
+                format!("skip {a_name}"),
+                format!("start {b_name} {}", b.len()),
+                "progress".into(),
+                format!("finish {b_name}"),
+                format!("start {liar} {}", other.len()),
+                "progress".into(),
+                format!("finish {liar}"),
+            ]
+        );
+        let image = run.result.unwrap();
+        match &image.layers[0].blob {
+            LayerBlob::Known { descriptor } => assert_eq!(*descriptor, present),
+            LayerBlob::Spooled { .. } => panic!("a known layer was kept encoded"),
+        }
+        assert_eq!(check_blob(&image.layers[1]), b);
+        assert_eq!(check_blob(&image.layers[2]), other);
     }
 
     #[test]

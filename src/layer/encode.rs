@@ -104,20 +104,7 @@ pub fn encode_layer(
     on_read: &mut dyn FnMut(u64),
 ) -> io::Result<EncodedLayer> {
     let mut hasher = Hasher::new();
-    let result = match compression {
-        Compression::None => pump(raw, &mut hasher, spool, on_read, |w| w),
-        Compression::Gzip { level } => gzip(raw, level, &mut hasher, spool, on_read),
-        Compression::Zstd { level } => {
-            let mk = |w: SpoolWriter| {
-                let mut e = zstd::stream::write::Encoder::new(w, level).expect("zstd level");
-                // Deterministic frames: no checksum variations, size unknown upfront.
-                e.include_checksum(false).expect("zstd option");
-                e
-            };
-            pump_with(raw, &mut hasher, spool, on_read, mk, |e| e.finish())
-        }
-    };
-    let (spool, raw_len) = result?;
+    let (spool, raw_len) = compress_into(raw, compression, &mut hasher, spool, on_read)?;
     let (diff_id, uncompressed_size) = hasher.finish();
     debug_assert_eq!(raw_len, uncompressed_size);
     if let Some(expected) = expected_diff_id.filter(|e| **e != diff_id) {
@@ -136,6 +123,103 @@ pub fn encode_layer(
         size,
         media_type: compression.media_type(),
     })
+}
+
+/// What [`encode_layer_unless`] came to.
+#[derive(Debug)]
+pub enum Speculation {
+    /// Compressed to the end, as [`encode_layer`] gives it.
+    Encoded(EncodedLayer),
+    /// The blob was not needed after all: from the moment `skip` said so,
+    /// the layer was only hashed, and its spool was dropped unfinished.
+    Skipped {
+        diff_id: Digest,
+        uncompressed_size: u64,
+    },
+}
+
+/// [`encode_layer`] for a layer whose blob may turn out not to be needed
+/// (the registry reads that tell are still out). `skip` is asked before
+/// every read; once it answers yes, compression stops (the blocks already
+/// queued are finished and thrown away), the slot is given back, and the
+/// rest is only hashed, as [`hash_only`] does.
+pub fn encode_layer_unless(
+    raw: &mut dyn Read,
+    compression: Compression,
+    spool: SpoolWriter,
+    slot: Slot<'_>,
+    on_read: &mut dyn FnMut(u64),
+    skip: &mut dyn FnMut() -> bool,
+) -> io::Result<Speculation> {
+    let mut hasher = Hasher::new();
+    let mut cut = Cutoff {
+        raw: &mut *raw,
+        skip,
+        cut: false,
+    };
+    let (spool, _) = compress_into(&mut cut, compression, &mut hasher, spool, on_read)?;
+    if cut.cut {
+        spool.fail("the layer was not needed");
+        drop(slot);
+        copy_hashing(raw, &mut hasher, &mut io::sink(), on_read)?;
+        let (diff_id, uncompressed_size) = hasher.finish();
+        return Ok(Speculation::Skipped {
+            diff_id,
+            uncompressed_size,
+        });
+    }
+    let (diff_id, uncompressed_size) = hasher.finish();
+    let (digest, size) = spool.finish();
+    Ok(Speculation::Encoded(EncodedLayer {
+        diff_id,
+        uncompressed_size,
+        digest,
+        size,
+        media_type: compression.media_type(),
+    }))
+}
+
+/// A reader that ends early, for good, once `skip` says so.
+struct Cutoff<'a> {
+    raw: &'a mut dyn Read,
+    skip: &'a mut dyn FnMut() -> bool,
+    cut: bool,
+}
+
+impl Read for Cutoff<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if !self.cut && (self.skip)() {
+            self.cut = true;
+        }
+        if self.cut {
+            return Ok(0);
+        }
+        self.raw.read(buf)
+    }
+}
+
+/// Hashes `raw` into `hasher` and writes it to `spool` compressed; on error
+/// the spool is failed. Returns the spool and the number of raw bytes.
+fn compress_into(
+    raw: &mut dyn Read,
+    compression: Compression,
+    hasher: &mut Hasher,
+    spool: SpoolWriter,
+    on_read: &mut dyn FnMut(u64),
+) -> io::Result<(SpoolWriter, u64)> {
+    match compression {
+        Compression::None => pump(raw, hasher, spool, on_read, |w| w),
+        Compression::Gzip { level } => gzip(raw, level, hasher, spool, on_read),
+        Compression::Zstd { level } => {
+            let mk = |w: SpoolWriter| {
+                let mut e = zstd::stream::write::Encoder::new(w, level).expect("zstd level");
+                // Deterministic frames: no checksum variations, size unknown upfront.
+                e.include_checksum(false).expect("zstd option");
+                e
+            };
+            pump_with(raw, hasher, spool, on_read, mk, |e| e.finish())
+        }
+    }
 }
 
 fn pump(
@@ -280,6 +364,62 @@ mod tests {
         let data = sample();
         let c = Compression::Gzip { level: 1 };
         assert_eq!(encode(&data, c), encode(&data, c));
+    }
+
+    /// `encode_layer_unless` with `skip` saying yes from its `n`th question
+    /// on (never with `usize::MAX`): what it came to, and the raw bytes it
+    /// reported.
+    fn speculate(data: &[u8], n: usize) -> (Speculation, u64, spool::Spool) {
+        let dir = tempfile::tempdir().unwrap();
+        let (w, s) = spool::create(dir.path()).unwrap();
+        let (mut read, mut asked) = (0, 0);
+        let outcome = encode_layer_unless(
+            &mut &data[..],
+            Compression::Gzip { level: 1 },
+            w,
+            slot(),
+            &mut |k| read += k,
+            &mut || {
+                asked += 1;
+                asked >= n
+            },
+        )
+        .unwrap();
+        (outcome, read, s)
+    }
+
+    #[test]
+    fn a_speculative_encode_stops_compressing_when_told_and_still_hashes_it_all() {
+        let data = sample();
+        let c = Compression::Gzip { level: 1 };
+        // Never told: the same layer and blob as `encode_layer`.
+        let (outcome, read, s) = speculate(&data, usize::MAX);
+        let (layer, blob) = encode(&data, c);
+        match outcome {
+            Speculation::Encoded(encoded) => assert_eq!(encoded, layer),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(read, data.len() as u64);
+        let mut spooled = Vec::new();
+        s.copy_to(&mut spooled).unwrap();
+        assert_eq!(spooled, blob);
+        // Told at once, or after the first block: every byte is still read
+        // and hashed, and the spool is failed, so no upload can use it.
+        for n in [1, 3] {
+            let (outcome, read, s) = speculate(&data, n);
+            match outcome {
+                Speculation::Skipped {
+                    diff_id,
+                    uncompressed_size,
+                } => {
+                    assert_eq!(diff_id, Digest::of(&data), "told at {n}");
+                    assert_eq!(uncompressed_size, data.len() as u64);
+                }
+                other => panic!("told at {n}: {other:?}"),
+            }
+            assert_eq!(read, data.len() as u64);
+            assert!(s.finished().is_none());
+        }
     }
 
     #[test]

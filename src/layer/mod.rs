@@ -12,7 +12,10 @@ mod refill;
 pub mod slots;
 pub mod spool;
 
-pub use encode::{encode_layer, hash_only, Compression, DiffIdMismatch, EncodedLayer};
+pub use encode::{
+    encode_layer, encode_layer_unless, hash_only, Compression, DiffIdMismatch, EncodedLayer,
+    Speculation,
+};
 pub use refill::refill;
 pub use spool::{Spool, SpoolWriter};
 

@@ -3,8 +3,10 @@
 //!
 //! Inputs start before it, so a stream script's start-up and first layer
 //! overlap the registry's round trips; their uploads wait for the gate, and
-//! so do their known-layer lookups (on the reader threads), so no layer is
-//! compressed that the map would have skipped.
+//! so do their known-layer lookups (on the reader threads). A docker-archive
+//! reader does not wait: while the gate is shut it compresses a layer named
+//! after its diff_id on speculation, and stops as soon as the map, once in,
+//! says the destinations have it (`input::docker_archive`).
 
 use anyhow::{bail, Result};
 use tokio::sync::watch;
@@ -35,6 +37,11 @@ impl Gate {
             Ok(Some(true)) => Ok(()),
             _ => bail!("the registry reads before the uploads failed"),
         }
+    }
+
+    /// Whether the gate has opened or failed: [`Gate::wait`] would not wait.
+    pub fn is_settled(&self) -> bool {
+        self.0.borrow().is_some()
     }
 
     /// [`Gate::wait`] for the synchronous reader threads (`spawn_blocking`):

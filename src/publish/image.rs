@@ -104,6 +104,10 @@ pub async fn publish_image(
             compression: options.compression,
             spool_dir: options.spool_dir.clone(),
             known: claims.sharing(options.known.clone(), in_flight),
+            known_ready: {
+                let gate = options.gate.clone();
+                Arc::new(move || gate.is_settled())
+            },
         };
         let timeout = options.stream_timeout;
         let reporter = reporter.clone();

@@ -314,9 +314,13 @@ impl RegistryClient {
     }
 
     /// `GET /v2/`: learns how the registry wants to be authenticated (a 401
-    /// challenge is a fine answer).
+    /// challenge is a fine answer), unless a request has learnt it already.
+    /// Requests that need it wait meanwhile.
     pub async fn ping(&self) -> Result<(), RegistryError> {
         let mut state = self.inner.auth.lock().await;
+        if state.scheme.is_some() {
+            return Ok(());
+        }
         self.learn_scheme(&mut state).await
     }
 

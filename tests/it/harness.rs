@@ -719,6 +719,17 @@ pub fn write_script(path: &Path, body: &str) {
 /// (incompressible, so the pushed blob is about as large; a different layer
 /// per `seed`), built with the `tar` crate. Returns `path`.
 pub fn random_archive(path: &Path, size: usize, seed: u64) -> PathBuf {
+    random_archive_named(path, size, seed, false)
+}
+
+/// [`random_archive`] with its layer named `<diff_id hex>/layer.tar`, as
+/// `streamLayeredImage` names layers: the name tells the reader which
+/// layer it is before its bytes are read.
+pub fn random_hinted_archive(path: &Path, size: usize, seed: u64) -> PathBuf {
+    random_archive_named(path, size, seed, true)
+}
+
+fn random_archive_named(path: &Path, size: usize, seed: u64, hinted: bool) -> PathBuf {
     use rand::{RngCore as _, SeedableRng as _};
     /// A regular file, 0644, a fixed mtime.
     fn append<W: std::io::Write>(tar: &mut tar::Builder<W>, name: &str, bytes: &[u8]) {
@@ -742,16 +753,21 @@ pub fn random_archive(path: &Path, size: usize, seed: u64) -> PathBuf {
         "rootfs": { "type": "layers", "diff_ids": [diff_id.to_string()] },
     })
     .to_string();
+    let layer_name = if hinted {
+        format!("{}/layer.tar", diff_id.hex())
+    } else {
+        "layer.tar".to_owned()
+    };
     let manifest = serde_json::json!([{
         "Config": "config.json",
         "RepoTags": [],
-        "Layers": ["layer.tar"],
+        "Layers": [layer_name],
     }])
     .to_string();
     let mut archive = tar::Builder::new(std::fs::File::create(path).unwrap());
     append(&mut archive, "manifest.json", manifest.as_bytes());
     append(&mut archive, "config.json", config.as_bytes());
-    append(&mut archive, "layer.tar", &layer);
+    append(&mut archive, &layer_name, &layer);
     archive.finish().unwrap();
     path.to_owned()
 }

@@ -559,6 +559,139 @@ fn several_registries_are_reached_at_once() {
     skopeo_copy_all(&format!("docker://{}/acme/two:1.0.0", second.host()), None);
 }
 
+/// The stream scripts start while the registries are being reached: a
+/// proxy holds the registry's first `GET /v2/` until the script has
+/// started. Runs that reached the registry first held it to the limit.
+#[test]
+fn streams_start_while_the_registry_is_reached() {
+    let registry = TestRegistry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let started = dir.path().join("started");
+    let script = dir.path().join("stream");
+    write_script(
+        &script,
+        &format!(
+            "#!/bin/sh
+touch '{}'
+exec '{}'
+",
+            started.display(),
+            testdata("stream-amd64").display()
+        ),
+    );
+    let held = FaultProxy::holding(registry.port(), "GET /v2/ ", &started);
+    Run::new(&["publish", "--tag", "v1"])
+        .arg("--repo")
+        .arg(&format!("{}/acme/early", held.host()))
+        .arg(script.to_str().unwrap())
+        .success();
+    assert_eq!(
+        held.counts().held_in_vain,
+        0,
+        "the stream started after the registry was reached"
+    );
+    skopeo_copy_all(&format!("docker://{}/acme/early:v1", registry.host()), None);
+}
+
+/// A registry that cannot be reached fails the publish with its own
+/// error, though the stream scripts were started meanwhile.
+#[test]
+fn an_unreachable_registry_fails_the_publish_by_name() {
+    let out = Run::new(&["publish", "--tag", "v1", "--max-retries", "0"])
+        .arg("--repo")
+        .arg("127.0.0.1:1/acme/nowhere")
+        .arg(testdata("stream-amd64").to_str().unwrap())
+        .output();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the registry `127.0.0.1:1`"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+}
+
+/// The byte offset where member `name` of the tar at `archive` ends.
+fn member_end(archive: &Path, name: &str) -> u64 {
+    let mut tar = tar::Archive::new(std::fs::File::open(archive).unwrap());
+    for entry in tar.entries().unwrap() {
+        let entry = entry.unwrap();
+        if &*entry.path_bytes() == name.as_bytes() {
+            return (entry.raw_file_position() + entry.size()).div_ceil(512) * 512;
+        }
+    }
+    panic!("no member {name} in {}", archive.display());
+}
+
+/// A stream is not held up while the registry reads that decide what to
+/// upload are out: a layer named after its diff_id is compressed on
+/// speculation meanwhile. A proxy holds those reads (the tag's manifest)
+/// until the stream script has got past its 6 MiB layer, which it can only
+/// once the reader has taken most of it (the pipe holds 1 MiB). A reader
+/// that waited for the reads before taking the layer held them to the
+/// limit (10 s). The cold run then uploads the layer, and a re-run from a
+/// fresh runner, held the same way, drops the compression and uploads
+/// nothing.
+#[test]
+fn a_stream_goes_on_while_the_registry_reads_are_out() {
+    let registry = TestRegistry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = crate::harness::random_hinted_archive(&dir.path().join("image.tar"), 6 << 20, 31);
+    let (_, diff_ids) = archive_facts(&archive);
+    let layer = format!("{}/layer.tar", diff_ids[0].hex());
+    let end = member_end(&archive, &layer);
+    let mut digests = Vec::new();
+    for run in ["cold", "re-run"] {
+        let past = dir.path().join(format!("{run}-past-the-layer"));
+        let script = dir.path().join(format!("{run}-stream"));
+        write_script(
+            &script,
+            &format!(
+                "#!/bin/sh
+head -c {end} '{a}'
+touch '{p}'
+tail -c +{} '{a}'
+",
+                end + 1,
+                a = archive.display(),
+                p = past.display(),
+            ),
+        );
+        let held = FaultProxy::holding(registry.port(), "GET /v2/acme/spec/manifests/", &past);
+        let commits = || registry.count_requests("PUT /v2/acme/spec/blobs/uploads/");
+        let before = commits();
+        let out = Run::new(&["publish", "--tag", "v1"])
+            .arg("--repo")
+            .arg(&format!("{}/acme/spec", held.host()))
+            .arg(&format!("stream:{}", script.display()))
+            .output();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{run}: {stderr}");
+        assert!(
+            past.exists(),
+            "{run}: the stream did not get past its layer"
+        );
+        assert_eq!(
+            held.counts().held_in_vain,
+            0,
+            "{run}: the stream waited for the registry reads: {stderr}"
+        );
+        let uploaded = commits() - before;
+        if run == "cold" {
+            // The layer and the config.
+            assert_eq!(uploaded, 2, "{stderr}");
+        } else {
+            assert_eq!(uploaded, 0, "{stderr}");
+            assert!(stderr.contains("already published"), "{stderr}");
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        digests.push(stdout.split_once('@').map(|(_, d)| d.to_owned()));
+    }
+    assert!(digests[0].is_some());
+    assert_eq!(digests[0], digests[1]);
+    skopeo_copy_all(&format!("docker://{}/acme/spec:v1", registry.host()), None);
+}
+
 /// skopeo and podman write docker-archives with layers named
 /// `<diff_id hex>.tar`: a re-run finds them in the known-layer map and
 /// neither compresses nor uploads them.
