@@ -633,30 +633,31 @@ impl Pass<'_> {
         let slot = layer::slots::Slots::global().take();
         // Shared by the two callbacks below, which run on this thread.
         let events = RefCell::new(on_event);
-        let verdict = RefCell::new(Verdict::Open);
+        // Whether the layer was announced: the map answered that the
+        // destinations lack it.
+        let announced = Cell::new(false);
         let read = Cell::new(0u64);
         let (opts, members, pending) = (self.opts, &mut self.members, &mut self.pending);
+        // Asked before each read until it gives the descriptor the
+        // destinations have the layer under; once the map has answered
+        // that they lack it, the answer stands.
         let mut skip = || {
-            let mut verdict = verdict.borrow_mut();
-            if matches!(*verdict, Verdict::Open) && (opts.known_ready)() {
-                let mut on_event = events.borrow_mut();
-                decide_pending(opts, members, pending, &mut **on_event);
-                *verdict = match (opts.known)(&hint) {
-                    Some(descriptor) => Verdict::Skip(descriptor),
-                    None => {
-                        announce(&mut **on_event, name, size, &spool, read.get());
-                        Verdict::Upload
-                    }
-                };
+            if announced.get() || !(opts.known_ready)() {
+                return None;
             }
-            matches!(*verdict, Verdict::Skip(_))
+            let mut on_event = events.borrow_mut();
+            decide_pending(opts, members, pending, &mut **on_event);
+            let found = (opts.known)(&hint);
+            if found.is_none() {
+                announce(&mut **on_event, name, size, &spool, read.get());
+                announced.set(true);
+            }
+            found
         };
         let mut reported = 0u64;
         let mut on_read = |n: u64| {
             read.set(read.get() + n);
-            if matches!(*verdict.borrow(), Verdict::Upload)
-                && read.get() - reported >= PROGRESS_STEP
-            {
+            if announced.get() && read.get() - reported >= PROGRESS_STEP {
                 reported = read.get();
                 (events.borrow_mut())(ReadEvent::LayerProgress {
                     member: name.to_owned(),
@@ -674,8 +675,12 @@ impl Pass<'_> {
         )
         .map_err(|e| self.member_err(name, e))?;
         let on_event = events.into_inner();
-        match (outcome, verdict.into_inner()) {
-            (layer::Speculation::Skipped { diff_id, .. }, Verdict::Skip(descriptor)) => {
+        match outcome {
+            layer::Speculation::Skipped {
+                diff_id,
+                reason: descriptor,
+                ..
+            } => {
                 if diff_id != hint {
                     return Err(InputError::HintMismatch {
                         input: self.input.to_owned(),
@@ -693,19 +698,17 @@ impl Pass<'_> {
                     descriptor,
                 })
             }
-            (layer::Speculation::Encoded(encoded), Verdict::Open) => {
-                self.pending.push((name.to_owned(), hint));
-                Ok(Member::Encoded { spool, encoded })
-            }
-            (layer::Speculation::Encoded(encoded), _) => {
+            layer::Speculation::Encoded(encoded) if announced.get() => {
                 on_event(ReadEvent::LayerFinished {
                     member: name.to_owned(),
                     encoded: encoded.clone(),
                 });
                 Ok(Member::Encoded { spool, encoded })
             }
-            (layer::Speculation::Skipped { .. }, _) => {
-                unreachable!("compression stops only on a Skip verdict")
+            // The map could not answer before the member ended.
+            layer::Speculation::Encoded(encoded) => {
+                self.pending.push((name.to_owned(), hint));
+                Ok(Member::Encoded { spool, encoded })
             }
         }
     }
@@ -880,16 +883,6 @@ impl Pass<'_> {
         self.members.insert(name.to_owned(), member);
         self.settle(name, cited, expected, on_event)
     }
-}
-
-/// Where a layer compressed on speculation stands.
-enum Verdict {
-    /// `known` could not answer yet.
-    Open,
-    /// The destinations lack it: it is announced and uploaded.
-    Upload,
-    /// The destinations have it: compression stopped.
-    Skip(Descriptor),
 }
 
 /// Announces a layer whose upload may start: `LayerStarted`, then the raw

@@ -127,38 +127,40 @@ pub fn encode_layer(
 
 /// What [`encode_layer_unless`] came to.
 #[derive(Debug)]
-pub enum Speculation {
+pub enum Speculation<T> {
     /// Compressed to the end, as [`encode_layer`] gives it.
     Encoded(EncodedLayer),
-    /// The blob was not needed after all: from the moment `skip` said so,
-    /// the layer was only hashed, and its spool was dropped unfinished.
+    /// The blob was not needed after all: from the moment `skip` gave
+    /// `reason`, the layer was only hashed, and its spool was dropped
+    /// unfinished.
     Skipped {
         diff_id: Digest,
         uncompressed_size: u64,
+        reason: T,
     },
 }
 
 /// [`encode_layer`] for a layer whose blob may turn out not to be needed
 /// (the registry reads that tell are still out). `skip` is asked before
-/// every read; once it answers yes, compression stops (the blocks already
-/// queued are finished and thrown away), the slot is given back, and the
-/// rest is only hashed, as [`hash_only`] does.
-pub fn encode_layer_unless(
+/// every read until it gives a reason to stop; then compression stops (the
+/// blocks already queued are finished and thrown away), the slot is given
+/// back, and the rest is only hashed, as [`hash_only`] does.
+pub fn encode_layer_unless<T>(
     raw: &mut dyn Read,
     compression: Compression,
     spool: SpoolWriter,
     slot: Slot<'_>,
     on_read: &mut dyn FnMut(u64),
-    skip: &mut dyn FnMut() -> bool,
-) -> io::Result<Speculation> {
+    skip: &mut dyn FnMut() -> Option<T>,
+) -> io::Result<Speculation<T>> {
     let mut hasher = Hasher::new();
     let mut cut = Cutoff {
         raw: &mut *raw,
         skip,
-        cut: false,
+        reason: None,
     };
     let (spool, _) = compress_into(&mut cut, compression, &mut hasher, spool, on_read)?;
-    if cut.cut {
+    if let Some(reason) = cut.reason {
         spool.fail("the layer was not needed");
         drop(slot);
         copy_hashing(raw, &mut hasher, &mut io::sink(), on_read)?;
@@ -166,6 +168,7 @@ pub fn encode_layer_unless(
         return Ok(Speculation::Skipped {
             diff_id,
             uncompressed_size,
+            reason,
         });
     }
     let (diff_id, uncompressed_size) = hasher.finish();
@@ -179,19 +182,19 @@ pub fn encode_layer_unless(
     }))
 }
 
-/// A reader that ends early, for good, once `skip` says so.
-struct Cutoff<'a> {
+/// A reader that ends early, for good, once `skip` gives a reason.
+struct Cutoff<'a, T> {
     raw: &'a mut dyn Read,
-    skip: &'a mut dyn FnMut() -> bool,
-    cut: bool,
+    skip: &'a mut dyn FnMut() -> Option<T>,
+    reason: Option<T>,
 }
 
-impl Read for Cutoff<'_> {
+impl<T> Read for Cutoff<'_, T> {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        if !self.cut && (self.skip)() {
-            self.cut = true;
+        if self.reason.is_none() {
+            self.reason = (self.skip)();
         }
-        if self.cut {
+        if self.reason.is_some() {
             return Ok(0);
         }
         self.raw.read(buf)
@@ -369,7 +372,7 @@ mod tests {
     /// `encode_layer_unless` with `skip` saying yes from its `n`th question
     /// on (never with `usize::MAX`): what it came to, and the raw bytes it
     /// reported.
-    fn speculate(data: &[u8], n: usize) -> (Speculation, u64, spool::Spool) {
+    fn speculate(data: &[u8], n: usize) -> (Speculation<usize>, u64, spool::Spool) {
         let dir = tempfile::tempdir().unwrap();
         let (w, s) = spool::create(dir.path()).unwrap();
         let (mut read, mut asked) = (0, 0);
@@ -381,7 +384,7 @@ mod tests {
             &mut |k| read += k,
             &mut || {
                 asked += 1;
-                asked >= n
+                (asked >= n).then_some(asked)
             },
         )
         .unwrap();
@@ -411,9 +414,11 @@ mod tests {
                 Speculation::Skipped {
                     diff_id,
                     uncompressed_size,
+                    reason,
                 } => {
                     assert_eq!(diff_id, Digest::of(&data), "told at {n}");
                     assert_eq!(uncompressed_size, data.len() as u64);
+                    assert_eq!(reason, n, "asked again after it said stop");
                 }
                 other => panic!("told at {n}: {other:?}"),
             }
