@@ -551,11 +551,17 @@ impl Pass<'_> {
         if ready {
             decide_pending(self.opts, &mut self.members, &mut self.pending, on_event);
         }
+        // The slot comes before `known`, which claims a layer nobody has
+        // (`publish::in_flight`): a claim is only ever taken with a slot in
+        // hand, so whoever waits for a claim waits for a layer that is
+        // being encoded, or already is (see `layer::slots`).
+        let slot = layer::slots::Slots::global().take();
         if let Some(hint) = hint {
             if !ready {
-                return self.speculate(name, size, raw, hint, on_event);
+                return self.speculate(name, size, raw, hint, slot, on_event);
             }
             if let Some(descriptor) = (self.opts.known)(&hint) {
+                drop(slot);
                 let (diff_id, _) =
                     layer::hash_only(raw, &mut |_| {}).map_err(|e| self.member_err(name, e))?;
                 if diff_id != hint {
@@ -576,6 +582,19 @@ impl Pass<'_> {
                 });
             }
         }
+        self.encode(name, size, raw, slot, on_event)
+    }
+
+    /// Compresses and spools a layer member the destinations lack, with the
+    /// `slot` its caller took, announcing it first so its upload follows.
+    fn encode(
+        &mut self,
+        name: &str,
+        size: u64,
+        raw: &mut dyn Read,
+        slot: layer::slots::Slot<'_>,
+        on_event: &mut dyn FnMut(ReadEvent),
+    ) -> Result<Member, InputError> {
         let (writer, spool) =
             layer::spool::create(&self.opts.spool_dir).map_err(|source| InputError::Spool {
                 dir: self.opts.spool_dir.clone(),
@@ -587,7 +606,6 @@ impl Pass<'_> {
             spool: spool.clone(),
         });
         let (mut read, mut reported) = (0u64, 0u64);
-        let slot = layer::slots::Slots::global().take();
         let encoded =
             layer::encode_layer(raw, self.opts.compression, writer, slot, None, &mut |n| {
                 read += n;
@@ -623,6 +641,7 @@ impl Pass<'_> {
         size: u64,
         raw: &mut dyn Read,
         hint: Digest,
+        slot: layer::slots::Slot<'_>,
         on_event: &mut dyn FnMut(ReadEvent),
     ) -> Result<Member, InputError> {
         let (writer, spool) =
@@ -630,7 +649,6 @@ impl Pass<'_> {
                 dir: self.opts.spool_dir.clone(),
                 source,
             })?;
-        let slot = layer::slots::Slots::global().take();
         // Shared by the two callbacks below, which run on this thread.
         let events = RefCell::new(on_event);
         // Whether the layer was announced: the map answered that the
@@ -859,9 +877,12 @@ impl Pass<'_> {
         }
         // The diff_id is known before any work (a compressed member, at most
         // SMALL_MEMBER bytes, is inflated once for it and again to encode):
-        // the known map is asked with the real diff_id, not a hint.
+        // the known map is asked with the real diff_id, not a hint. The slot
+        // first, as in `layer`.
+        let slot = layer::slots::Slots::global().take();
         let member = match (self.opts.known)(&diff_id) {
             Some(descriptor) => {
+                drop(slot);
                 on_event(ReadEvent::LayerSkipped {
                     member: name.to_owned(),
                     diff_id: diff_id.clone(),
@@ -875,7 +896,7 @@ impl Pass<'_> {
                 let size = raw_size(compression, small.len() as u64);
                 let mut raw =
                     decompressed(compression, &small[..]).map_err(|e| self.member_err(name, e))?;
-                self.layer(name, size, &mut raw, None, on_event)?
+                self.encode(name, size, &mut raw, slot, on_event)?
             }
         };
         // Later citations of the same member reuse this encoding.

@@ -13,10 +13,14 @@
 //! caller takes it first (nix2container, before starting the layer's tar
 //! writer, whose buffers would otherwise wait too).
 //!
-//! No deadlock: a slot is held only while one layer is built and encoded,
-//! which reads one input and writes one spool and never waits for another
-//! layer. Layers that are only hashed (the destination has them) take no
-//! slot.
+//! No deadlock: a layer is claimed (`publish::in_flight`) only with a slot
+//! in hand, never before taking one. A slot holder may wait for a claim (a
+//! reader that compressed a layer on speculation asks, slot in hand,
+//! whether another input is publishing it), but the layer it waits for is
+//! then either being encoded by a slot holder that waits for nothing but
+//! its own input, or encoded already and only uploading, which needs no
+//! slot. Layers that are only hashed (the destination has them) give their
+//! slot back before they are read.
 
 use std::sync::{Condvar, Mutex};
 

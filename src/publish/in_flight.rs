@@ -10,8 +10,9 @@
 //! destination, or abandoned (the layer's real diff_id differed from the
 //! name it came under, its upload failed, or the input was dropped), in
 //! which case each compresses its own copy. A claim is taken when a layer
-//! starts and resolved when its upload ends, which needs nothing from any
-//! other reader, so waiting readers cannot deadlock.
+//! starts, with an encoding slot in hand (`layer::slots`), and resolved when
+//! its upload ends, which needs nothing from any other reader, so waiting
+//! readers cannot deadlock, even those that wait with a slot.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Condvar, Mutex};

@@ -41,7 +41,7 @@ use crate::input::nix2container::{
 };
 use crate::input::pipe::{pipe, Chunk, PipeSender};
 use crate::input::{Cancellable, InputSpec};
-use crate::layer::slots::Slots;
+use crate::layer::slots::{Slot, Slots};
 use crate::layer::{encode_layer, spool, Compression, DiffIdMismatch, EncodedLayer};
 use crate::manifest;
 use crate::oci::{self, ConfigSummary, Descriptor, Platform};
@@ -153,16 +153,23 @@ pub async fn publish_image(
                     media_type,
                     shared,
                 } => {
-                    // The claim is taken with a build permit in hand: a
-                    // claimed layer then needs nothing from any other input
-                    // to finish, so waiting for one cannot deadlock.
+                    // The claim is taken with a build permit and an encoding
+                    // slot in hand: a claimed layer then needs nothing from
+                    // any other input to finish, so waiting for one cannot
+                    // deadlock (see `layer::slots`). The slot comes before
+                    // the tar writer starts, so a layer waiting for its turn
+                    // holds no buffers.
                     let _permit = builds
                         .acquire_owned()
                         .await
                         .context("the layer builds were stopped")?;
+                    let slot = tokio::task::spawn_blocking(|| Slots::global().take())
+                        .await
+                        .context("a wait for an encoding slot panicked")?;
                     let claim = if shared {
                         match claim_or_wait(&in_flight, &expected).await? {
                             Claimed::Published(descriptor) => {
+                                drop(slot);
                                 context.report_reused(&descriptor);
                                 return Ok(descriptor);
                             }
@@ -173,7 +180,7 @@ pub async fn publish_image(
                         None
                     };
                     let descriptor = context
-                        .build_and_upload(source, expected, compression, media_type)
+                        .build_and_upload(source, expected, compression, media_type, slot)
                         .await?;
                     // Dropped unresolved on an error above: abandoned.
                     if let Some(claim) = claim {
@@ -409,6 +416,7 @@ impl LayerContext {
         expected: Digest,
         compression: Compression,
         media_type: String,
+        slot: Slot<'static>,
     ) -> Result<Descriptor> {
         let layer = self
             .image
@@ -449,6 +457,7 @@ impl LayerContext {
                     &expected,
                     compression,
                     writer,
+                    slot,
                     &cancel,
                     &mut on_read,
                 )
@@ -474,14 +483,12 @@ fn build_layer(
     expected: &Digest,
     compression: Compression,
     writer: spool::SpoolWriter,
+    slot: Slot<'_>,
     cancel: &AtomicBool,
     on_read: &mut dyn FnMut(u64),
 ) -> Result<EncodedLayer> {
     let encode_err =
         |e: io::Error| anyhow::Error::new(e).context(format!("cannot encode layer {index}"));
-    // Before the tar writer starts: a layer waiting for its turn holds no
-    // buffers.
-    let slot = Slots::global().take();
     match source {
         Source::File(path) => {
             let file = std::fs::File::open(path).map_err(|source| N2cError::Io {
@@ -668,6 +675,7 @@ mod tests {
             expected,
             compression,
             writer,
+            Slots::global().take(),
             &cancel,
             &mut |n| read += n,
         );

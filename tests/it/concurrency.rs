@@ -73,3 +73,92 @@ fn racing_publishers_leave_every_tag_on_a_complete_index() {
         skopeo_copy_all(&format!("{repo}:{tag}"), None);
     }
 }
+
+/// Five stream inputs share their first layer while the registry reads are
+/// out: four take the four encoding slots and compress it on speculation,
+/// then stall mid-layer (their scripts sleep); the fifth meets the layer
+/// only once the reads are in. It must not claim the layer before it has a
+/// slot: the four, resuming, would wait for its claim while it waited for
+/// their slots, for ever. It waits for a slot first; one of the four
+/// claims and publishes the layer, the others and the fifth find it
+/// published.
+#[test]
+fn a_shared_layer_met_on_speculation_by_more_inputs_than_slots_does_not_deadlock() {
+    use crate::harness::{random_hinted_archive, write_script, FaultProxy};
+    use std::time::{Duration, Instant};
+
+    let registry = TestRegistry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let archive = random_hinted_archive(&dir.path().join("shared.tar"), 4 << 20, 41);
+    let a = archive.display();
+    let reads_may_end = dir.path().join("reads-may-end");
+    let held = FaultProxy::holding(
+        registry.port(),
+        "GET /v2/acme/five/manifests/",
+        &reads_may_end,
+    );
+    // 2 MiB into the layer (its header is the archive's first block).
+    let cut = 512 + (2 << 20);
+    let platforms = [
+        "linux/amd64",
+        "linux/arm64",
+        "linux/ppc64le",
+        "linux/s390x",
+        "linux/386",
+    ];
+    let mut inputs = Vec::new();
+    for (i, platform) in platforms.iter().enumerate() {
+        let script = dir.path().join(format!("stream-{i}"));
+        let body = if i < 4 {
+            format!(
+                "#!/bin/sh\nhead -c {cut} '{a}'\nsleep 4\ntail -c +{} '{a}'\n",
+                cut + 1
+            )
+        } else {
+            // After the four have stalled, let the reads end, and start
+            // only once they have.
+            format!(
+                "#!/bin/sh\nsleep 1\ntouch '{}'\nsleep 1.5\ncat '{a}'\n",
+                reads_may_end.display()
+            )
+        };
+        write_script(&script, &body);
+        inputs.push(format!("{platform}=stream:{}", script.display()));
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_manifold"))
+        .args(["publish", "--no-cache", "--tag", "v1", "--repo"])
+        .arg(format!("{}/acme/five", held.host()))
+        .args(&inputs)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", dir.path())
+        .env("SOURCE_DATE_EPOCH", "1700000000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let status = status.unwrap_or_else(|| panic!("still running after 60 s: deadlocked\n{stderr}"));
+    assert!(status.success(), "{stderr}");
+    // The shared layer and the one config (the five images differ only in
+    // the platform they are published as) went up once each.
+    assert_eq!(
+        registry.count_requests("PUT /v2/acme/five/blobs/uploads/"),
+        2,
+        "{stderr}"
+    );
+    skopeo_copy_all(&format!("docker://{}/acme/five:v1", registry.host()), None);
+}
