@@ -112,6 +112,9 @@ impl Default for ClientOptions {
 pub(super) struct AuthState {
     scheme: Option<Scheme>,
     tokens: TokenCache,
+    /// The ping failed: the run ends with its error, and the requests that
+    /// waited for it do not try again meanwhile.
+    unreachable: bool,
 }
 
 pub(super) struct Inner {
@@ -321,7 +324,9 @@ impl RegistryClient {
         if state.scheme.is_some() {
             return Ok(());
         }
-        self.learn_scheme(&mut state).await
+        let learnt = self.learn_scheme(&mut state).await;
+        state.unreachable = learnt.is_err();
+        learnt
     }
 
     async fn learn_scheme(&self, state: &mut AuthState) -> Result<(), RegistryError> {
@@ -459,6 +464,12 @@ impl RegistryClient {
         }
         let mut state = self.inner.auth.lock().await;
         if state.scheme.is_none() {
+            if state.unreachable {
+                return Err(RegistryError::Config {
+                    reason: format!("`{}` could not be reached", self.inner.registry),
+                    source: None,
+                });
+            }
             self.learn_scheme(&mut state).await?;
         }
         let value = match state.scheme.clone() {
