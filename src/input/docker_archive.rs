@@ -538,7 +538,10 @@ impl Pass<'_> {
     }
 
     /// Hashes a layer member and, unless the destination has it, compresses
-    /// and spools it. `size` is its uncompressed size, 0 when unknown.
+    /// and spools it. `size` is its uncompressed size, 0 when unknown. A
+    /// member with a hint met before `known` can answer is compressed on
+    /// speculation ([`Pass::speculate`]); the members that ended so, before
+    /// it could, are settled here, once it can.
     fn layer(
         &mut self,
         name: &str,
@@ -553,8 +556,8 @@ impl Pass<'_> {
         }
         // The slot comes before `known`, which claims a layer nobody has
         // (`publish::in_flight`): a claim is only ever taken with a slot in
-        // hand, so whoever waits for a claim waits for a layer that is
-        // being encoded, or already is (see `layer::slots`).
+        // hand, so whoever waits for a claim waits for a layer that is being
+        // encoded, or is encoded and uploading (see `layer::slots`).
         let slot = layer::slots::Slots::global().take();
         if let Some(hint) = hint {
             if !ready {
@@ -564,25 +567,46 @@ impl Pass<'_> {
                 drop(slot);
                 let (diff_id, _) =
                     layer::hash_only(raw, &mut |_| {}).map_err(|e| self.member_err(name, e))?;
-                if diff_id != hint {
-                    return Err(InputError::HintMismatch {
-                        input: self.input.to_owned(),
-                        member: name.to_owned(),
-                        hint,
-                        actual: diff_id,
-                    });
-                }
-                on_event(ReadEvent::LayerSkipped {
-                    member: name.to_owned(),
-                    diff_id: diff_id.clone(),
-                });
-                return Ok(Member::Known {
-                    diff_id,
-                    descriptor,
-                });
+                return self.known_by_hint(name, hint, diff_id, descriptor, on_event);
             }
         }
         self.encode(name, size, raw, slot, on_event)
+    }
+
+    /// An empty spool in the spool directory.
+    fn new_spool(&self) -> Result<(layer::SpoolWriter, Spool), InputError> {
+        layer::spool::create(&self.opts.spool_dir).map_err(|source| InputError::Spool {
+            dir: self.opts.spool_dir.clone(),
+            source,
+        })
+    }
+
+    /// A member only hashed because the destinations have the layer its name
+    /// claims: it must hash to that claim, since its own blob was not kept.
+    fn known_by_hint(
+        &self,
+        name: &str,
+        hint: Digest,
+        diff_id: Digest,
+        descriptor: Descriptor,
+        on_event: &mut dyn FnMut(ReadEvent),
+    ) -> Result<Member, InputError> {
+        if diff_id != hint {
+            return Err(InputError::HintMismatch {
+                input: self.input.to_owned(),
+                member: name.to_owned(),
+                hint,
+                actual: diff_id,
+            });
+        }
+        on_event(ReadEvent::LayerSkipped {
+            member: name.to_owned(),
+            diff_id: diff_id.clone(),
+        });
+        Ok(Member::Known {
+            diff_id,
+            descriptor,
+        })
     }
 
     /// Compresses and spools a layer member the destinations lack, with the
@@ -595,11 +619,7 @@ impl Pass<'_> {
         slot: layer::slots::Slot<'_>,
         on_event: &mut dyn FnMut(ReadEvent),
     ) -> Result<Member, InputError> {
-        let (writer, spool) =
-            layer::spool::create(&self.opts.spool_dir).map_err(|source| InputError::Spool {
-                dir: self.opts.spool_dir.clone(),
-                source,
-            })?;
+        let (writer, spool) = self.new_spool()?;
         on_event(ReadEvent::LayerStarted {
             member: name.to_owned(),
             size,
@@ -644,11 +664,7 @@ impl Pass<'_> {
         slot: layer::slots::Slot<'_>,
         on_event: &mut dyn FnMut(ReadEvent),
     ) -> Result<Member, InputError> {
-        let (writer, spool) =
-            layer::spool::create(&self.opts.spool_dir).map_err(|source| InputError::Spool {
-                dir: self.opts.spool_dir.clone(),
-                source,
-            })?;
+        let (writer, spool) = self.new_spool()?;
         // Shared by the two callbacks below, which run on this thread.
         let events = RefCell::new(on_event);
         // Whether the layer was announced: the map answered that the
@@ -698,24 +714,7 @@ impl Pass<'_> {
                 diff_id,
                 reason: descriptor,
                 ..
-            } => {
-                if diff_id != hint {
-                    return Err(InputError::HintMismatch {
-                        input: self.input.to_owned(),
-                        member: name.to_owned(),
-                        hint,
-                        actual: diff_id,
-                    });
-                }
-                on_event(ReadEvent::LayerSkipped {
-                    member: name.to_owned(),
-                    diff_id: diff_id.clone(),
-                });
-                Ok(Member::Known {
-                    diff_id,
-                    descriptor,
-                })
-            }
+            } => self.known_by_hint(name, hint, diff_id, descriptor, on_event),
             layer::Speculation::Encoded(encoded) if announced.get() => {
                 on_event(ReadEvent::LayerFinished {
                     member: name.to_owned(),
@@ -1493,17 +1492,25 @@ mod tests {
         check_blob(&image.layers[1]);
     }
 
-    #[test]
-    fn known_layers_are_only_hashed_when_the_hint_holds() {
-        let dir = tempfile::tempdir().unwrap();
-        let big = layer_tar(5, 1_200_000);
-        let config = config_for(&[&big]);
-        let name = format!("{}/layer.tar", Digest::of(&big).hex());
+    /// An archive of one layer of about `size` bytes, named after its
+    /// diff_id as streamLayeredImage names layers: the layer, its member
+    /// name, the archive.
+    fn one_hinted_layer(size: usize) -> (Vec<u8>, String, Vec<u8>) {
+        let layer = layer_tar(5, size);
+        let config = config_for(&[&layer]);
+        let name = format!("{}/layer.tar", Digest::of(&layer).hex());
         let bytes = archive(&[
-            (&name, &big),
+            (&name, &layer),
             ("c.json", &config),
             ("manifest.json", &manifest("c.json", &[&name])),
         ]);
+        (layer, name, bytes)
+    }
+
+    #[test]
+    fn known_layers_are_only_hashed_when_the_hint_holds() {
+        let dir = tempfile::tempdir().unwrap();
+        let (big, name, bytes) = one_hinted_layer(1_200_000);
         let (o, present) = opts_knowing(&dir, &big);
         let run = read_with(&bytes, &o);
         assert_eq!(run.events, vec![format!("skip {name}")]);
@@ -1541,14 +1548,7 @@ mod tests {
     fn a_layer_met_before_the_map_is_in_is_compressed_until_the_map_answers() {
         let dir = tempfile::tempdir().unwrap();
         // Three 1 MiB reads: the answer comes in at the second.
-        let big = layer_tar(5, 3_000_000);
-        let config = config_for(&[&big]);
-        let name = format!("{}/layer.tar", Digest::of(&big).hex());
-        let bytes = archive(&[
-            (&name, &big),
-            ("c.json", &config),
-            ("manifest.json", &manifest("c.json", &[&name])),
-        ]);
+        let (big, name, bytes) = one_hinted_layer(3_000_000);
 
         // Known: compression stops, the rest is hashed, nothing is announced.
         let (mut o, present) = opts_knowing(&dir, &big);
