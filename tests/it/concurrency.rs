@@ -85,7 +85,8 @@ fn racing_publishers_leave_every_tag_on_a_complete_index() {
 #[test]
 fn a_shared_layer_met_on_speculation_by_more_inputs_than_slots_does_not_deadlock() {
     use crate::harness::{random_hinted_archive, write_script, FaultProxy};
-    use std::time::{Duration, Instant};
+    use crate::publish::Run;
+    use std::time::Duration;
 
     let registry = TestRegistry::start(Auth::None);
     let dir = tempfile::tempdir().unwrap();
@@ -125,34 +126,17 @@ fn a_shared_layer_met_on_speculation_by_more_inputs_than_slots_does_not_deadlock
         write_script(&script, &body);
         inputs.push(format!("{platform}=stream:{}", script.display()));
     }
-    let mut child = Command::new(env!("CARGO_BIN_EXE_manifold"))
-        .args(["publish", "--no-cache", "--tag", "v1", "--repo"])
-        .arg(format!("{}/acme/five", held.host()))
-        .args(&inputs)
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("HOME", dir.path())
-        .env("SOURCE_DATE_EPOCH", "1700000000")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    let status = status.unwrap_or_else(|| panic!("still running after 60 s: deadlocked\n{stderr}"));
-    assert!(status.success(), "{stderr}");
+    let out = inputs
+        .iter()
+        .fold(
+            Run::new(&["publish", "--no-cache", "--tag", "v1", "--repo"])
+                .arg(&format!("{}/acme/five", held.host())),
+            |run, input| run.arg(input),
+        )
+        .output_within(Duration::from_secs(60))
+        .unwrap_or_else(|stderr| panic!("still running after 60 s: deadlocked\n{stderr}"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
     // The shared layer and the one config (the five images differ only in
     // the platform they are published as) went up once each.
     assert_eq!(

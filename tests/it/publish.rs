@@ -94,11 +94,7 @@ impl Run {
     pub fn output_with_peak_rss(mut self) -> (Output, u64) {
         use std::os::unix::process::ExitStatusExt as _;
         let dir = tempfile::tempdir().unwrap();
-        let (out_path, err_path) = (dir.path().join("stdout"), dir.path().join("stderr"));
-        self.cmd
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(&out_path).unwrap())
-            .stderr(std::fs::File::create(&err_path).unwrap());
+        let (out_path, err_path) = self.output_to_files(dir.path());
         // Reaped by the wait4 below, which `Child::wait` cannot stand in for.
         #[allow(clippy::zombie_processes)]
         let child = self.cmd.spawn().expect("manifold starts");
@@ -114,6 +110,46 @@ impl Run {
             stderr: std::fs::read(&err_path).unwrap(),
         };
         (output, usage.ru_maxrss as u64)
+    }
+
+    /// No stdin; stdout and stderr into files in `dir`, whose paths it
+    /// returns (a pipe read only at the end could fill up and stall it).
+    fn output_to_files(&mut self, dir: &Path) -> (PathBuf, PathBuf) {
+        let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
+        self.cmd
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(&out_path).unwrap())
+            .stderr(std::fs::File::create(&err_path).unwrap());
+        (out_path, err_path)
+    }
+
+    /// Runs (without stdin), killed if it has not ended within `limit`:
+    /// its output, or what it wrote to stderr before it was killed.
+    pub fn output_within(mut self, limit: std::time::Duration) -> Result<Output, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let (out_path, err_path) = self.output_to_files(dir.path());
+        let mut child = self.cmd.spawn().expect("manifold starts");
+        let deadline = std::time::Instant::now() + limit;
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        };
+        let stderr = std::fs::read(&err_path).unwrap();
+        match status {
+            Some(status) => Ok(Output {
+                status,
+                stdout: std::fs::read(&out_path).unwrap(),
+                stderr,
+            }),
+            None => Err(String::from_utf8_lossy(&stderr).into_owned()),
+        }
     }
 
     /// Runs and asserts success; returns stdout.
