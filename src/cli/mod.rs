@@ -692,6 +692,7 @@ async fn run_publish(args: PublishArgs, env: &Env, screen: Arc<dyn Reporter>) ->
             sources: sources.clone(),
             arch_tags: args.arch_tags,
             before_tags: None,
+            gate_also_waits_for: None,
         });
     }
     let publishing = async {

@@ -20,7 +20,10 @@
 //! then either being encoded by a slot holder that waits for nothing but
 //! its own input, or encoded already and only uploading, which needs no
 //! slot. Layers that are only hashed (the destination has them) give their
-//! slot back before they are read.
+//! slot back before they are read. A slot holder waits for nothing else
+//! that needs a slot: the known-layer lookups it makes wait only for the
+//! publish's gate (registry reads, and in a batch the images before this
+//! one, which `publish::batch` puts behind the gate for this reason).
 
 use std::sync::{Condvar, Mutex};
 

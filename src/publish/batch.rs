@@ -19,10 +19,13 @@
 //! that completed it) answers each image's known-layer lookups; a layer
 //! another image already pushed to a repository of the same registry is
 //! mounted from there, not uploaded again. To make that deterministic an
-//! image waits, at its first layer lookup, for the images before it in the
-//! file that share one of its registries (a later image never waits for an
-//! earlier one, so there is no cycle); images on other registries publish
-//! concurrently.
+//! image's gate (what its uploads and layer lookups wait for, see `gate`)
+//! opens only once the images before it in the file that share one of its
+//! registries are done (an earlier image never waits for a later one, so
+//! there is no cycle); its inputs read meanwhile, and images on other
+//! registries publish concurrently. (The wait was at the first layer
+//! lookup once, which archive readers make holding an encoding slot: five
+//! such readers starved the image they waited for.)
 //!
 //! Tags move for the whole batch or not at all: each image, once its blobs,
 //! manifests and index are in place, waits there until every image of the
@@ -314,25 +317,25 @@ pub async fn publish_batch(
                     if handle.runtime_flavor() != tokio::runtime::RuntimeFlavor::MultiThread {
                         return None;
                     }
-                    let wait_and_mount = async {
-                        for mut rx in before.clone() {
-                            // An error means the sender is gone: that image ended.
-                            let _ = rx.wait_for(|finished| *finished).await;
-                        }
-                        let (descriptor, holders) = lookup_shared.lookup(diff_id)?;
-                        mount_where_missing(
-                            &lookup_destinations,
-                            &descriptor.digest,
-                            &holders,
-                            &lookup_mounted,
-                        )
-                        .await
-                        .then_some(descriptor)
-                    };
+                    // Asked once the gate is open, so the images before
+                    // this one are done and the run-wide map has their layers.
+                    let (descriptor, holders) = lookup_shared.lookup(diff_id)?;
+                    let mount = mount_where_missing(
+                        &lookup_destinations,
+                        &descriptor.digest,
+                        &holders,
+                        &lookup_mounted,
+                    );
                     // Called from reader threads and from async planning code
                     // alike: leave the worker (if on one) before blocking.
-                    tokio::task::block_in_place(|| handle.block_on(wait_and_mount))
+                    tokio::task::block_in_place(|| handle.block_on(mount)).then_some(descriptor)
                 });
+                request.gate_also_waits_for = Some(Box::pin(async move {
+                    for mut rx in before {
+                        // An error means the sender is gone: that image ended.
+                        let _ = rx.wait_for(|finished| *finished).await;
+                    }
+                }));
                 // Everything of this image is in place: the images after it
                 // may mount its layers; its tags wait for the whole batch.
                 let done = Arc::new(done);

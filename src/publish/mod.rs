@@ -79,6 +79,12 @@ pub struct Request {
     /// (`--arch-tags`), in phase 2 with the other tags.
     pub arch_tags: bool,
     pub before_tags: Option<BeforeTags>,
+    /// Also keeps the gate shut until it completes: in a batch, the images
+    /// before this one on a shared registry, whose layers then answer this
+    /// image's lookups. The inputs read meanwhile (archives compress on
+    /// speculation), and no one waits for it with an encoding slot in hand
+    /// (the gate's waiters never do), so earlier images always get slots.
+    pub gate_also_waits_for: Option<futures::future::BoxFuture<'static, ()>>,
 }
 
 /// What happened at one destination.
@@ -131,12 +137,16 @@ pub async fn publish(request: Request, reporter: Arc<dyn Reporter>) -> Result<Re
     let found: Arc<OnceLock<crate::input::KnownLayers>> = Arc::default();
     let lookups = {
         let found = found.clone();
+        let also = request.gate_also_waits_for;
         async move {
             let reads = (&mut reads.0)
                 .await
                 .context("the registry reads panicked")??;
             if let Some(known) = reads.known {
                 let _ = found.set(known);
+            }
+            if let Some(also) = also {
+                also.await;
             }
             opener.open();
             anyhow::Ok(reads.tag_lists)
