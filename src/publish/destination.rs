@@ -194,6 +194,10 @@ impl Destination {
     }
 
     /// Puts a layer blob from a spool, following it while it is written.
+    /// A spool holds a layer this run has just encoded because the
+    /// known-layer map lacks it, so no HEAD asks first, whether or not the
+    /// spool is complete by the time its upload starts (a layer encoded on
+    /// speculation often is: the HEAD cost a round trip to learn nothing).
     pub async fn push_spool(&self, spool: Spool, reporter: &dyn Reporter) -> Result<Digest> {
         let name = self.to_string();
         let (digest, size, outcome) = match self {
@@ -204,7 +208,7 @@ impl Destination {
             } => {
                 let progress = |n: i64| reporter.on_upload_progress(&name, n);
                 let outcome = client
-                    .upload_blob(&repository.path, BlobBody::Spool(spool), &progress)
+                    .upload_new_blob(&repository.path, BlobBody::Spool(spool), &progress)
                     .await
                     .with_context(|| format!("cannot upload a layer to `{repository}`"))?;
                 from_upload(outcome, seen)

@@ -75,8 +75,6 @@ pub async fn publish_image(
     reporter: Arc<dyn Reporter>,
 ) -> Result<PublishedImage> {
     if super::nix2container::is_nix2container(&spec) {
-        // Nothing to start ahead of the gate: an image.json is read at once.
-        options.gate.wait().await?;
         return super::nix2container::publish_image(
             spec,
             destinations,

@@ -28,11 +28,12 @@ use std::io::{self, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
-use tokio::task::JoinSet;
+use tokio::task::{JoinHandle, JoinSet};
 
 use crate::digest::Digest;
 use crate::input::nix2container::{
@@ -42,6 +43,7 @@ use crate::input::nix2container::{
 use crate::input::pipe::{pipe, Chunk, PipeSender};
 use crate::input::{Cancellable, InputSpec};
 use crate::layer::slots::{Slot, Slots};
+use crate::layer::spool::Spool;
 use crate::layer::{encode_layer, spool, Compression, DiffIdMismatch, EncodedLayer};
 use crate::manifest;
 use crate::oci::{self, ConfigSummary, Descriptor, Platform};
@@ -55,6 +57,10 @@ use super::mounted::Mounted;
 /// Layers synthesised at once (each takes a tar thread and an encoder
 /// thread; the machine's cores are shared with the uploads).
 pub const MAX_BUILDS: usize = 2;
+
+/// How long the registry reads may take before the layers they decide are
+/// built on speculation (see `publish_image`).
+const SPECULATE_AFTER: Duration = Duration::from_millis(50);
 
 /// image.json files larger than this are refused (real ones are kilobytes).
 const MAX_IMAGE_JSON: u64 = 64 << 20;
@@ -94,6 +100,10 @@ enum Plan {
         /// waited for (`super::in_flight`).
         shared: bool,
     },
+    /// Only the known-layer map can decide, and it is not in yet: build it
+    /// (in the publish's compression) while the registry reads go on, and
+    /// upload it only if the map lacks it.
+    Speculate { source: Source, diff_id: Digest },
 }
 
 /// Reads the nix2container `image.json` named by `spec` and publishes its
@@ -111,24 +121,35 @@ pub async fn publish_image(
     let image = read_image_json(&spec).await?;
     let platform = platform_of(&spec, &image, &*reporter);
 
-    let plans = futures::future::join_all(
-        image
-            .layers
-            .iter()
-            .map(|layer| plan_layer(layer, &destinations, &options)),
-    )
-    .await;
-
-    let missing_config = plans
-        .iter()
-        .any(|plan| matches!(plan, Ok(Plan::Build { .. })));
+    // A registry on this machine or next to it answers the reads within
+    // the grace period, and a re-run then opens no store path at all. A far
+    // one takes round trips longer: its wait is spent building on
+    // speculation the layers only the known-layer map can decide.
+    let speculate = match tokio::time::timeout(SPECULATE_AFTER, options.gate.wait()).await {
+        Ok(opened) => {
+            opened?;
+            false
+        }
+        Err(_) => true,
+    };
 
     // Stops the tar writers and encoders if this future is dropped or fails.
     let cancel = Arc::new(AtomicBool::new(false));
     let _stop_builds_on_drop = CancelOnDrop(cancel.clone());
     let builds = Arc::new(Semaphore::new(MAX_BUILDS));
     let image = Arc::new(image);
-    let layer_tasks = plans.into_iter().enumerate().map(|(index, plan)| {
+    let options = Arc::new(options);
+    // Builds start in the order the tasks ask for permits. On speculation
+    // the top layer goes first: it is the one a new commit most often
+    // changes (nix2container puts the least shared store paths, the app
+    // itself, on top), so a re-publish over a changed app gains the wait
+    // too, not only a first push.
+    let order: Vec<usize> = if speculate {
+        (0..image.layers.len()).rev().collect()
+    } else {
+        (0..image.layers.len()).collect()
+    };
+    let layer_tasks = order.iter().map(|&index| {
         let context = LayerContext {
             input: name.clone(),
             image: image.clone(),
@@ -139,61 +160,24 @@ pub async fn publish_image(
             mounted: options.mounted.clone(),
             cancel: cancel.clone(),
         };
-        let (builds, in_flight) = (builds.clone(), in_flight.clone());
+        let (builds, in_flight, options) = (builds.clone(), in_flight.clone(), options.clone());
         async move {
-            match plan? {
-                Plan::Reuse(descriptor) => {
-                    context.report_reused(&descriptor);
-                    Ok::<_, anyhow::Error>(descriptor)
-                }
-                Plan::Build {
-                    source,
-                    expected,
-                    compression,
-                    media_type,
-                    shared,
-                } => {
-                    // The claim is taken with a build permit and an encoding
-                    // slot in hand: a claimed layer then needs nothing from
-                    // any other input to finish, so waiting for one cannot
-                    // deadlock (see `layer::slots`). The slot comes before
-                    // the tar writer starts, so a layer waiting for its turn
-                    // holds no buffers.
-                    let _permit = builds
-                        .acquire_owned()
-                        .await
-                        .context("the layer builds were stopped")?;
-                    let slot = tokio::task::spawn_blocking(|| Slots::global().take())
-                        .await
-                        .context("a wait for an encoding slot panicked")?;
-                    let claim = if shared {
-                        match claim_or_wait(&in_flight, &expected).await? {
-                            Claimed::Published(descriptor) => {
-                                drop(slot);
-                                context.report_reused(&descriptor);
-                                return Ok(descriptor);
-                            }
-                            Claimed::Mine(claim) => Some(claim),
-                            Claimed::Abandoned => None,
-                        }
-                    } else {
-                        None
-                    };
-                    let descriptor = context
-                        .build_and_upload(source, expected, compression, media_type, slot)
-                        .await?;
-                    // Dropped unresolved on an error above: abandoned.
-                    if let Some(claim) = claim {
-                        claim.resolve(descriptor.clone());
-                    }
-                    Ok(descriptor)
-                }
-            }
+            let layer = &context.image.layers[index];
+            let plan = plan_layer(layer, &context.destinations, &options, speculate).await?;
+            context.carry_out(plan, &builds, &in_flight, &options).await
         }
     });
-    let descriptors = futures::future::try_join_all(layer_tasks)
+    let mut outcomes = futures::future::try_join_all(layer_tasks)
         .await
         .with_context(|| format!("cannot publish the layers of `{name}`"))?;
+    if speculate {
+        outcomes.reverse();
+    }
+    let missing_config = outcomes.iter().any(|(_, built)| *built);
+    let descriptors: Vec<Descriptor> = outcomes.into_iter().map(|(d, _)| d).collect();
+    // Every layer may have been reused without a request: nothing goes up
+    // before the gate.
+    options.gate.wait().await?;
 
     let diff_ids: Vec<Digest> = image.layers.iter().map(|l| l.diff_id.clone()).collect();
     let config_bytes = Bytes::from(oci::canonical_json(&image_config(
@@ -301,6 +285,7 @@ async fn plan_layer(
     layer: &N2cLayer,
     destinations: &[Destination],
     options: &ImageOptions,
+    speculate: bool,
 ) -> Result<Plan> {
     let source = match &layer.layer_path {
         Some(path) if layer.paths.is_empty() => Source::File(path.clone()),
@@ -312,25 +297,21 @@ async fn plan_layer(
     };
     if plain && options.compression != Compression::None {
         // Compressed digests cannot be predicted: only the registry's memory
-        // of what was pushed for this diff_id can spare the build. The
-        // lookup may block (a HEAD for a locally cached pair, a wait for an
-        // earlier image of a batch), so it runs on a blocking thread.
-        let (known, diff_id) = (options.known.clone(), layer.diff_id.clone());
-        let found = tokio::task::spawn_blocking(move || known(&diff_id))
-            .await
-            .context("a known-layer lookup panicked")?;
-        if let Some(descriptor) = found {
-            return Ok(Plan::Reuse(descriptor));
+        // of what was pushed for this diff_id can spare the build.
+        if speculate && !options.gate.is_settled() {
+            return Ok(Plan::Speculate {
+                source,
+                diff_id: layer.diff_id.clone(),
+            });
         }
-        return Ok(Plan::Build {
-            source,
-            expected: layer.diff_id.clone(),
-            compression: options.compression,
-            media_type: options.compression.media_type().to_owned(),
-            shared: true,
+        return Ok(match lookup(options, &layer.diff_id).await? {
+            Some(descriptor) => Plan::Reuse(descriptor),
+            None => compressed_build(source, &layer.diff_id, options),
         });
     }
-    // Pushed as they are: the digest is image.json's.
+    // Pushed as they are: the digest is image.json's, and a HEAD at every
+    // destination decides (after the gate, as every request of an input).
+    options.gate.wait().await?;
     let (digest, media_type) = match &source {
         Source::Paths => (layer.diff_id.clone(), oci::MEDIA_TYPE_LAYER.to_owned()),
         Source::File(_) => (layer.digest.clone(), layer.media_type.clone()),
@@ -366,6 +347,28 @@ async fn plan_layer(
     }
 }
 
+/// The known-layer map's answer for `diff_id`, once the gate has opened.
+/// The lookup may block (a HEAD for a locally cached pair, a mount in a
+/// batch), so it runs on a blocking thread.
+async fn lookup(options: &ImageOptions, diff_id: &Digest) -> Result<Option<Descriptor>> {
+    options.gate.wait().await?;
+    let (known, diff_id) = (options.known.clone(), diff_id.clone());
+    tokio::task::spawn_blocking(move || known(&diff_id))
+        .await
+        .context("a known-layer lookup panicked")
+}
+
+/// Building a layer the map lacks, in the publish's compression.
+fn compressed_build(source: Source, diff_id: &Digest, options: &ImageOptions) -> Plan {
+    Plan::Build {
+        source,
+        expected: diff_id.clone(),
+        compression: options.compression,
+        media_type: options.compression.media_type().to_owned(),
+        shared: true,
+    }
+}
+
 /// Whether every destination has the blob (a failed check counts as no: the
 /// upload that follows checks again and reports the real problem).
 async fn everywhere(destinations: &[Destination], digest: &Digest) -> bool {
@@ -397,6 +400,10 @@ impl LayerContext {
         let id = self
             .reporter
             .on_layer_started(&self.input, &self.member(), 0);
+        self.report_reused_as(id, descriptor);
+    }
+
+    fn report_reused_as(&self, id: usize, descriptor: &Descriptor) {
         for destination in self.destinations.iter() {
             self.reporter.on_blob_done(
                 &destination.to_string(),
@@ -408,16 +415,151 @@ impl LayerContext {
         self.reporter.on_layer_done(id, true);
     }
 
-    /// Builds the layer into a spool that one upload per destination
-    /// follows while it grows.
-    async fn build_and_upload(
+    /// Carries out `plan`: the layer's descriptor, and whether this input
+    /// built and uploaded it.
+    async fn carry_out(
+        self,
+        plan: Plan,
+        builds: &Semaphore,
+        in_flight: &Arc<InFlight>,
+        options: &ImageOptions,
+    ) -> Result<(Descriptor, bool)> {
+        let (source, diff_id) = match plan {
+            Plan::Reuse(descriptor) => {
+                self.report_reused(&descriptor);
+                return Ok((descriptor, false));
+            }
+            Plan::Build {
+                source,
+                expected,
+                compression,
+                media_type,
+                shared,
+            } => {
+                let _permit = builds
+                    .acquire()
+                    .await
+                    .context("the layer builds were stopped")?;
+                return self
+                    .build_claimed(source, expected, compression, media_type, shared, in_flight)
+                    .await;
+            }
+            Plan::Speculate { source, diff_id } => (source, diff_id),
+        };
+        let _permit = builds
+            .acquire()
+            .await
+            .context("the layer builds were stopped")?;
+        if options.gate.is_settled() {
+            // The map came in while this layer waited for its turn.
+            return match lookup(options, &diff_id).await? {
+                Some(descriptor) => {
+                    self.report_reused(&descriptor);
+                    Ok((descriptor, false))
+                }
+                None => {
+                    let media_type = options.compression.media_type().to_owned();
+                    self.build_claimed(
+                        source,
+                        diff_id,
+                        options.compression,
+                        media_type,
+                        true,
+                        in_flight,
+                    )
+                    .await
+                }
+            };
+        }
+        tracing::debug!(
+            input = %self.input,
+            layer = self.index,
+            "building on speculation: the registry reads are still out"
+        );
+        let slot = take_slot().await?;
+        let build = self.start_build(source, diff_id.clone(), options.compression, slot)?;
+        let known = match lookup(options, &diff_id).await {
+            Ok(known) => known,
+            Err(e) => {
+                build.stop();
+                return Err(e);
+            }
+        };
+        if let Some(descriptor) = known {
+            let id = build.id;
+            build.stop();
+            self.report_reused_as(id, &descriptor);
+            return Ok((descriptor, false));
+        }
+        // Claimed only now, the build running (its slot taken) or done: who
+        // waits for the claim waits for a layer being encoded or uploading
+        // (see `layer::slots`).
+        let claim = match claim_or_wait(in_flight, &diff_id).await? {
+            Claimed::Published(descriptor) => {
+                let id = build.id;
+                build.stop();
+                self.report_reused_as(id, &descriptor);
+                return Ok((descriptor, false));
+            }
+            Claimed::Mine(claim) => Some(claim),
+            Claimed::Abandoned => None,
+        };
+        let media_type = options.compression.media_type().to_owned();
+        let descriptor = self.upload(build, media_type).await?;
+        // Dropped unresolved on an error above: abandoned.
+        if let Some(claim) = claim {
+            claim.resolve(descriptor.clone());
+        }
+        Ok((descriptor, true))
+    }
+
+    /// Builds and uploads a layer decided missing, unless another input of
+    /// the publish is building it (`shared`): then waits for that one.
+    async fn build_claimed(
         self,
         source: Source,
         expected: Digest,
         compression: Compression,
         media_type: String,
+        shared: bool,
+        in_flight: &Arc<InFlight>,
+    ) -> Result<(Descriptor, bool)> {
+        // The claim is taken with a build permit and an encoding slot in
+        // hand: a claimed layer then needs nothing from any other input to
+        // finish, so waiting for one cannot deadlock (see `layer::slots`).
+        // The slot comes before the tar writer starts, so a layer waiting
+        // for its turn holds no buffers.
+        let slot = take_slot().await?;
+        let claim = if shared {
+            match claim_or_wait(in_flight, &expected).await? {
+                Claimed::Published(descriptor) => {
+                    drop(slot);
+                    self.report_reused(&descriptor);
+                    return Ok((descriptor, false));
+                }
+                Claimed::Mine(claim) => Some(claim),
+                Claimed::Abandoned => None,
+            }
+        } else {
+            None
+        };
+        let build = self.start_build(source, expected, compression, slot)?;
+        let descriptor = self.upload(build, media_type).await?;
+        // Dropped unresolved on an error above: abandoned.
+        if let Some(claim) = claim {
+            claim.resolve(descriptor.clone());
+        }
+        Ok((descriptor, true))
+    }
+
+    /// Starts building the layer into a spool, on a blocking thread.
+    fn start_build(
+        &self,
+        source: Source,
+        expected: Digest,
+        compression: Compression,
         slot: Slot<'static>,
-    ) -> Result<Descriptor> {
+    ) -> Result<Build> {
         let layer = self
             .image
             .layers
@@ -433,21 +575,14 @@ impl LayerContext {
                 self.spool_dir.display()
             )
         })?;
-        // Dropping the set (on any error below) aborts the uploads.
-        let mut uploads: JoinSet<Result<Digest>> = JoinSet::new();
-        {
-            let (destinations, spool, reporter) = (
-                self.destinations.clone(),
-                spool.clone(),
+        let stop = Arc::new(AtomicBool::new(false));
+        let task = {
+            let (reporter, cancel, stop, index) = (
                 self.reporter.clone(),
+                self.cancel.clone(),
+                stop.clone(),
+                self.index,
             );
-            uploads.spawn(async move {
-                Destination::push_spool_everywhere(&destinations, spool, &*reporter).await
-            });
-        }
-        let build = {
-            let (reporter, cancel, index) =
-                (self.reporter.clone(), self.cancel.clone(), self.index);
             tokio::task::spawn_blocking(move || {
                 let mut on_read = |n: u64| reporter.on_layer_read(id, n);
                 build_layer(
@@ -458,19 +593,68 @@ impl LayerContext {
                     compression,
                     writer,
                     slot,
-                    &cancel,
+                    [&cancel, &stop],
                     &mut on_read,
                 )
             })
         };
+        Ok(Build {
+            id,
+            spool,
+            task,
+            stop,
+        })
+    }
+
+    /// Uploads what `build` writes, to every destination as it grows.
+    async fn upload(&self, build: Build, media_type: String) -> Result<Descriptor> {
+        // Dropping the set (on any error below) aborts the uploads.
+        let mut uploads: JoinSet<Result<Digest>> = JoinSet::new();
+        {
+            let (destinations, spool, reporter) = (
+                self.destinations.clone(),
+                build.spool.clone(),
+                self.reporter.clone(),
+            );
+            uploads.spawn(async move {
+                Destination::push_spool_everywhere(&destinations, spool, &*reporter).await
+            });
+        }
         // The build's error says more than the uploads it broke.
-        let encoded = build.await.context("a layer builder panicked")??;
+        let encoded = build.task.await.context("a layer builder panicked")??;
         while let Some(done) = uploads.join_next().await {
             done.context("an upload task panicked")??;
         }
-        self.reporter.on_layer_done(id, false);
+        self.reporter.on_layer_done(build.id, false);
         Ok(Descriptor::new(media_type, encoded.digest, encoded.size))
     }
+}
+
+/// A layer being built on a blocking thread.
+struct Build {
+    /// The reporter's id for the layer.
+    id: usize,
+    spool: Spool,
+    task: JoinHandle<Result<EncodedLayer>>,
+    /// Stops this build alone at its next read.
+    stop: Arc<AtomicBool>,
+}
+
+impl Build {
+    /// Stops the build, not needed after all: its thread ends at its next
+    /// read, giving back the slot and dropping the spool. Not waited for,
+    /// as a lookup that finds the layer is on the publish's critical path
+    /// (the thread takes some milliseconds to wind down).
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// An encoding slot, waited for on a blocking thread.
+async fn take_slot() -> Result<Slot<'static>> {
+    tokio::task::spawn_blocking(|| Slots::global().take())
+        .await
+        .context("a wait for an encoding slot panicked")
 }
 
 /// The blocking half: streams the layer's raw bytes (a synthesised tar, or
@@ -484,7 +668,7 @@ fn build_layer(
     compression: Compression,
     writer: spool::SpoolWriter,
     slot: Slot<'_>,
-    cancel: &AtomicBool,
+    [cancel, stop]: [&AtomicBool; 2],
     on_read: &mut dyn FnMut(u64),
 ) -> Result<EncodedLayer> {
     let encode_err =
@@ -495,7 +679,8 @@ fn build_layer(
                 path: path.clone(),
                 source,
             })?;
-            let mut raw = Cancellable::new(BufReader::with_capacity(1 << 20, file), cancel);
+            let file = Cancellable::new(BufReader::with_capacity(1 << 20, file), cancel);
+            let mut raw = Cancellable::new(file, stop);
             encode_layer(&mut raw, compression, writer, slot, Some(expected), on_read).map_err(
                 |e| match DiffIdMismatch::of(&e) {
                     Some(mismatch) => N2cError::BlobMismatch {
@@ -525,7 +710,7 @@ fn build_layer(
                     pipe.end(result.as_ref().err().map(|e| e.to_string()));
                     (result, pipe.closed)
                 });
-                let mut raw = Cancellable::new(tar_output, cancel);
+                let mut raw = Cancellable::new(Cancellable::new(tar_output, cancel), stop);
                 let encoded =
                     encode_layer(&mut raw, compression, writer, slot, Some(expected), on_read);
                 // Unblocks the tar writer if the encoder stopped first.
@@ -662,11 +847,11 @@ mod tests {
         source: &Source,
         expected: &Digest,
         compression: Compression,
-        cancel: bool,
+        [cancel, stop]: [bool; 2],
     ) -> (Result<EncodedLayer>, io::Result<Vec<u8>>, u64) {
         let dir = tempfile::tempdir().unwrap();
         let (writer, spool) = spool::create(dir.path()).unwrap();
-        let cancel = AtomicBool::new(cancel);
+        let (cancel, stop) = (AtomicBool::new(cancel), AtomicBool::new(stop));
         let mut read = 0;
         let result = build_layer(
             3,
@@ -676,7 +861,7 @@ mod tests {
             compression,
             writer,
             Slots::global().take(),
-            &cancel,
+            [&cancel, &stop],
             &mut |n| read += n,
         );
         let content = futures::executor::block_on(spool.done()).map(|_| {
@@ -697,7 +882,7 @@ mod tests {
             &Source::Paths,
             &Digest::of(&tar),
             Compression::None,
-            false,
+            [false, false],
         );
         let encoded = result.unwrap();
         assert_eq!(content.unwrap(), tar);
@@ -736,7 +921,7 @@ mod tests {
             &Source::Paths,
             &Digest::of(&tar),
             Compression::Gzip { level: 1 },
-            false,
+            [false, false],
         );
         let encoded = result.unwrap();
         let gz = content.unwrap();
@@ -754,7 +939,13 @@ mod tests {
         let (_dir, layer) = store();
         let tar = direct_tar(&layer);
         let wrong = Digest::of(b"not this layer");
-        let (result, content, _) = build(&layer, &Source::Paths, &wrong, Compression::None, false);
+        let (result, content, _) = build(
+            &layer,
+            &Source::Paths,
+            &wrong,
+            Compression::None,
+            [false, false],
+        );
         let err = result.unwrap_err();
         match err.downcast_ref::<N2cError>() {
             Some(N2cError::DigestMismatch {
@@ -784,7 +975,7 @@ mod tests {
             &Source::Paths,
             &Digest::of(b""),
             Compression::None,
-            false,
+            [false, false],
         );
         let text = format!("{:#}", result.unwrap_err());
         assert!(text.contains("gone"), "{text}");
@@ -799,12 +990,13 @@ mod tests {
         let (_store, layer) = store();
         let source = Source::File(path.clone());
         let good = Digest::of(b"some compressed bytes");
-        let (result, content, _) = build(&layer, &source, &good, Compression::None, false);
+        let (result, content, _) = build(&layer, &source, &good, Compression::None, [false, false]);
         assert_eq!(result.unwrap().digest, good);
         assert_eq!(content.unwrap(), b"some compressed bytes");
 
         let wrong = Digest::of(b"other");
-        let (result, content, _) = build(&layer, &source, &wrong, Compression::None, false);
+        let (result, content, _) =
+            build(&layer, &source, &wrong, Compression::None, [false, false]);
         let err = result.unwrap_err();
         assert!(
             matches!(err.downcast_ref::<N2cError>(), Some(N2cError::BlobMismatch { path: p, actual, .. }) if *p == path && *actual == good),
@@ -814,18 +1006,20 @@ mod tests {
     }
 
     #[test]
-    fn a_cancelled_publish_stops_the_build() {
+    fn a_cancelled_publish_or_a_stopped_layer_stops_the_build() {
         let (_dir, layer) = store();
         let tar = direct_tar(&layer);
-        let (result, content, _) = build(
-            &layer,
-            &Source::Paths,
-            &Digest::of(&tar),
-            Compression::None,
-            true,
-        );
-        assert!(result.is_err());
-        assert!(content.is_err());
+        for stops in [[true, false], [false, true]] {
+            let (result, content, _) = build(
+                &layer,
+                &Source::Paths,
+                &Digest::of(&tar),
+                Compression::Gzip { level: 1 },
+                stops,
+            );
+            assert!(result.is_err(), "{stops:?}");
+            assert!(content.is_err(), "{stops:?}");
+        }
     }
 
     #[test]

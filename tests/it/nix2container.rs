@@ -573,3 +573,103 @@ fn a_locally_cached_layer_is_reused_under_a_new_tag() {
     publish(&format!("oci:{}", layout.path().display()), "3.0.0");
     skopeo_copy_all(&format!("oci:{}:3.0.0", layout.path().display()), None);
 }
+
+/// Bytes process `pid` has read so far (`rchar` of `/proc/<pid>/io`, which
+/// counts page-cache hits too); `None` once it has ended.
+fn bytes_read(pid: u32) -> Option<u64> {
+    let io = fs::read_to_string(format!("/proc/{pid}/io")).ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("rchar: "))
+        .and_then(|n| n.trim().parse().ok())
+}
+
+/// Against a far registry (a proxy holds the known-layer map's reads until
+/// the store has been read), the wait for the map is spent building the
+/// layers only it can decide: cold, the layer built meanwhile goes up; on
+/// a re-run, the map says the registry has it and the build is dropped.
+/// Without speculation nothing reads the store before the reads return,
+/// and the proxy holds them to its limit.
+#[test]
+fn a_far_registry_s_wait_is_spent_building_layers_on_speculation() {
+    use crate::harness::{payload, FaultProxy};
+
+    let registry = TestRegistry::start(Auth::None);
+    let dir = tempfile::tempdir().unwrap();
+    let size = 8 << 20;
+    let pkg = dir
+        .path()
+        .join("nix/store/0f7g3s9zd0xb9kb5a2l1mz7rz6m0ik8p-big");
+    fs::create_dir_all(&pkg).unwrap();
+    fs::write(pkg.join("data"), payload(size, 7)).unwrap();
+    // The layer's digest and size, as the tar writer synthesises it.
+    let mut doc = json!({
+        "version": 1,
+        "image-config": {},
+        "arch": "amd64",
+        "layers": [{
+            "digest": Digest::of(b"").to_string(),
+            "size": 0,
+            "diff_ids": Digest::of(b"").to_string(),
+            "paths": [{"path": pkg.to_str().unwrap()}],
+            "mediatype": MEDIA_TYPE_LAYER,
+        }],
+    });
+    let draft =
+        manifold::input::nix2container::parse_image_json("draft", doc.to_string().as_bytes())
+            .unwrap();
+    let mut tar = Vec::new();
+    manifold::input::nix2container::write_layer_tar(&draft.layers[0], &mut tar).unwrap();
+    let digest = Digest::of(&tar).to_string();
+    doc["layers"][0]["digest"] = json!(digest);
+    doc["layers"][0]["diff_ids"] = json!(digest);
+    doc["layers"][0]["size"] = json!(tar.len());
+    let image = dir.path().join("image.json");
+    fs::write(&image, doc.to_string()).unwrap();
+
+    for run in ["cold", "re-run", "near re-run"] {
+        let store_read = dir.path().join(format!("{run}-store-read"));
+        let held = FaultProxy::holding(registry.port(), "GET /v2/acme/far/manifests/", &store_read);
+        // A registry that answers at once (no proxy): nothing is built.
+        let host = if run == "near re-run" {
+            registry.host()
+        } else {
+            held.host()
+        };
+        let marker = store_read.clone();
+        let commits = || registry.count_requests("PUT /v2/acme/far/blobs/uploads/");
+        let before = commits();
+        let out = Run::new(&["publish", "--tag", "v1", "--repo"])
+            .arg(&format!("{host}/acme/far"))
+            .arg(&format!("nix2container:{}", image.display()))
+            .output_watched(move |pid| {
+                while let Some(read) = bytes_read(pid) {
+                    if read >= size as u64 {
+                        fs::write(&marker, b"").unwrap();
+                        return;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                }
+            });
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{run}: {stderr}");
+        let uploaded = commits() - before;
+        if run == "cold" {
+            // The layer and the config.
+            assert_eq!(uploaded, 2, "{stderr}");
+        } else {
+            assert_eq!(uploaded, 0, "{run}: {stderr}");
+            assert!(stderr.contains("already published"), "{run}: {stderr}");
+        }
+        if run == "near re-run" {
+            assert!(!store_read.exists(), "the store was read: {stderr}");
+        } else {
+            assert!(store_read.exists(), "{run}: the store was not read");
+            assert_eq!(
+                held.counts().held_in_vain,
+                0,
+                "{run}: the layer waited for the registry reads: {stderr}"
+            );
+        }
+    }
+    skopeo_copy_all(&format!("{}/acme/far:v1", registry.host()), None);
+}

@@ -112,6 +112,24 @@ impl Run {
         (output, usage.ru_maxrss as u64)
     }
 
+    /// Runs (without stdin) with `watch` on a thread of its own, given the
+    /// process id (to read `/proc/<pid>/…` while it runs); returns once
+    /// both have ended.
+    pub fn output_watched(mut self, watch: impl FnOnce(u32) + Send + 'static) -> Output {
+        let dir = tempfile::tempdir().unwrap();
+        let (out_path, err_path) = self.output_to_files(dir.path());
+        let mut child = self.cmd.spawn().expect("manifold starts");
+        let pid = child.id();
+        let watcher = std::thread::spawn(move || watch(pid));
+        let status = child.wait().unwrap();
+        watcher.join().expect("the watcher panicked");
+        Output {
+            status,
+            stdout: std::fs::read(&out_path).unwrap(),
+            stderr: std::fs::read(&err_path).unwrap(),
+        }
+    }
+
     /// No stdin; stdout and stderr into files in `dir`, whose paths it
     /// returns (a pipe read only at the end could fill up and stall it).
     fn output_to_files(&mut self, dir: &Path) -> (PathBuf, PathBuf) {
@@ -716,6 +734,14 @@ tail -c +{} '{a}'
         if run == "cold" {
             // The layer and the config.
             assert_eq!(uploaded, 2, "{stderr}");
+            // The layer, encoded whole before the map said it was missing,
+            // went up without a HEAD first (a round trip to learn nothing).
+            assert_eq!(
+                registry.count_requests("HEAD /v2/acme/spec/blobs/"),
+                0,
+                "{:#?}",
+                registry.request_log()
+            );
         } else {
             assert_eq!(uploaded, 0, "{stderr}");
             assert!(stderr.contains("already published"), "{stderr}");
