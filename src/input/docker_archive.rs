@@ -81,6 +81,10 @@ pub struct ReadOptions {
     /// reads it waits for are out; a member it may know is then compressed
     /// on speculation instead of holding the input up.
     pub known_ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Blocks until `known` answers at once. Called without an encoding
+    /// slot: a slot holder must not wait for the registry reads, which in
+    /// a batch wait for the images before this one, and those need slots.
+    pub wait_known_ready: Arc<dyn Fn() + Send + Sync>,
 }
 
 impl ReadOptions {
@@ -91,6 +95,7 @@ impl ReadOptions {
             spool_dir: spool_dir.into(),
             known: Arc::new(|_| None),
             known_ready: Arc::new(|| true),
+            wait_known_ready: Arc::new(|| {}),
         }
     }
 }
@@ -877,7 +882,9 @@ impl Pass<'_> {
         // The diff_id is known before any work (a compressed member, at most
         // SMALL_MEMBER bytes, is inflated once for it and again to encode):
         // the known map is asked with the real diff_id, not a hint. The slot
-        // first, as in `layer`.
+        // first, as in `layer`, but only once the map can answer: a slot
+        // holder waits for nothing that may need a slot (see `layer::slots`).
+        (self.opts.wait_known_ready)();
         let slot = layer::slots::Slots::global().take();
         let member = match (self.opts.known)(&diff_id) {
             Some(descriptor) => {

@@ -106,6 +106,12 @@ pub async fn publish_image(
                 let gate = options.gate.clone();
                 Arc::new(move || gate.is_settled())
             },
+            wait_known_ready: {
+                let gate = options.gate.clone();
+                Arc::new(move || {
+                    gate.wait_blocking();
+                })
+            },
         };
         let timeout = options.stream_timeout;
         let reporter = reporter.clone();

@@ -729,7 +729,23 @@ pub fn random_hinted_archive(path: &Path, size: usize, seed: u64) -> PathBuf {
     random_archive_named(path, size, seed, true)
 }
 
+/// [`random_archive`] with `manifest.json` last, as a stream writes it: a
+/// reader learns only at the end which member is the layer.
+pub fn random_archive_manifest_last(path: &Path, size: usize, seed: u64) -> PathBuf {
+    random_archive_shaped(path, size, seed, false, true)
+}
+
 fn random_archive_named(path: &Path, size: usize, seed: u64, hinted: bool) -> PathBuf {
+    random_archive_shaped(path, size, seed, hinted, false)
+}
+
+fn random_archive_shaped(
+    path: &Path,
+    size: usize,
+    seed: u64,
+    hinted: bool,
+    manifest_last: bool,
+) -> PathBuf {
     use rand::{RngCore as _, SeedableRng as _};
     /// A regular file, 0644, a fixed mtime.
     fn append<W: std::io::Write>(tar: &mut tar::Builder<W>, name: &str, bytes: &[u8]) {
@@ -765,9 +781,14 @@ fn random_archive_named(path: &Path, size: usize, seed: u64, hinted: bool) -> Pa
     }])
     .to_string();
     let mut archive = tar::Builder::new(std::fs::File::create(path).unwrap());
-    append(&mut archive, "manifest.json", manifest.as_bytes());
+    if !manifest_last {
+        append(&mut archive, "manifest.json", manifest.as_bytes());
+    }
     append(&mut archive, "config.json", config.as_bytes());
     append(&mut archive, &layer_name, &layer);
+    if manifest_last {
+        append(&mut archive, "manifest.json", manifest.as_bytes());
+    }
     archive.finish().unwrap();
     path.to_owned()
 }

@@ -434,50 +434,63 @@ platforms = ["linux/amd64"]
 /// A later image of a batch decides its layers only once the images before
 /// it on the same registry are done. Here five inputs, more than there are
 /// encoding slots, reach their layer while the first image's only input has
-/// not started yet. Waiting for the first image with a slot in hand left it
-/// none to encode with, for ever. The shared layer is still
-/// uploaded by the first image and mounted into the second.
+/// not started yet: layers named after their diff_id (looked up as they are
+/// met), and small ones named `layer.tar` in archives whose manifest comes
+/// last (looked up at the end, when the reader learns which member is the
+/// layer). Waiting for the first image with a slot in hand left it none to
+/// encode with, for ever. The shared layer is still uploaded by the first
+/// image and mounted into the second.
 #[test]
 fn a_later_image_with_more_inputs_than_slots_waits_for_the_first_without_deadlock() {
-    use crate::harness::{random_hinted_archive, write_script};
+    use crate::harness::{random_archive_manifest_last, random_hinted_archive, write_script};
     use std::time::Duration;
 
     let registry = TestRegistry::start(Auth::None);
-    let dir = tempfile::tempdir().unwrap();
-    let (first, second) = (registry.repo("acme/first"), registry.repo("acme/later"));
-    let archives: Vec<_> = (0..5)
-        .map(|i| random_hinted_archive(&dir.path().join(format!("{i}.tar")), 1 << 20, 60 + i))
-        .collect();
-    write_script(
-        &dir.path().join("slow"),
-        &format!("#!/bin/sh\nsleep 2\ncat '{}'\n", archives[0].display()),
-    );
-    let wanted = [
-        "linux/amd64",
-        "linux/arm64",
-        "linux/386",
-        "linux/ppc64le",
-        "linux/s390x",
-    ];
-    let later: Vec<String> = wanted
-        .iter()
-        .zip(&archives)
-        .map(|(platform, archive)| {
-            let script = dir
-                .path()
-                .join(format!("stream-{}", platform.replace('/', "-")));
-            // Past the registry reads: the layer is looked up at once.
-            write_script(
-                &script,
-                &format!("#!/bin/sh\nsleep 0.5\ncat '{}'\n", archive.display()),
-            );
-            format!("\"{platform}=stream:{}\"", script.display())
-        })
-        .collect();
-    let out = batch(
-        dir.path(),
-        &format!(
-            r#"
+    for shape in ["hinted", "manifest-last"] {
+        let dir = tempfile::tempdir().unwrap();
+        let (first, second) = (
+            registry.repo(&format!("acme/first-{shape}")),
+            registry.repo(&format!("acme/later-{shape}")),
+        );
+        let archives: Vec<_> = (0..5)
+            .map(|i| {
+                let path = dir.path().join(format!("{i}.tar"));
+                match shape {
+                    "hinted" => random_hinted_archive(&path, 1 << 20, 60 + i),
+                    _ => random_archive_manifest_last(&path, 256 << 10, 70 + i),
+                }
+            })
+            .collect();
+        write_script(
+            &dir.path().join("slow"),
+            &format!("#!/bin/sh\nsleep 2\ncat '{}'\n", archives[0].display()),
+        );
+        let wanted = [
+            "linux/amd64",
+            "linux/arm64",
+            "linux/386",
+            "linux/ppc64le",
+            "linux/s390x",
+        ];
+        let later: Vec<String> = wanted
+            .iter()
+            .zip(&archives)
+            .map(|(platform, archive)| {
+                let script = dir
+                    .path()
+                    .join(format!("stream-{}", platform.replace('/', "-")));
+                // Past the registry reads: the layer is looked up at once.
+                write_script(
+                    &script,
+                    &format!("#!/bin/sh\nsleep 0.5\ncat '{}'\n", archive.display()),
+                );
+                format!("\"{platform}=stream:{}\"", script.display())
+            })
+            .collect();
+        let out = batch(
+            dir.path(),
+            &format!(
+                r#"
 [[image]]
 repo = "{first}"
 inputs = ["stream:slow"]
@@ -486,37 +499,41 @@ inputs = ["stream:slow"]
 repo = "{second}"
 inputs = [{}]
 "#,
-            later.join(", ")
-        ),
-    )
-    .arg("--tag")
-    .arg("v1")
-    .output_within(Duration::from_secs(60))
-    .unwrap_or_else(|stderr| panic!("still running after 60 s: deadlocked\n{stderr}"));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    let (_, later_index) = index_at(&registry, &format!("{second}:v1"));
-    assert_eq!(platforms(&later_index), wanted.map(String::from));
-    // The first image's layer went up once, into the first repository.
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let first_image = stdout.lines().next().unwrap();
-    assert!(first_image.starts_with(&format!("{first}@")), "{stdout}");
-    let shared = layers_of(&registry, first_image)[0].digest.clone();
-    let log = registry.request_log();
-    let puts: Vec<&String> = log
-        .iter()
-        .filter(|l| l.starts_with("PUT ") && l.contains(&shared.to_string()))
-        .collect();
-    assert_eq!(puts.len(), 1, "{puts:#?}");
-    assert!(puts[0].contains("/acme/first/"), "{puts:#?}");
-    assert!(
-        log.iter()
-            .any(|l| l.starts_with("POST /v2/acme/later/blobs/uploads/?")
+                later.join(", ")
+            ),
+        )
+        .arg("--tag")
+        .arg("v1")
+        .output_within(Duration::from_secs(60))
+        .unwrap_or_else(|stderr| panic!("{shape}: still running after 60 s: deadlocked\n{stderr}"));
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{shape}: {stderr}");
+        let (_, later_index) = index_at(&registry, &format!("{second}:v1"));
+        assert_eq!(platforms(&later_index), wanted.map(String::from));
+        // The first image's layer went up once, into the first repository.
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let first_image = stdout.lines().next().unwrap();
+        assert!(first_image.starts_with(&format!("{first}@")), "{stdout}");
+        let shared = layers_of(&registry, first_image)[0].digest.clone();
+        let log = registry.request_log();
+        let puts: Vec<&String> = log
+            .iter()
+            .filter(|l| l.starts_with("PUT ") && l.contains(&shared.to_string()))
+            .collect();
+        assert_eq!(puts.len(), 1, "{shape}: {puts:#?}");
+        assert!(
+            puts[0].contains(&format!("/acme/first-{shape}/")),
+            "{puts:#?}"
+        );
+        assert!(
+            log.iter().any(|l| l
+                .starts_with(&format!("POST /v2/acme/later-{shape}/blobs/uploads/?"))
                 && l.contains(&format!("mount=sha256%3A{}", shared.hex()))
                 && l.ends_with(" 201")),
-        "{log:#?}"
-    );
-    skopeo_copy_all(&format!("{second}:v1"), None);
+            "{shape}: {log:#?}"
+        );
+        skopeo_copy_all(&format!("{second}:v1"), None);
+    }
 }
 
 /// Publishes the two fd fixtures to the OCI layout `layout`, tagged `v1`,
