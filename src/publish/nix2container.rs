@@ -51,7 +51,7 @@ use crate::progress::Reporter;
 
 use super::destination::{Destination, IfUnseen};
 use super::image::{CancelOnDrop, ImageOptions, PublishedImage};
-use super::in_flight::{Claimed, InFlight};
+use super::in_flight::{Claim, Claimed, InFlight};
 use super::mounted::Mounted;
 
 /// Layers synthesised at once (each takes a tar thread and an encoder
@@ -304,10 +304,7 @@ async fn plan_layer(
                 diff_id: layer.diff_id.clone(),
             });
         }
-        return Ok(match lookup(options, &layer.diff_id).await? {
-            Some(descriptor) => Plan::Reuse(descriptor),
-            None => compressed_build(source, &layer.diff_id, options),
-        });
+        return decide(source, &layer.diff_id, options).await;
     }
     // Pushed as they are: the digest is image.json's, and a HEAD at every
     // destination decides (after the gate, as every request of an input).
@@ -358,15 +355,20 @@ async fn lookup(options: &ImageOptions, diff_id: &Digest) -> Result<Option<Descr
         .context("a known-layer lookup panicked")
 }
 
-/// Building a layer the map lacks, in the publish's compression.
-fn compressed_build(source: Source, diff_id: &Digest, options: &ImageOptions) -> Plan {
-    Plan::Build {
-        source,
-        expected: diff_id.clone(),
-        compression: options.compression,
-        media_type: options.compression.media_type().to_owned(),
-        shared: true,
-    }
+/// The plan for a layer only the known-layer map can decide, once it is
+/// in: reuse what it names, or build the layer in the publish's
+/// compression.
+async fn decide(source: Source, diff_id: &Digest, options: &ImageOptions) -> Result<Plan> {
+    Ok(match lookup(options, diff_id).await? {
+        Some(descriptor) => Plan::Reuse(descriptor),
+        None => Plan::Build {
+            source,
+            expected: diff_id.clone(),
+            compression: options.compression,
+            media_type: options.compression.media_type().to_owned(),
+            shared: true,
+        },
+    })
 }
 
 /// Whether every destination has the blob (a failed check counts as no: the
@@ -424,10 +426,28 @@ impl LayerContext {
         in_flight: &Arc<InFlight>,
         options: &ImageOptions,
     ) -> Result<(Descriptor, bool)> {
-        let (source, diff_id) = match plan {
+        let plan = match plan {
             Plan::Reuse(descriptor) => {
                 self.report_reused(&descriptor);
                 return Ok((descriptor, false));
+            }
+            plan => plan,
+        };
+        let _permit = builds
+            .acquire()
+            .await
+            .context("the layer builds were stopped")?;
+        let plan = match plan {
+            // The map came in while this layer waited for its turn.
+            Plan::Speculate { source, diff_id } if options.gate.is_settled() => {
+                decide(source, &diff_id, options).await?
+            }
+            plan => plan,
+        };
+        match plan {
+            Plan::Reuse(descriptor) => {
+                self.report_reused(&descriptor);
+                Ok((descriptor, false))
             }
             Plan::Build {
                 source,
@@ -436,81 +456,13 @@ impl LayerContext {
                 media_type,
                 shared,
             } => {
-                let _permit = builds
-                    .acquire()
+                self.build_claimed(source, expected, compression, media_type, shared, in_flight)
                     .await
-                    .context("the layer builds were stopped")?;
-                return self
-                    .build_claimed(source, expected, compression, media_type, shared, in_flight)
-                    .await;
             }
-            Plan::Speculate { source, diff_id } => (source, diff_id),
-        };
-        let _permit = builds
-            .acquire()
-            .await
-            .context("the layer builds were stopped")?;
-        if options.gate.is_settled() {
-            // The map came in while this layer waited for its turn.
-            return match lookup(options, &diff_id).await? {
-                Some(descriptor) => {
-                    self.report_reused(&descriptor);
-                    Ok((descriptor, false))
-                }
-                None => {
-                    let media_type = options.compression.media_type().to_owned();
-                    self.build_claimed(
-                        source,
-                        diff_id,
-                        options.compression,
-                        media_type,
-                        true,
-                        in_flight,
-                    )
-                    .await
-                }
-            };
-        }
-        tracing::debug!(
-            input = %self.input,
-            layer = self.index,
-            "building on speculation: the registry reads are still out"
-        );
-        let slot = take_slot().await?;
-        let build = self.start_build(source, diff_id.clone(), options.compression, slot)?;
-        let known = match lookup(options, &diff_id).await {
-            Ok(known) => known,
-            Err(e) => {
-                build.stop();
-                return Err(e);
+            Plan::Speculate { source, diff_id } => {
+                self.speculate(source, diff_id, in_flight, options).await
             }
-        };
-        if let Some(descriptor) = known {
-            let id = build.id;
-            build.stop();
-            self.report_reused_as(id, &descriptor);
-            return Ok((descriptor, false));
         }
-        // Claimed only now, the build running (its slot taken) or done: who
-        // waits for the claim waits for a layer being encoded or uploading
-        // (see `layer::slots`).
-        let claim = match claim_or_wait(in_flight, &diff_id).await? {
-            Claimed::Published(descriptor) => {
-                let id = build.id;
-                build.stop();
-                self.report_reused_as(id, &descriptor);
-                return Ok((descriptor, false));
-            }
-            Claimed::Mine(claim) => Some(claim),
-            Claimed::Abandoned => None,
-        };
-        let media_type = options.compression.media_type().to_owned();
-        let descriptor = self.upload(build, media_type).await?;
-        // Dropped unresolved on an error above: abandoned.
-        if let Some(claim) = claim {
-            claim.resolve(descriptor.clone());
-        }
-        Ok((descriptor, true))
     }
 
     /// Builds and uploads a layer decided missing, unless another input of
@@ -544,12 +496,49 @@ impl LayerContext {
             None
         };
         let build = self.start_build(source, expected, compression, slot)?;
-        let descriptor = self.upload(build, media_type).await?;
-        // Dropped unresolved on an error above: abandoned.
-        if let Some(claim) = claim {
-            claim.resolve(descriptor.clone());
-        }
-        Ok((descriptor, true))
+        self.upload(build, media_type, claim).await
+    }
+
+    /// Builds the layer while the known-layer map is read, then uploads it
+    /// if the map lacks it, or stops the build if it has it.
+    async fn speculate(
+        self,
+        source: Source,
+        diff_id: Digest,
+        in_flight: &Arc<InFlight>,
+        options: &ImageOptions,
+    ) -> Result<(Descriptor, bool)> {
+        tracing::debug!(
+            input = %self.input,
+            layer = self.index,
+            "building on speculation: the registry reads are still out"
+        );
+        let slot = take_slot().await?;
+        let build = self.start_build(source, diff_id.clone(), options.compression, slot)?;
+        let known = match lookup(options, &diff_id).await {
+            Ok(known) => known,
+            Err(e) => {
+                build.stop();
+                return Err(e);
+            }
+        };
+        // Claimed only now, the build running (its slot taken) or done: who
+        // waits for the claim waits for a layer being encoded or uploading
+        // (see `layer::slots`).
+        let claimed = match known {
+            Some(descriptor) => Claimed::Published(descriptor),
+            None => claim_or_wait(in_flight, &diff_id).await?,
+        };
+        let claim = match claimed {
+            Claimed::Published(descriptor) => {
+                self.report_reused_as(build.stop(), &descriptor);
+                return Ok((descriptor, false));
+            }
+            Claimed::Mine(claim) => Some(claim),
+            Claimed::Abandoned => None,
+        };
+        let media_type = options.compression.media_type().to_owned();
+        self.upload(build, media_type, claim).await
     }
 
     /// Starts building the layer into a spool, on a blocking thread.
@@ -606,8 +595,15 @@ impl LayerContext {
         })
     }
 
-    /// Uploads what `build` writes, to every destination as it grows.
-    async fn upload(&self, build: Build, media_type: String) -> Result<Descriptor> {
+    /// Uploads what `build` writes, to every destination as it grows, and
+    /// resolves this input's `claim` on the layer with the result (dropped
+    /// unresolved on an error: abandoned).
+    async fn upload(
+        &self,
+        build: Build,
+        media_type: String,
+        claim: Option<Claim>,
+    ) -> Result<(Descriptor, bool)> {
         // Dropping the set (on any error below) aborts the uploads.
         let mut uploads: JoinSet<Result<Digest>> = JoinSet::new();
         {
@@ -626,7 +622,11 @@ impl LayerContext {
             done.context("an upload task panicked")??;
         }
         self.reporter.on_layer_done(build.id, false);
-        Ok(Descriptor::new(media_type, encoded.digest, encoded.size))
+        let descriptor = Descriptor::new(media_type, encoded.digest, encoded.size);
+        if let Some(claim) = claim {
+            claim.resolve(descriptor.clone());
+        }
+        Ok((descriptor, true))
     }
 }
 
@@ -644,9 +644,11 @@ impl Build {
     /// Stops the build, not needed after all: its thread ends at its next
     /// read, giving back the slot and dropping the spool. Not waited for,
     /// as a lookup that finds the layer is on the publish's critical path
-    /// (the thread takes some milliseconds to wind down).
-    fn stop(self) {
+    /// (the thread takes some milliseconds to wind down). Returns the
+    /// reporter's id for the layer.
+    fn stop(self) -> usize {
         self.stop.store(true, Ordering::Relaxed);
+        self.id
     }
 }
 
