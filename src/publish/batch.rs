@@ -23,9 +23,9 @@
 //! opens only once the images before it in the file that share one of its
 //! registries are done (an earlier image never waits for a later one, so
 //! there is no cycle); its inputs read meanwhile, and images on other
-//! registries publish concurrently. (The wait was at the first layer
-//! lookup once, which archive readers make holding an encoding slot: five
-//! such readers starved the image they waited for.)
+//! registries publish concurrently. The wait is the gate's, not a layer
+//! lookup's: archive readers look layers up holding an encoding slot, and
+//! the images waited for need slots (`layer::slots`).
 //!
 //! Tags move for the whole batch or not at all: each image, once its blobs,
 //! manifests and index are in place, waits there until every image of the

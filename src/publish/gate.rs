@@ -1,12 +1,16 @@
 //! The point before which nothing is uploaded: the reads a publish makes
-//! first (the tag guard's tag lists, the known-layer map) are done.
+//! first (the tag guard's tag lists, the known-layer map) are done, and in
+//! a batch the images before this one on a shared registry (`batch`).
 //!
 //! Inputs start before it, so a stream script's start-up and first layer
 //! overlap the registry's round trips; their uploads wait for the gate, and
 //! so do their known-layer lookups (on the reader threads). A docker-archive
 //! reader does not wait: while the gate is shut it compresses a layer named
 //! after its diff_id on speculation, and stops as soon as the map, once in,
-//! says the destinations have it (`input::docker_archive`).
+//! says the destinations have it (`input::docker_archive`). A nix2container
+//! input waits 50 ms, then builds on speculation the layers only the map
+//! can decide (`nix2container`). No one waits for the gate with an encoding
+//! slot in hand (`layer::slots`).
 
 use anyhow::{bail, Result};
 use tokio::sync::watch;

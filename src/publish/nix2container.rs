@@ -1,18 +1,22 @@
 //! One nix2container `image.json` → one per-architecture image at every
 //! destination (formats.md §2–§3).
 //!
-//! Unlike a docker-archive, the image is described before it is read, so
-//! every layer is decided up front: a layer a destination already holds is
-//! never synthesised, its store paths never even opened. With
+//! Unlike a docker-archive, the image is described before it is read, so a
+//! layer can be decided before any of it is read: one a destination already
+//! holds is then never synthesised, its store paths never even opened. With
 //! `--compression none` (and for ready blobs kept as they are) the blob
 //! digest is image.json's, so a HEAD at every destination decides; for
 //! compressed layers the known-layer map (diff_id → descriptor, read from the
-//! registry before any input) decides. The missing layers are built on
-//! blocking threads, at most [`MAX_BUILDS`] at once: the Go-compatible tar
-//! writer (`crate::input::nix2container`) runs on its own thread and feeds a
-//! bounded in-process pipe that `crate::layer::encode_layer` reads, so a
-//! layer is never held in memory and only the blob pushed (compressed, or
-//! the plain tar with `--compression none`) is spooled for the uploads.
+//! registry as the run starts) decides. When the map takes longer than a
+//! registry nearby would ([`SPECULATE_AFTER`]), those layers are built on
+//! speculation meanwhile, top layer first, and dropped if the map then names
+//! them; a re-run against a registry nearby opens no store path. The missing
+//! layers are built on blocking threads, at most [`MAX_BUILDS`] at once: the
+//! Go-compatible tar writer (`crate::input::nix2container`) runs on its own
+//! thread and feeds a bounded in-process pipe that
+//! `crate::layer::encode_layer` reads, so a layer is never held in memory
+//! and only the blob pushed (compressed, or the plain tar with
+//! `--compression none`) is spooled for the uploads.
 //! The tar is hashed as it passes (by the encoder, for its diff_id); a
 //! digest that differs from image.json's fails the spool, so no upload of
 //! that layer completes and the publish stops before any tag moves. A layer
