@@ -81,10 +81,15 @@ pub struct ReadOptions {
     /// reads it waits for are out; a member it may know is then compressed
     /// on speculation instead of holding the input up.
     pub known_ready: Arc<dyn Fn() -> bool + Send + Sync>,
-    /// Blocks until `known` answers at once. Called without an encoding
-    /// slot: a slot holder must not wait for the registry reads, which in
-    /// a batch wait for the images before this one, and those need slots.
-    pub wait_known_ready: Arc<dyn Fn() + Send + Sync>,
+    /// Blocks until `known` answers at once; false when the registry reads
+    /// failed (the publish is ending). Called without an encoding slot: a
+    /// slot holder must not wait for the registry reads, which in a batch
+    /// wait for the images before this one, and those need slots.
+    pub wait_known_ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// Whether to compress on speculation while `known` cannot answer: not
+    /// while a registry fails to answer at all (the run may end with its
+    /// error); the input then waits for `known`, as it did before.
+    pub may_speculate: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl ReadOptions {
@@ -95,7 +100,8 @@ impl ReadOptions {
             spool_dir: spool_dir.into(),
             known: Arc::new(|_| None),
             known_ready: Arc::new(|| true),
-            wait_known_ready: Arc::new(|| {}),
+            wait_known_ready: Arc::new(|| true),
+            may_speculate: Arc::new(|| true),
         }
     }
 }
@@ -555,7 +561,15 @@ impl Pass<'_> {
         hint: Option<Digest>,
         on_event: &mut dyn FnMut(ReadEvent),
     ) -> Result<Member, InputError> {
-        let ready = (self.opts.known_ready)();
+        let mut ready = (self.opts.known_ready)();
+        if !ready && !(self.opts.may_speculate)() {
+            // Held, slot-free: a stream script blocks on its full pipe.
+            if !(self.opts.wait_known_ready)() {
+                let failed = io::Error::other("the registry reads failed");
+                return Err(self.member_err(name, failed));
+            }
+            ready = true;
+        }
         if ready {
             decide_pending(self.opts, &mut self.members, &mut self.pending, on_event);
         }
@@ -884,7 +898,8 @@ impl Pass<'_> {
         // the known map is asked with the real diff_id, not a hint. The slot
         // first, as in `layer`, but only once the map can answer: a slot
         // holder waits for nothing that may need a slot (see `layer::slots`).
-        (self.opts.wait_known_ready)();
+        // Failed reads end the publish; `known` then answers nothing.
+        let _ = (self.opts.wait_known_ready)();
         let slot = layer::slots::Slots::global().take();
         let member = match (self.opts.known)(&diff_id) {
             Some(descriptor) => {

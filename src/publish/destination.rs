@@ -118,6 +118,14 @@ impl Destination {
         }
     }
 
+    /// Whether this destination's registry has failed to answer its first
+    /// `GET /v2/` so far (see `RegistryClient::is_unanswered_after_failure`):
+    /// inputs then hold back the work they would do on speculation.
+    pub fn is_unreached(&self) -> bool {
+        self.registry()
+            .is_some_and(|(client, _)| client.is_unanswered_after_failure())
+    }
+
     /// What a registry repository was seen to hold (through a dry run too),
     /// for the reads made before the push to record.
     pub fn seen(&self) -> Option<&Seen> {

@@ -108,9 +108,11 @@ pub async fn publish_image(
             },
             wait_known_ready: {
                 let gate = options.gate.clone();
-                Arc::new(move || {
-                    gate.wait_blocking();
-                })
+                Arc::new(move || gate.wait_blocking())
+            },
+            may_speculate: {
+                let destinations = destinations.clone();
+                Arc::new(move || !destinations.iter().any(Destination::is_unreached))
             },
         };
         let timeout = options.stream_timeout;

@@ -129,9 +129,15 @@ pub async fn publish_image(
     // the grace period, and a re-run then opens no store path at all. A far
     // one takes round trips longer: its wait is spent building on
     // speculation the layers only the known-layer map can decide.
+    // Nor when a registry has not answered at all yet: the run may end with
+    // its error.
     let speculate = match tokio::time::timeout(SPECULATE_AFTER, options.gate.wait()).await {
         Ok(opened) => {
             opened?;
+            false
+        }
+        Err(_) if destinations.iter().any(Destination::is_unreached) => {
+            options.gate.wait().await?;
             false
         }
         Err(_) => true,

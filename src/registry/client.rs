@@ -21,6 +21,7 @@
 //! business.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -140,6 +141,9 @@ pub(super) struct Inner {
     pub(super) policy: RetryPolicy,
     pub(super) timeout: Duration,
     pub(super) chunk_size: Option<u64>,
+    /// A `GET /v2/` attempt has failed and none has answered yet (see
+    /// [`RegistryClient::is_unanswered_after_failure`]).
+    pub(super) ping_failing: AtomicBool,
 }
 
 /// A client for one registry host; clones share connections, tokens and the
@@ -275,6 +279,7 @@ impl RegistryClient {
                 },
                 timeout: opts.timeout,
                 chunk_size: opts.chunk_size,
+                ping_failing: AtomicBool::new(false),
             }),
         })
     }
@@ -316,6 +321,13 @@ impl RegistryClient {
         vec![format!("repository:{repo}:pull,push")]
     }
 
+    /// Whether an attempt at the first `GET /v2/` has failed (it is retried,
+    /// or the ping has given up) and none has answered: the registry cannot
+    /// be reached so far, and work done for it now may well be for nothing.
+    pub fn is_unanswered_after_failure(&self) -> bool {
+        self.inner.ping_failing.load(Ordering::Relaxed)
+    }
+
     /// `GET /v2/`: learns how the registry wants to be authenticated (a 401
     /// challenge is a fine answer), unless a request has learnt it already.
     /// Requests that need it wait meanwhile.
@@ -326,6 +338,9 @@ impl RegistryClient {
         }
         let learnt = self.learn_scheme(&mut state).await;
         state.unreachable = learnt.is_err();
+        if learnt.is_err() {
+            self.inner.ping_failing.store(true, Ordering::Relaxed);
+        }
         learnt
     }
 
@@ -405,6 +420,7 @@ impl RegistryClient {
         };
         tracing::debug!(registry = %self.inner.registry, ?scheme, "auth scheme");
         state.scheme = Some(scheme);
+        self.inner.ping_failing.store(false, Ordering::Relaxed);
         Ok(())
     }
 
@@ -423,7 +439,10 @@ impl RegistryClient {
                 Err(e) => (None, Err(e)),
             };
             match delay {
-                Some(d) => tokio::time::sleep(d).await,
+                Some(d) => {
+                    self.inner.ping_failing.store(true, Ordering::Relaxed);
+                    tokio::time::sleep(d).await
+                }
                 None => {
                     return result.map_err(|source| {
                         RegistryError::transport("GET", url, retry.attempts(), source)

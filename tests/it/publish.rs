@@ -665,6 +665,47 @@ fn an_unreachable_registry_fails_the_publish_by_name() {
     assert!(out.stdout.is_empty());
 }
 
+/// While a registry does not answer at all, a stream is held back rather
+/// than compressed on speculation for a run that may end with its error:
+/// the stream script, which could get past its 8 MiB layer only once the
+/// reader had taken most of it (the pipe holds 1 MiB), never gets there
+/// while the ping is retried (about 4 s), and the run fails by name.
+#[test]
+fn a_registry_that_does_not_answer_holds_the_streams_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let archive = crate::harness::random_hinted_archive(&dir.path().join("image.tar"), 8 << 20, 37);
+    let (_, diff_ids) = archive_facts(&archive);
+    let end = member_end(&archive, &format!("{}/layer.tar", diff_ids[0].hex()));
+    let past = dir.path().join("past-the-layer");
+    let script = dir.path().join("stream");
+    // The sleep lets the first ping attempt fail before the layer comes.
+    write_script(
+        &script,
+        &format!(
+            "#!/bin/sh\nsleep 0.3\nhead -c {end} '{a}'\ntouch '{p}'\ntail -c +{} '{a}'\n",
+            end + 1,
+            a = archive.display(),
+            p = past.display(),
+        ),
+    );
+    let out = Run::new(&[
+        "publish",
+        "--tag",
+        "v1",
+        "--repo",
+        "127.0.0.1:1/acme/nowhere",
+    ])
+    .arg(&format!("stream:{}", script.display()))
+    .output();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("cannot reach the registry `127.0.0.1:1`"),
+        "{stderr}"
+    );
+    assert!(!past.exists(), "the layer was read: {stderr}");
+}
+
 /// The byte offset where member `name` of the tar at `archive` ends.
 fn member_end(archive: &Path, name: &str) -> u64 {
     let mut tar = tar::Archive::new(std::fs::File::open(archive).unwrap());
