@@ -656,13 +656,7 @@ fn an_unreachable_registry_fails_the_publish_by_name() {
         .arg("127.0.0.1:1/acme/nowhere")
         .arg(testdata("stream-amd64").to_str().unwrap())
         .output();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("cannot reach the registry `127.0.0.1:1`"),
-        "{stderr}"
-    );
-    assert!(out.stdout.is_empty());
+    assert_nowhere_fails(&out);
 }
 
 /// While a registry does not answer at all, a stream is held back rather
@@ -679,15 +673,7 @@ fn a_registry_that_does_not_answer_holds_the_streams_back() {
     let past = dir.path().join("past-the-layer");
     let script = dir.path().join("stream");
     // The sleep lets the first ping attempt fail before the layer comes.
-    write_script(
-        &script,
-        &format!(
-            "#!/bin/sh\nsleep 0.3\nhead -c {end} '{a}'\ntouch '{p}'\ntail -c +{} '{a}'\n",
-            end + 1,
-            a = archive.display(),
-            p = past.display(),
-        ),
-    );
+    write_marking_stream(&script, "sleep 0.3", &archive, end, &past);
     let out = Run::new(&[
         "publish",
         "--tag",
@@ -697,13 +683,37 @@ fn a_registry_that_does_not_answer_holds_the_streams_back() {
     ])
     .arg(&format!("stream:{}", script.display()))
     .output();
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stderr = assert_nowhere_fails(&out);
+    assert!(!past.exists(), "the layer was read: {stderr}");
+}
+
+/// Writes `script`: a stream of `archive` that runs `first` (shell), then
+/// writes the archive up to byte `end` and creates `past` before the rest:
+/// `past` shows the reader has taken the bytes before `end` (all but the
+/// pipe's 1 MiB).
+fn write_marking_stream(script: &Path, first: &str, archive: &Path, end: u64, past: &Path) {
+    write_script(
+        script,
+        &format!(
+            "#!/bin/sh\n{first}\nhead -c {end} '{a}'\ntouch '{p}'\ntail -c +{} '{a}'\n",
+            end + 1,
+            a = archive.display(),
+            p = past.display(),
+        ),
+    );
+}
+
+/// Asserts that `out` is the failure of a publish to `127.0.0.1:1`, where
+/// nothing listens, naming that registry; returns its stderr.
+fn assert_nowhere_fails(out: &Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!out.status.success(), "{stderr}");
     assert!(
         stderr.contains("cannot reach the registry `127.0.0.1:1`"),
         "{stderr}"
     );
-    assert!(!past.exists(), "the layer was read: {stderr}");
+    assert!(out.stdout.is_empty());
+    stderr
 }
 
 /// The byte offset where member `name` of the tar at `archive` ends.
@@ -739,19 +749,7 @@ fn a_stream_goes_on_while_the_registry_reads_are_out() {
     for run in ["cold", "re-run"] {
         let past = dir.path().join(format!("{run}-past-the-layer"));
         let script = dir.path().join(format!("{run}-stream"));
-        write_script(
-            &script,
-            &format!(
-                "#!/bin/sh
-head -c {end} '{a}'
-touch '{p}'
-tail -c +{} '{a}'
-",
-                end + 1,
-                a = archive.display(),
-                p = past.display(),
-            ),
-        );
+        write_marking_stream(&script, ":", &archive, end, &past);
         let held = FaultProxy::holding(registry.port(), "GET /v2/acme/spec/manifests/", &past);
         let commits = || registry.count_requests("PUT /v2/acme/spec/blobs/uploads/");
         let before = commits();
