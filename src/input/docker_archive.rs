@@ -24,7 +24,7 @@
 //! whether the destination may already have the layer
 //! ([`ReadOptions::known`]); such a member is then only hashed, and it must
 //! hash to its hint. While the map cannot answer yet (the registry reads
-//! are still out, [`ReadOptions::known_ready`]), such a member is compressed
+//! are still out, [`MapReadiness`]), such a member is compressed
 //! on speculation rather than waited for: the stream goes on meanwhile, and
 //! the answer, once in, either starts its upload or stops the compression
 //! (see `Pass::speculate`). At the end `manifest.json` and
@@ -77,19 +77,42 @@ pub struct ReadOptions {
     /// Layers the destinations already have, by diff_id (known-layer map): such a member is
     /// only hashed (crate::layer::hash_only), never compressed/spooled.
     pub known: KnownLayers,
+    /// When `known` can answer (see [`MapReadiness`]).
+    pub readiness: Arc<dyn MapReadiness>,
+}
+
+/// When the known-layer map can answer, as a reader sees it: within a
+/// publish, its gate and the registries behind it; elsewhere, at once
+/// ([`ReadyAtOnce`]).
+pub trait MapReadiness: Send + Sync {
     /// Whether `known` answers at once. It does not while the registry
     /// reads it waits for are out; a member it may know is then compressed
     /// on speculation instead of holding the input up.
-    pub known_ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    fn is_ready(&self) -> bool;
     /// Blocks until `known` answers at once; false when the registry reads
     /// failed (the publish is ending). Called without an encoding slot: a
     /// slot holder must not wait for the registry reads, which in a batch
     /// wait for the images before this one, and those need slots.
-    pub wait_known_ready: Arc<dyn Fn() -> bool + Send + Sync>,
+    fn wait(&self) -> bool;
     /// Whether to compress on speculation while `known` cannot answer: not
     /// while a registry fails to answer at all (the run may end with its
-    /// error); the input then waits for `known`, as it did before.
-    pub may_speculate: Arc<dyn Fn() -> bool + Send + Sync>,
+    /// error); the input then waits for `known`.
+    fn may_speculate(&self) -> bool;
+}
+
+/// A known-layer map that answers at once.
+pub struct ReadyAtOnce;
+
+impl MapReadiness for ReadyAtOnce {
+    fn is_ready(&self) -> bool {
+        true
+    }
+    fn wait(&self) -> bool {
+        true
+    }
+    fn may_speculate(&self) -> bool {
+        true
+    }
 }
 
 impl ReadOptions {
@@ -99,9 +122,7 @@ impl ReadOptions {
             compression,
             spool_dir: spool_dir.into(),
             known: Arc::new(|_| None),
-            known_ready: Arc::new(|| true),
-            wait_known_ready: Arc::new(|| true),
-            may_speculate: Arc::new(|| true),
+            readiness: Arc::new(ReadyAtOnce),
         }
     }
 }
@@ -561,10 +582,11 @@ impl Pass<'_> {
         hint: Option<Digest>,
         on_event: &mut dyn FnMut(ReadEvent),
     ) -> Result<Member, InputError> {
-        let mut ready = (self.opts.known_ready)();
-        if !ready && !(self.opts.may_speculate)() {
+        let readiness = &self.opts.readiness;
+        let mut ready = readiness.is_ready();
+        if !ready && !readiness.may_speculate() {
             // Held, slot-free: a stream script blocks on its full pipe.
-            if !(self.opts.wait_known_ready)() {
+            if !readiness.wait() {
                 let failed = io::Error::other("the registry reads failed");
                 return Err(self.member_err(name, failed));
             }
@@ -669,7 +691,7 @@ impl Pass<'_> {
 
     /// [`Pass::layer`] for a member with a hint while `known` cannot answer
     /// yet: rather than hold the input up until the registry reads are in,
-    /// it is compressed and spooled as if new, and `known_ready` is asked
+    /// it is compressed and spooled as if new, and the map's readiness is asked
     /// before each read. Once the answer is in, a layer the destinations
     /// lack is announced (its upload follows the spool from its start) and
     /// one they have is only hashed from there on. A member that ends first
@@ -695,7 +717,7 @@ impl Pass<'_> {
         // destinations have the layer under; once the map has answered
         // that they lack it, the answer stands.
         let mut skip = || {
-            if announced.get() || !(opts.known_ready)() {
+            if announced.get() || !opts.readiness.is_ready() {
                 return None;
             }
             let mut on_event = events.borrow_mut();
@@ -899,7 +921,7 @@ impl Pass<'_> {
         // first, as in `layer`, but only once the map can answer: a slot
         // holder waits for nothing that may need a slot (see `layer::slots`).
         // Failed reads end the publish; `known` then answers nothing.
-        let _ = (self.opts.wait_known_ready)();
+        let _ = self.opts.readiness.wait();
         let slot = layer::slots::Slots::global().take();
         let member = match (self.opts.known)(&diff_id) {
             Some(descriptor) => {
@@ -1559,11 +1581,31 @@ mod tests {
         }
     }
 
-    /// A `known_ready` that answers no `n` times, then yes: the registry
-    /// reads come back while the reader is at its `n`th question.
-    fn ready_after(n: usize) -> Arc<dyn Fn() -> bool + Send + Sync> {
-        let asked = std::sync::atomic::AtomicUsize::new(0);
-        Arc::new(move || asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= n)
+    /// A map that is not ready the first `n` times it is asked, then is:
+    /// the registry reads come back while the reader is at its `n`th
+    /// question (`usize::MAX`: never, while the archive is read).
+    struct ReadyAfter {
+        n: usize,
+        asked: std::sync::atomic::AtomicUsize,
+    }
+
+    impl MapReadiness for ReadyAfter {
+        fn is_ready(&self) -> bool {
+            self.asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= self.n
+        }
+        fn wait(&self) -> bool {
+            true
+        }
+        fn may_speculate(&self) -> bool {
+            true
+        }
+    }
+
+    fn ready_after(n: usize) -> Arc<dyn MapReadiness> {
+        Arc::new(ReadyAfter {
+            n,
+            asked: Default::default(),
+        })
     }
 
     #[test]
@@ -1574,7 +1616,7 @@ mod tests {
 
         // Known: compression stops, the rest is hashed, nothing is announced.
         let (mut o, present) = opts_knowing(&dir, &big);
-        o.known_ready = ready_after(2);
+        o.readiness = ready_after(2);
         let run = read_with(&bytes, &o);
         assert_eq!(run.events, vec![format!("skip {name}")]);
         match &run.result.unwrap().layers[0].blob {
@@ -1585,7 +1627,7 @@ mod tests {
         // Not known: announced once the answer is in, with the bytes read
         // so far, and the blob is the one a reader that never waited makes.
         let mut o = opts(&dir);
-        o.known_ready = ready_after(2);
+        o.readiness = ready_after(2);
         let run = read_with(&bytes, &o);
         let size = big.len();
         assert_eq!(
@@ -1613,7 +1655,7 @@ mod tests {
         // error, as without speculation.
         let other = layer_tar(6, 3_000_000);
         let (mut o, _) = opts_knowing(&dir, &big);
-        o.known_ready = ready_after(2);
+        o.readiness = ready_after(2);
         match err(read_with(&archive(&[(&name, &other)]), &o)) {
             InputError::HintMismatch { hint, actual, .. } => {
                 assert_eq!(hint, Digest::of(&big));
@@ -1649,7 +1691,7 @@ mod tests {
         ]);
         let (mut o, present) = opts_knowing(&dir, &a);
         // The reads are still out when the archive ends.
-        o.known_ready = Arc::new(|| false);
+        o.readiness = ready_after(usize::MAX);
         let run = read_with(&bytes, &o);
         assert_eq!(
             run.events,

@@ -32,7 +32,7 @@ pub use command::{StreamCommand, StreamOptions};
 pub use detect::{detect, ArchiveCompression, Detected};
 pub use docker_archive::{
     read_docker_archive, read_selected, ArchiveImage, ArchiveLayer, ImageChoice, KnownLayers,
-    LayerBlob, ReadEvent, ReadOptions, Selection,
+    LayerBlob, MapReadiness, ReadEvent, ReadOptions, ReadyAtOnce, Selection,
 };
 
 /// Everything that can go wrong between naming an input and holding its image.

@@ -22,7 +22,8 @@ use tokio::task::JoinSet;
 
 use crate::digest::Digest;
 use crate::input::{
-    self, ArchiveImage, InputSpec, KnownLayers, LayerBlob, OpenedInput, ReadEvent, ReadOptions,
+    self, ArchiveImage, InputSpec, KnownLayers, LayerBlob, MapReadiness, OpenedInput, ReadEvent,
+    ReadOptions,
 };
 use crate::layer::{Compression, EncodedLayer};
 use crate::manifest;
@@ -102,18 +103,10 @@ pub async fn publish_image(
             compression: options.compression,
             spool_dir: options.spool_dir.clone(),
             known: claims.sharing(options.known.clone(), in_flight),
-            known_ready: {
-                let gate = options.gate.clone();
-                Arc::new(move || gate.is_settled())
-            },
-            wait_known_ready: {
-                let gate = options.gate.clone();
-                Arc::new(move || gate.wait_blocking())
-            },
-            may_speculate: {
-                let destinations = destinations.clone();
-                Arc::new(move || !destinations.iter().any(Destination::is_unreached))
-            },
+            readiness: Arc::new(GateReadiness {
+                gate: options.gate.clone(),
+                destinations: destinations.clone(),
+            }),
         };
         let timeout = options.stream_timeout;
         let reporter = reporter.clone();
@@ -408,6 +401,28 @@ pub(super) fn platform_of(
             spec.text,
             spec.text
         ),
+    }
+}
+
+/// The known-layer map is ready once the gate has opened (or failed); while
+/// a destination's registry has not answered at all, readers do not
+/// speculate.
+struct GateReadiness {
+    gate: Gate,
+    destinations: Arc<Vec<Destination>>,
+}
+
+impl MapReadiness for GateReadiness {
+    fn is_ready(&self) -> bool {
+        self.gate.is_settled()
+    }
+
+    fn wait(&self) -> bool {
+        self.gate.wait_blocking()
+    }
+
+    fn may_speculate(&self) -> bool {
+        !self.destinations.iter().any(Destination::is_unreached)
     }
 }
 
