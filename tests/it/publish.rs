@@ -647,8 +647,9 @@ exec '{}'
     skopeo_copy_all(&format!("docker://{}/acme/early:v1", registry.host()), None);
 }
 
-/// A registry that cannot be reached fails the publish with its own
-/// error, though the stream scripts were started meanwhile.
+/// A registry that cannot be reached fails the publish at once with
+/// `--max-retries 0`, with its own error naming it and nothing on stdout
+/// (that the stream is held meanwhile is the next test's).
 #[test]
 fn an_unreachable_registry_fails_the_publish_by_name() {
     let out = Run::new(&["publish", "--tag", "v1", "--max-retries", "0"])
